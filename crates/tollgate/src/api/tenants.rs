@@ -1,0 +1,87 @@
+//! Tenants (platform owner only) and `GET /v1/me`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::middleware::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Json, Meta};
+use crate::store::audit::{AuditEvent, append};
+use crate::store::tenants;
+
+fn platform_only(caller: &Caller) -> ApiResult<()> {
+    if caller.platform_admin && caller.user_id.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::permission_denied("Only the platform owner manages tenants"))
+    }
+}
+
+pub fn validate_tenant_name(name: &str) -> ApiResult<String> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > 100 {
+        return Err(ApiError::validation("name", "tenant names are 1-100 characters"));
+    }
+    Ok(n.to_string())
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    platform_only(&caller)?;
+    let data: Vec<Value> = tenants::list_tenants(state.store.pool()).await?.iter().map(tenants::Tenant::to_api).collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantBody {
+    pub name: String,
+    /// Makes this user (created if new) the tenant's owner and returns an owner API key once.
+    #[serde(default)]
+    pub owner_email: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Json(body): Json<CreateTenantBody>,
+) -> ApiResult<Response> {
+    platform_only(&caller)?;
+    let name = validate_tenant_name(&body.name)?;
+    let owner_email = body.owner_email.as_deref().map(crate::api::users::validate_email).transpose()?;
+    let mut tx = state.store.begin().await?;
+    let tenant = tenants::create_tenant(&mut tx, &name).await?;
+    append(
+        &mut tx,
+        AuditEvent::new(tenant.id.clone(), caller.actor(), "tenant.created", &meta)
+            .target("tenant", tenant.id.clone())
+            .details(json!({"name": tenant.name, "created_from_tenant": &*caller.tenant_id})),
+    )
+    .await?;
+    let mut out = tenant.to_api();
+    if let Some(email) = owner_email {
+        let (user_id, key) =
+            crate::bootstrap::add_owner(&mut tx, state.auth.key_prefix(), &tenant.id, &email, None, caller.actor(), &meta)
+                .await?;
+        out["owner"] = json!({"user_id": user_id, "api_key": key});
+    }
+    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+/// `GET /v1/me`: who the caller is and what it may do right now.
+pub async fn me(caller: Caller) -> Response {
+    axum::Json(json!({
+        "tenant_id": &*caller.tenant_id,
+        "user_id": caller.user_id.as_deref(),
+        "subscription_id": caller.subscription_id.as_deref(),
+        "credential": {"type": caller.credential_type.as_str(), "id": caller.credential_id.as_deref()},
+        "permissions": caller.permissions,
+        "platform_admin": caller.platform_admin,
+    }))
+    .into_response()
+}

@@ -1,0 +1,265 @@
+//! Building and running the application from a [`Config`]: state, router, background tasks,
+//! graceful shutdown. Tests call [`Application::build`] with `listen = 127.0.0.1:0`.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::middleware::guard;
+use crate::auth::{Auth, AuthLevel, Permission};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::store::Store;
+use crate::store::invalidations;
+
+/// Shared state: cheap to clone, one per running app.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub auth: Auth,
+    pub proxy: Proxy,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(config.database_url.expose()).await?;
+        Self::with_store(config, store)
+    }
+
+    pub fn with_store(config: Config, store: Store) -> anyhow::Result<Self> {
+        let auth = Auth::new(
+            store.clone(),
+            config.key_prefix.clone(),
+            Duration::from_secs(config.key_cache_ttl_seconds.max(1)),
+        );
+        let proxy = Proxy::from_config(&config)?;
+        Ok(Self(Arc::new(Inner {
+            config: Arc::new(config),
+            store,
+            auth,
+            proxy,
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+        })))
+    }
+}
+
+/// The AI routes, mounted under `/v1`, `/api/v1` and `/api/v2`.
+fn ai_routes(state: &AppState) -> Router<AppState> {
+    use crate::proxy;
+    use AuthLevel::{Optional, Required};
+    Router::new()
+        .route("/models", get(proxy::list_models).route_layer(guard(state, Optional, Some(Permission::ModelsRead))))
+        .route(
+            "/chat/completions",
+            post(proxy::chat_completions).route_layer(guard(state, Required, Some(Permission::ChatWrite))),
+        )
+        .route(
+            "/embeddings",
+            post(proxy::embeddings).route_layer(guard(state, Required, Some(Permission::EmbeddingsWrite))),
+        )
+        .route(
+            "/images/generations",
+            post(proxy::image_generations).route_layer(guard(state, Required, Some(Permission::ImagesWrite))),
+        )
+}
+
+/// Management routes (SPEC §4.2). Finer checks (own vs any key, platform owner) are in handlers.
+fn management_routes(state: &AppState) -> Router<AppState> {
+    use crate::api::{keys, tenants, users};
+    use AuthLevel::{Optional, Required};
+    let any = || guard(state, Required, None);
+    let perm = |p| guard(state, Required, Some(p));
+    Router::new()
+        .route("/api-keys", get(keys::list).post(keys::create).route_layer(any()))
+        .route("/api-keys/{id}", get(keys::get).patch(keys::patch).delete(keys::revoke).route_layer(any()))
+        .route("/api-keys/{id}/rotate", post(keys::rotate).route_layer(any()))
+        .route("/users", get(users::list).route_layer(perm(Permission::UsersRead)))
+        .route("/users", post(users::create).route_layer(perm(Permission::UsersWrite)))
+        .route("/users/{id}", get(users::get).route_layer(perm(Permission::UsersRead)))
+        .route(
+            "/users/{id}",
+            axum::routing::patch(users::patch).delete(users::delete).route_layer(perm(Permission::UsersWrite)),
+        )
+        .route("/users/{id}/roles", axum::routing::put(users::put_roles).route_layer(perm(Permission::UsersWrite)))
+        .route(
+            "/roles",
+            get(users::list_roles).post(users::create_role).route_layer(perm(Permission::RolesWrite)),
+        )
+        .route(
+            "/roles/{id}",
+            axum::routing::patch(users::patch_role).delete(users::delete_role).route_layer(perm(Permission::RolesWrite)),
+        )
+        .route("/tenants", get(tenants::list).post(tenants::create).route_layer(any()))
+        .route("/me", get(tenants::me).route_layer(guard(state, Optional, None)))
+}
+
+pub fn router(state: AppState) -> Router {
+    let ai = ai_routes(&state);
+    Router::new()
+        .route("/health", get(crate::ops::health))
+        .route("/ready", get(crate::ops::ready))
+        .route("/metrics", get(crate::ops::metrics))
+        .nest("/v1", ai.clone().merge(management_routes(&state)))
+        .nest("/api/v1", ai.clone())
+        .nest("/api/v2", ai)
+        .fallback(crate::http::not_found)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http::observe))
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::COOKIE,
+            axum::http::HeaderName::from_static("x-api-key"),
+        ]))
+        .with_state(state)
+}
+
+/// A bound, ready-to-run application.
+pub struct Application {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+    pub state: AppState,
+}
+
+impl Application {
+    /// Connects the store, applies migrations, binds the listen address (port 0 is fine).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let state = AppState::new(config).await?;
+        Self::from_state(state).await
+    }
+
+    pub async fn from_state(state: AppState) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(state.config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr, state })
+    }
+
+    /// Serves until `state.shutdown` is cancelled, then lets in-flight requests (streams
+    /// included) finish for up to `shutdown_grace_seconds`.
+    pub async fn run(self) -> anyhow::Result<()> {
+        use axum::serve::ListenerExt;
+        let state = self.state.clone();
+        let tasks = spawn_background(&state);
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        let shutdown = state.shutdown.clone();
+        let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            r = &mut server => r?,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("grace period over; closing remaining connections");
+            }
+        }
+        for t in tasks {
+            t.abort();
+        }
+        state.auth.flush_last_used().await;
+        state.store.close().await;
+        Ok(())
+    }
+}
+
+/// Background work that must never run on the request path.
+fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    // Batched last_used_at writes.
+    let s = state.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(s.config.last_used_flush_ms.max(50)));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => s.auth.flush_last_used().await,
+                () = s.shutdown.cancelled() => break,
+            }
+        }
+    }));
+    // Invalidations written by other instances (or the CLI).
+    let s = state.clone();
+    tasks.push(tokio::spawn(async move { poll_invalidations(s).await }));
+    // Cache safety-net pruning.
+    let s = state.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => s.auth.prune_cache(),
+                () = s.shutdown.cancelled() => break,
+            }
+        }
+    }));
+    tasks
+}
+
+const INVALIDATION_POLL: Duration = Duration::from_millis(100);
+const INVALIDATION_WINDOW_MS: i64 = 30_000;
+
+async fn poll_invalidations(state: AppState) {
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut order: VecDeque<(i64, Instant)> = VecDeque::new();
+    let mut first = true;
+    let mut last_prune = Instant::now();
+    let mut tick = tokio::time::interval(INVALIDATION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        let since = crate::util::now_ms() - INVALIDATION_WINDOW_MS;
+        let rows = match invalidations::recent(state.store.pool(), since).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not poll invalidations");
+                continue;
+            }
+        };
+        for (seq, kind, target) in rows {
+            if !seen.insert(seq) {
+                continue;
+            }
+            order.push_back((seq, Instant::now()));
+            // Rows that existed before this instance started are already reflected (cold cache).
+            if !first && let Some(kind) = invalidations::Kind::parse(&kind) {
+                state.auth.invalidate(kind, &target);
+            }
+        }
+        first = false;
+        let horizon = Duration::from_millis(2 * INVALIDATION_WINDOW_MS as u64);
+        while order.front().is_some_and(|(_, at)| at.elapsed() > horizon) {
+            if let Some((seq, _)) = order.pop_front() {
+                seen.remove(&seq);
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            last_prune = Instant::now();
+            let _ = invalidations::prune(state.store.pool(), crate::util::now_ms() - 3_600_000).await;
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Configuration (SPEC §9): defaults, then the TOML file, then `TOLLGATE_*` environment variables,
+//! then command-line flags. Nothing here can turn authentication off.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A secret string: never printed by `Debug`, never serialised back out.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The externally visible base URL (JWT `iss`, links in emails).
+    pub public_url: String,
+    /// `sqlite://...` or `postgres://...`. Empty = `<data_dir>/tollgate.db`.
+    pub database_url: Secret,
+    /// Optional; enables cross-instance limits and revocation broadcast.
+    pub redis_url: Option<Secret>,
+    /// API key prefix (`tgk` → `tgk_...`). Lowercase ASCII letters/digits, 2–8 chars.
+    pub key_prefix: String,
+    pub data_dir: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Deadline for a non-streaming upstream response, and for the first byte of a stream.
+    pub upstream_timeout_seconds: u64,
+    /// How long `serve` waits for in-flight requests (streams) when asked to stop.
+    pub shutdown_grace_seconds: u64,
+    /// Bearer token required on `/metrics` when set.
+    pub metrics_token: Option<Secret>,
+    /// Safety-net lifetime of a cached key verification; explicit invalidation is the main path.
+    pub key_cache_ttl_seconds: u64,
+    /// How often batched `last_used_at` writes are flushed.
+    pub last_used_flush_ms: u64,
+    /// Emit logs as JSON lines (default: human-readable).
+    pub log_json: bool,
+    pub auth: AuthConfig,
+    pub email: EmailConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub access_token_ttl_seconds: u64,
+    pub refresh_token_ttl_seconds: u64,
+    pub open_signup: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    pub smtp_url: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible HTTP API.
+    Openai,
+    /// The built-in mock provider (no network).
+    Mock,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub base_url: String,
+    /// Name of the environment variable holding the upstream API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Per-provider override of `upstream_timeout_seconds`.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Public model name clients send.
+    pub name: String,
+    pub provider: String,
+    /// Model name sent upstream (default: the public name).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: String::new(),
+            database_url: Secret::default(),
+            redis_url: None,
+            key_prefix: "tgk".into(),
+            data_dir: PathBuf::from("./tollgate-data"),
+            max_body_bytes: 4 * 1024 * 1024,
+            upstream_timeout_seconds: 120,
+            shutdown_grace_seconds: 30,
+            metrics_token: None,
+            key_cache_ttl_seconds: 30,
+            last_used_flush_ms: 1000,
+            log_json: false,
+            auth: AuthConfig::default(),
+            email: EmailConfig::default(),
+            providers: Vec::new(),
+            models: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { access_token_ttl_seconds: 3600, refresh_token_ttl_seconds: 2_592_000, open_signup: true }
+    }
+}
+
+/// Values given on the command line (each flag also reads its `TOLLGATE_*` variable through clap).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults ← file ← environment ← flags, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                Self::from_toml(&text)?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        if let Some(l) = overrides.listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = &overrides.database_url {
+            cfg.database_url = Secret::new(d.clone());
+        }
+        if let Some(r) = &overrides.redis_url {
+            cfg.redis_url = Some(Secret::new(r.clone()));
+        }
+        cfg.finish()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid config: {e}"))
+    }
+
+    /// Environment overrides for settings that have no flag of their own.
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn parse<T: std::str::FromStr>(name: &str, v: String) -> anyhow::Result<T> {
+            v.parse().map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
+        }
+        if let Some(v) = get("TOLLGATE_PUBLIC_URL") {
+            self.public_url = v;
+        }
+        if let Some(v) = get("TOLLGATE_KEY_PREFIX") {
+            self.key_prefix = v;
+        }
+        if let Some(v) = get("TOLLGATE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("TOLLGATE_METRICS_TOKEN") {
+            self.metrics_token = Some(Secret::new(v));
+        }
+        if let Some(v) = get("TOLLGATE_MAX_BODY_BYTES") {
+            self.max_body_bytes = parse("TOLLGATE_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = get("TOLLGATE_LOG_JSON") {
+            self.log_json = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("TOLLGATE_SMTP_URL") {
+            self.email.smtp_url = Secret::new(v);
+        }
+        Ok(())
+    }
+
+    /// Fills derived defaults and rejects inconsistent settings.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        if self.public_url.is_empty() {
+            self.public_url = format!("http://{}", self.listen);
+        }
+        self.public_url = self.public_url.trim_end_matches('/').to_string();
+        if self.database_url.is_empty() {
+            let path = self.data_dir.join("tollgate.db");
+            self.database_url = Secret::new(format!("sqlite://{}", path.display()));
+        }
+        let p = &self.key_prefix;
+        if !(2..=8).contains(&p.len())
+            || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            anyhow::bail!("key_prefix must be 2-8 lowercase letters or digits, got {p:?}");
+        }
+        if self.max_body_bytes < 1024 {
+            anyhow::bail!("max_body_bytes must be at least 1024");
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.providers {
+            if !names.insert(p.name.as_str()) {
+                anyhow::bail!("provider {:?} is defined twice", p.name);
+            }
+            if p.kind == ProviderKind::Openai && !p.base_url.starts_with("http") {
+                anyhow::bail!("provider {:?}: base_url must be an http(s) URL", p.name);
+            }
+        }
+        let mut models = std::collections::HashSet::new();
+        for m in &self.models {
+            if !names.contains(m.provider.as_str()) {
+                anyhow::bail!("model {:?} routes to unknown provider {:?}", m.name, m.provider);
+            }
+            if !models.insert(m.name.as_str()) {
+                anyhow::bail!("model {:?} is defined twice", m.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the store is SQLite.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose().starts_with("sqlite:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_example_from_spec_parses() {
+        let text = r#"
+listen = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"
+database_url = "sqlite://./tollgate-data/tollgate.db"
+key_prefix = "sgk"
+data_dir = "./tollgate-data"
+
+[auth]
+access_token_ttl_seconds = 3600
+refresh_token_ttl_seconds = 2592000
+open_signup = true
+
+[email]
+smtp_url = ""
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.example.com/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[[models]]
+name = "gpt-4o-mini"
+provider = "openai"
+upstream_model = "gpt-4o-mini"
+"#;
+        let mut cfg = Config::from_toml(text).unwrap();
+        cfg.finish().unwrap();
+        assert_eq!(cfg.key_prefix, "sgk");
+        assert_eq!(cfg.models[0].provider, "openai");
+        assert!(cfg.is_sqlite());
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let mut cfg = Config { database_url: Secret::new("postgres://u:hunter2@h/db"), ..Config::default() };
+        cfg.metrics_token = Some(Secret::new("hunter2"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn rejects_unknown_provider_and_bad_prefix() {
+        let mut cfg = Config::from_toml("[[models]]\nname='a'\nprovider='nope'\n").unwrap();
+        assert!(cfg.finish().is_err());
+        let mut cfg = Config { key_prefix: "Bad_".into(), ..Config::default() };
+        assert!(cfg.finish().is_err());
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "TOLLGATE_KEY_PREFIX").then(|| "sgk".to_string())).unwrap();
+        assert_eq!(cfg.key_prefix, "sgk");
+    }
+}

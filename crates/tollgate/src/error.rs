@@ -1,0 +1,226 @@
+//! The one HTTP error type. Every failure a client can see is an [`ApiError`]; it maps to a status,
+//! an OpenAI-shaped JSON body with the spec's `code`, and (for 401/403) an RFC 6750 challenge.
+//! `IntoResponse` has no side effects: logging happens in the request middleware.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The spec's error codes (SPEC §3). Low-cardinality: also used as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidRequest,
+    AuthAmbiguous,
+    AuthMissing,
+    AuthInvalid,
+    AuthTokenExpired,
+    AuthRevoked,
+    AuthReplayed,
+    PermissionDenied,
+    AuthBindingMismatch,
+    SubscriptionInactive,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    ValidationFailed,
+    RateLimited,
+    QuotaExceeded,
+    UpstreamError,
+    Unavailable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::AuthAmbiguous => "AUTH_AMBIGUOUS",
+            Self::AuthMissing => "AUTH_MISSING",
+            Self::AuthInvalid => "AUTH_INVALID",
+            Self::AuthTokenExpired => "AUTH_TOKEN_EXPIRED",
+            Self::AuthRevoked => "AUTH_REVOKED",
+            Self::AuthReplayed => "AUTH_REPLAYED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::AuthBindingMismatch => "AUTH_BINDING_MISMATCH",
+            Self::SubscriptionInactive => "SUBSCRIPTION_INACTIVE",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Conflict => "CONFLICT",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::ValidationFailed => "VALIDATION_FAILED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
+            Self::UpstreamError => "UPSTREAM_ERROR",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::Internal => "INTERNAL_ERROR",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest | Self::AuthAmbiguous => StatusCode::BAD_REQUEST,
+            Self::AuthMissing
+            | Self::AuthInvalid
+            | Self::AuthTokenExpired
+            | Self::AuthRevoked
+            | Self::AuthReplayed => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied | Self::AuthBindingMismatch | Self::SubscriptionInactive => {
+                StatusCode::FORBIDDEN
+            }
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited | Self::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamError => StatusCode::BAD_GATEWAY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Self::QuotaExceeded => "insufficient_quota",
+            Self::RateLimited => "rate_limit_error",
+            _ => match self.status().as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            },
+        }
+    }
+}
+
+/// An error answered to the client. The message is written for the client: it never carries SQL,
+/// upstream secrets or stack traces (those go to the log through [`ApiError::internal`]).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub param: Option<String>,
+    /// Seconds for `Retry-After` (429 and 503).
+    pub retry_after: Option<u64>,
+    /// Extra headers (rate-limit state on 429s).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), param: None, retry_after: None, headers: Vec::new() }
+    }
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+    pub fn validation(param: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ValidationFailed, message).with_param(param)
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("No such {what}"))
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PermissionDenied, message)
+    }
+    pub fn auth_missing() -> Self {
+        Self::new(ErrorCode::AuthMissing, "No credential was sent")
+    }
+    pub fn auth_invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::AuthInvalid, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+    /// An unexpected failure: the cause is logged here, the client sees a generic message.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::Internal, "Internal error")
+    }
+
+    fn challenge(&self) -> Option<String> {
+        let realm = "Bearer realm=\"tollgate\"";
+        let describe = |error: &str| {
+            let desc = self.message.replace(['"', '\\'], "'");
+            format!("{realm}, error=\"{error}\", error_description=\"{desc}\"")
+        };
+        match self.code {
+            ErrorCode::AuthMissing => Some(realm.to_string()),
+            c if c.status() == StatusCode::UNAUTHORIZED => Some(describe("invalid_token")),
+            ErrorCode::PermissionDenied => Some(describe("insufficient_scope")),
+            _ => None,
+        }
+    }
+
+    /// The JSON body in the OpenAI error shape.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.code.error_type(),
+            "code": self.code.as_str(),
+            "param": self.param,
+        }})
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Marker placed in response extensions so the access log and metrics can read the error code.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorMarker(pub ErrorCode);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.code.status(), axum::Json(self.body())).into_response();
+        let headers = res.headers_mut();
+        if let Some(challenge) = self.challenge()
+            && let Ok(v) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        for (k, v) in self.headers {
+            headers.insert(k, v);
+        }
+        res.extensions_mut().insert(ErrorMarker(self.code));
+        res
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Store errors become `409` for unique violations, `503` when the store is unreachable, else `500`.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Conflict(what) => ApiError::conflict(what),
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "store unavailable");
+                let mut err = ApiError::unavailable("The store is unavailable; retry shortly");
+                err.retry_after = Some(1);
+                err
+            }
+            StoreError::Other(cause) => ApiError::internal(cause),
+        }
+    }
+}

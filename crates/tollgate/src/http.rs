@@ -1,0 +1,214 @@
+//! Request plumbing shared by every route: request ids, the access log and HTTP metrics, the JSON
+//! body extractor whose rejections are our own error shape, and the audit request metadata.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorCode, ErrorMarker};
+use crate::metrics::{HttpLabels, RouteLabels};
+use crate::store::audit::RequestMeta;
+
+/// The request id, also sent back as `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+fn acceptable_request_id(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .then_some(s)
+}
+
+/// Outermost middleware: request id, in-flight gauge, metrics, access log.
+pub async fn observe(axum::extract::State(state): axum::extract::State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id: Arc<str> = match req.headers().get("x-request-id").and_then(acceptable_request_id) {
+        Some(s) => s.into(),
+        None => crate::util::new_id("req").into(),
+    };
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let path = req.uri().path().to_string();
+    let metrics = &state.metrics;
+    metrics.http_in_flight.inc();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let mut res = {
+        let _enter = span.enter();
+        drop(_enter);
+        tracing::Instrument::instrument(next.run(req), span.clone()).await
+    };
+    metrics.http_in_flight.dec();
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16();
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels { route: route.clone(), method: method.to_string(), status })
+        .inc();
+    metrics.http_duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    let code = res.extensions().get::<ErrorMarker>().map(|m| m.0.as_str());
+    let _enter = span.enter();
+    if status >= 500 {
+        tracing::warn!(%path, status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request failed");
+    } else {
+        tracing::info!(%path, status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+    }
+    res
+}
+
+/// Fallback for unknown paths: a JSON 404 (with `x-request-id`, added by [`observe`]).
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "No such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "This method is not allowed on this route")
+}
+
+/// A JSON body. Bad JSON is `400 INVALID_REQUEST`; the right JSON with wrong fields is
+/// `422 VALIDATION_FAILED` naming the field; over the limit is `413 PAYLOAD_TOO_LARGE`.
+pub struct Json<T>(pub T);
+
+/// The raw body bytes, size-limited, with the parsed JSON value (for the proxy, which forwards
+/// unknown fields untouched).
+pub struct RawJson {
+    pub bytes: Bytes,
+    pub value: serde_json::Value,
+}
+
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("The request body is larger than {limit} bytes"))
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+        && !ct.to_str().unwrap_or_default().to_ascii_lowercase().starts_with("application/json")
+    {
+        return Err(ApiError::invalid_request("Content-Type must be application/json"));
+    }
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
+        }
+        ApiError::invalid_request("Could not read the request body")
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error_lite(de)
+}
+
+/// Maps serde errors: syntax → 400, data → 422 with the message naming the field.
+fn serde_path_to_error_lite<'de, T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, ApiError> {
+    match T::deserialize(&mut *de).and_then(|v| de.end().map(|()| v)) {
+        Ok(v) => Ok(v),
+        Err(e) => Err(match e.classify() {
+            serde_json::error::Category::Data => {
+                let msg = e.to_string();
+                let field = msg
+                    .split('`')
+                    .nth(1)
+                    .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"))
+                    .map(str::to_string);
+                let mut err = ApiError::new(ErrorCode::ValidationFailed, format!("Invalid request body: {msg}"));
+                err.param = field;
+                err
+            }
+            _ => ApiError::invalid_request(format!("The request body is not valid JSON: {e}")),
+        }),
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid_request("A JSON request body is required"));
+        }
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// A JSON body that may be absent (empty body): `None`. A present body must be valid.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+impl FromRequest<AppState> for RawJson {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_request(format!("The request body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid_request("The request body must be a JSON object"));
+        }
+        Ok(RawJson { bytes, value })
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Request metadata for audit events.
+pub struct Meta(pub RequestMeta);
+
+impl<S: Send + Sync> FromRequestParts<S> for Meta {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Meta(request_meta(parts)))
+    }
+}
+
+pub fn request_meta(parts: &Parts) -> RequestMeta {
+    RequestMeta {
+        ip: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+        request_id: parts.extensions.get::<RequestId>().map(|r| r.0.to_string()),
+    }
+}

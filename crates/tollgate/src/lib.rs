@@ -1,0 +1,19 @@
+//! Tollgate: a self-hosted AI API gateway whose centre is authentication and access control.
+//!
+//! `main.rs` only parses the command line; everything else — building the app from a
+//! [`config::Config`], serving it, the CLI commands — lives here so tests can drive it on port 0.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod ops;
+pub mod passwords;
+pub mod proxy;
+pub mod store;
+pub mod util;

@@ -1,0 +1,495 @@
+//! The OpenAI-compatible proxy (SPEC §4.1): model routes from config, one upstream HTTP client with
+//! TCP_NODELAY and a keep-alive pool, streams passed through event by event, every pending call
+//! tied to the caller's revocation token and to the client connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::middleware::Caller;
+use crate::auth::revocation::CutReason;
+use crate::config::{Config, ProviderKind, Secret};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::RawJson;
+
+pub mod mock;
+pub mod sse;
+
+use sse::{EventKind, EventSplitter, Usage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Embeddings,
+    Images,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Images => "images/generations",
+        }
+    }
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, UpstreamFailure>>;
+
+/// Why an upstream call failed (low-cardinality; also the metrics outcome label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Broken,
+}
+
+impl UpstreamFailure {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Broken => "broken",
+        }
+    }
+    fn to_api(self) -> ApiError {
+        match self {
+            Self::Connect => ApiError::new(ErrorCode::UpstreamError, "Could not connect to the upstream provider"),
+            Self::Timeout => ApiError::new(ErrorCode::UpstreamTimeout, "The upstream provider did not answer in time"),
+            Self::Broken => ApiError::new(ErrorCode::UpstreamError, "The upstream provider failed mid-response"),
+        }
+    }
+}
+
+fn classify_reqwest(e: &reqwest::Error) -> UpstreamFailure {
+    if e.is_timeout() {
+        UpstreamFailure::Timeout
+    } else if e.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Broken
+    }
+}
+
+pub enum ReplyBody {
+    Full(Bytes),
+    Stream(ByteStream),
+}
+
+/// What an upstream answered (before the gateway maps it for the client).
+pub struct UpstreamReply {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: ReplyBody,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum Backend {
+    OpenAi { base_url: String, api_key: Option<Secret>, timeout: Duration },
+    Mock,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub backend: Backend,
+}
+
+#[derive(Debug)]
+pub struct ModelRoute {
+    pub name: String,
+    pub provider: Arc<Provider>,
+    pub upstream_model: String,
+}
+
+/// Model routes and the upstream client.
+#[derive(Debug)]
+pub struct Proxy {
+    client: reqwest::Client,
+    routes: Vec<Arc<ModelRoute>>,
+    by_name: HashMap<String, Arc<ModelRoute>>,
+    timeout: Duration,
+}
+
+impl Proxy {
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
+        let timeout = Duration::from_secs(cfg.upstream_timeout_seconds.max(1));
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the upstream HTTP client: {e}"))?;
+        let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
+        for p in &cfg.providers {
+            let backend = match p.kind {
+                ProviderKind::Mock => Backend::Mock,
+                ProviderKind::Openai => {
+                    let api_key = match &p.api_key_env {
+                        Some(var) => match std::env::var(var) {
+                            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+                            _ => {
+                                tracing::warn!(provider = %p.name, env = %var, "upstream API key variable is not set");
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    Backend::OpenAi {
+                        base_url: p.base_url.trim_end_matches('/').to_string(),
+                        api_key,
+                        timeout: p.timeout_seconds.map_or(timeout, Duration::from_secs),
+                    }
+                }
+            };
+            providers.insert(p.name.clone(), Arc::new(Provider { name: p.name.clone(), backend }));
+        }
+        let mut routes = Vec::new();
+        for m in &cfg.models {
+            let provider = providers
+                .get(&m.provider)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("model {} routes to unknown provider {}", m.name, m.provider))?;
+            routes.push(Arc::new(ModelRoute {
+                name: m.name.clone(),
+                provider,
+                upstream_model: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
+            }));
+        }
+        if cfg.providers.is_empty() && cfg.models.is_empty() {
+            // No provider configured: serve the built-in mock models so `serve` works out of the box.
+            let provider = Arc::new(Provider { name: "mock".into(), backend: Backend::Mock });
+            for (name, _) in mock::MODELS {
+                routes.push(Arc::new(ModelRoute {
+                    name: (*name).into(),
+                    provider: provider.clone(),
+                    upstream_model: (*name).into(),
+                }));
+            }
+        }
+        let by_name = routes.iter().map(|r| (r.name.clone(), r.clone())).collect();
+        Ok(Self { client, routes, by_name, timeout })
+    }
+
+    pub fn route(&self, model: &str) -> Option<&Arc<ModelRoute>> {
+        self.by_name.get(model)
+    }
+
+    pub fn routes(&self) -> &[Arc<ModelRoute>] {
+        &self.routes
+    }
+
+    /// Sends one request upstream and returns the reply head (the body may still be streaming).
+    async fn send(&self, route: &ModelRoute, endpoint: Endpoint, body: &Value, bytes: Bytes) -> Result<UpstreamReply, UpstreamFailure> {
+        match &route.provider.backend {
+            Backend::Mock => Ok(mock::respond(endpoint, body)),
+            Backend::OpenAi { base_url, api_key, timeout } => {
+                let mut req = self
+                    .client
+                    .post(format!("{base_url}/{}", endpoint.path()))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(bytes);
+                if let Some(k) = api_key {
+                    req = req.bearer_auth(k.expose());
+                }
+                let resp = tokio::time::timeout(*timeout, req.send())
+                    .await
+                    .map_err(|_| UpstreamFailure::Timeout)?
+                    .map_err(|e| classify_reqwest(&e))?;
+                let status = resp.status();
+                let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+                let retry_after = resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                let is_sse = content_type
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                let body = if status.is_success() && is_sse {
+                    ReplyBody::Stream(resp.bytes_stream().map_err(|e| classify_reqwest(&e)).boxed())
+                } else {
+                    let bytes = tokio::time::timeout(*timeout, resp.bytes())
+                        .await
+                        .map_err(|_| UpstreamFailure::Timeout)?
+                        .map_err(|e| classify_reqwest(&e))?;
+                    ReplyBody::Full(bytes)
+                };
+                Ok(UpstreamReply { status, content_type, body, retry_after })
+            }
+        }
+    }
+}
+
+/// The error a cut request receives.
+fn cut_error(reason: CutReason) -> ApiError {
+    match reason {
+        CutReason::Revoked => ApiError::new(ErrorCode::AuthRevoked, "The credential was revoked during the request"),
+        CutReason::SubscriptionInactive => {
+            ApiError::new(ErrorCode::SubscriptionInactive, "The subscription is no longer active")
+        }
+    }
+}
+
+/// Maps a non-2xx upstream answer. Client errors the caller can fix (400/413/422) pass through
+/// with the provider's body; the provider's rate limiting becomes `429 RATE_LIMITED`; anything
+/// else (its auth failures, 404s, 5xx) is `502 UPSTREAM_ERROR` with no upstream detail.
+fn map_upstream_error(provider: &str, status: StatusCode, body: &Bytes, retry_after: Option<u64>) -> Response {
+    match status.as_u16() {
+        400 | 413 | 422 if serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("error").is_some()) => {
+            (status, [(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
+        }
+        429 => {
+            let mut e = ApiError::new(ErrorCode::RateLimited, "The upstream provider is rate limiting; retry later");
+            e.retry_after = Some(retry_after.unwrap_or(1));
+            e.into_response()
+        }
+        code => {
+            tracing::warn!(provider, status = code, "upstream returned an error");
+            ApiError::new(ErrorCode::UpstreamError, format!("The upstream provider answered with status {code}"))
+                .into_response()
+        }
+    }
+}
+
+/// `GET /v1/models`: the models this caller may use.
+pub async fn list_models(State(state): State<AppState>, caller: Caller) -> Response {
+    let data: Vec<Value> = state
+        .proxy
+        .routes()
+        .iter()
+        .filter(|r| model_allowed(&caller, &r.name))
+        .map(|r| json!({"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// Whether a caller may use a model. Every model is open to tenant members; subscription
+/// principals are limited to their product's models when subscriptions are configured.
+pub fn model_allowed(_caller: &Caller, _model: &str) -> bool {
+    true
+}
+
+pub async fn chat_completions(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
+    forward(&state, caller, Endpoint::Chat, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn embeddings(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
+    forward(&state, caller, Endpoint::Embeddings, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn image_generations(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
+    forward(&state, caller, Endpoint::Images, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Rewrites the body for the upstream: the public model name becomes the upstream one, and a
+/// stream asks for usage. Unknown fields pass through untouched; the original bytes are reused
+/// when nothing changed. Returns the body and whether the client itself asked for usage.
+fn prepare(raw: RawJson, route: &ModelRoute, stream: bool) -> Result<(Value, Bytes, bool), ApiError> {
+    let RawJson { bytes, mut value } = raw;
+    let mut changed = false;
+    if route.upstream_model != route.name {
+        value["model"] = Value::String(route.upstream_model.clone());
+        changed = true;
+    }
+    let mut client_wants_usage = false;
+    if stream {
+        match value.get_mut("stream_options") {
+            Some(Value::Object(opts)) => {
+                client_wants_usage = opts.get("include_usage").and_then(Value::as_bool) == Some(true);
+                if !client_wants_usage {
+                    opts.insert("include_usage".into(), Value::Bool(true));
+                    changed = true;
+                }
+            }
+            None | Some(Value::Null) => {
+                value["stream_options"] = json!({"include_usage": true});
+                changed = true;
+            }
+            Some(_) => return Err(ApiError::validation("stream_options", "stream_options must be an object")),
+        }
+    }
+    let bytes = if changed { Bytes::from(value.to_string()) } else { bytes };
+    Ok((value, bytes, client_wants_usage))
+}
+
+async fn forward(state: &AppState, caller: Caller, endpoint: Endpoint, raw: RawJson) -> Result<Response, ApiError> {
+    let model = match raw.value.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(ApiError::validation("model", "The model field is required and must be a string")),
+    };
+    let route = state
+        .proxy
+        .route(&model)
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("The model {model:?} does not exist")).with_param("model"))?;
+    if !model_allowed(&caller, &model) {
+        return Err(ApiError::permission_denied(format!("This credential may not use the model {model:?}")).with_param("model"));
+    }
+    let stream = match raw.value.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => endpoint == Endpoint::Chat,
+        Some(_) => return Err(ApiError::validation("stream", "stream must be a boolean")),
+    };
+    let (value, bytes, client_wants_usage) = prepare(raw, &route, stream)?;
+    let started = Instant::now();
+    let token = caller.live.token().clone();
+    // Dropping this future (client gone) drops the upstream request; a revocation cancels it.
+    let reply = tokio::select! {
+        biased;
+        () = token.cancelled() => {
+            state.metrics.streams_cut.get_or_create(&crate::metrics::ReasonLabels { reason: "revoked".into() }).inc();
+            return Err(cut_error(caller.live.reason()));
+        }
+        r = state.proxy.send(&route, endpoint, &value, bytes) => r,
+    };
+    let provider = route.provider.name.as_str();
+    let reply = match reply {
+        Ok(r) => r,
+        Err(f) => {
+            state.metrics.upstream(provider, f.label(), started.elapsed().as_secs_f64());
+            return Err(f.to_api());
+        }
+    };
+    let outcome = if reply.status.is_success() { "ok" } else { "error_status" };
+    state.metrics.upstream(provider, outcome, started.elapsed().as_secs_f64());
+    match reply.body {
+        ReplyBody::Full(body) if reply.status.is_success() => {
+            let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+                tracing::warn!(provider, "upstream sent a body that is not JSON");
+                return Err(ApiError::new(ErrorCode::UpstreamError, "The upstream provider sent an invalid response"));
+            };
+            let usage = Usage::from_json(&parsed);
+            tracing::debug!(?usage, "completed");
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+                .into_response())
+        }
+        ReplyBody::Full(body) => Ok(map_upstream_error(provider, reply.status, &body, reply.retry_after)),
+        ReplyBody::Stream(upstream) => Ok(stream_response(state, caller, upstream, client_wants_usage)),
+    }
+}
+
+struct StreamState {
+    upstream: ByteStream,
+    splitter: EventSplitter,
+    queue: std::collections::VecDeque<Bytes>,
+    caller: Caller,
+    token: tokio_util::sync::CancellationToken,
+    client_wants_usage: bool,
+    idle: Duration,
+    usage: Option<Usage>,
+    saw_done: bool,
+    done: bool,
+    state: AppState,
+}
+
+impl StreamState {
+    fn fail(&mut self, err: &ApiError, reason: &str) {
+        self.done = true;
+        self.queue.push_back(sse::error_event(err));
+        self.state
+            .metrics
+            .streams_cut
+            .get_or_create(&crate::metrics::ReasonLabels { reason: reason.into() })
+            .inc();
+    }
+
+    fn take_events(&mut self) {
+        while let Some(ev) = self.splitter.next_event() {
+            match sse::classify(&ev) {
+                EventKind::UsageOnly(u) => {
+                    self.usage = Some(u);
+                    if self.client_wants_usage {
+                        self.queue.push_back(ev);
+                    }
+                }
+                EventKind::Data(u) => {
+                    if u.is_some() {
+                        self.usage = u;
+                    }
+                    self.queue.push_back(ev);
+                }
+                EventKind::Done => {
+                    self.saw_done = true;
+                    self.queue.push_back(ev);
+                }
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some(ev);
+            }
+            if self.done {
+                tracing::debug!(usage = ?self.usage, "stream finished");
+                return None;
+            }
+            tokio::select! {
+                biased;
+                () = self.token.cancelled() => {
+                    let err = cut_error(self.caller.live.reason());
+                    self.fail(&err, "revoked");
+                }
+                next = tokio::time::timeout(self.idle, self.upstream.next()) => match next {
+                    Err(_) => self.fail(&UpstreamFailure::Timeout.to_api(), "upstream_timeout"),
+                    Ok(Some(Err(f))) => self.fail(&f.to_api(), "upstream_error"),
+                    Ok(Some(Ok(bytes))) => {
+                        self.splitter.push(&bytes);
+                        self.take_events();
+                    }
+                    Ok(None) => {
+                        if let Some(rest) = self.splitter.remainder() {
+                            self.queue.push_back(rest);
+                        }
+                        if self.saw_done {
+                            self.done = true;
+                        } else {
+                            self.fail(&UpstreamFailure::Broken.to_api(), "upstream_error");
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn stream_response(state: &AppState, caller: Caller, upstream: ByteStream, client_wants_usage: bool) -> Response {
+    let token = caller.live.token().clone();
+    let st = StreamState {
+        upstream,
+        splitter: EventSplitter::default(),
+        queue: Default::default(),
+        caller,
+        token,
+        client_wants_usage,
+        idle: state.proxy.timeout,
+        usage: None,
+        saw_done: false,
+        done: false,
+        state: state.clone(),
+    };
+    let body = futures_util::stream::unfold(st, |mut st| async move {
+        st.next_frame().await.map(|frame| (Ok::<_, std::io::Error>(frame), st))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| ApiError::internal("could not build stream response").into_response())
+}

@@ -1,0 +1,60 @@
+//! The invalidation log: written in the same transaction as the change it announces, polled by
+//! every instance (see `auth::Auth::apply_remote_invalidations`).
+
+use sqlx::AnyPool;
+
+use super::{Conn, StoreResult};
+use crate::util::now_ms;
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A credential was revoked or rotated, or its settings changed: cut requests using it.
+    Credential,
+    /// Permissions may have changed (roles, memberships): re-resolve, do not cut.
+    Permissions,
+    /// A subject (user, subscription) lost access: cut requests under it.
+    Subject,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Credential => "credential",
+            Kind::Permissions => "permissions",
+            Kind::Subject => "subject",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "credential" => Kind::Credential,
+            "permissions" => Kind::Permissions,
+            "subject" => Kind::Subject,
+            _ => return None,
+        })
+    }
+}
+
+pub async fn publish(conn: &mut Conn, kind: Kind, target: &str) -> StoreResult<()> {
+    sqlx::query("INSERT INTO invalidations (kind, target, at) VALUES ($1, $2, $3)")
+        .bind(kind.as_str())
+        .bind(target.to_string())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Rows written since `since_ms` (a window, not a cursor: PostgreSQL sequences can commit out of
+/// order, so the poller dedupes by `seq` instead of trusting `seq > last`).
+pub async fn recent(pool: &AnyPool, since_ms: i64) -> StoreResult<Vec<(i64, String, String)>> {
+    Ok(sqlx::query_as("SELECT seq, kind, target FROM invalidations WHERE at >= $1 ORDER BY seq")
+        .bind(since_ms)
+        .fetch_all(pool)
+        .await?)
+}
+
+pub async fn prune(pool: &AnyPool, before_ms: i64) -> StoreResult<u64> {
+    let r = sqlx::query("DELETE FROM invalidations WHERE at < $1").bind(before_ms).execute(pool).await?;
+    Ok(r.rows_affected())
+}
