@@ -1,1 +1,356 @@
-fn main() {}
+//! `tollgate-bench`: a bounded loopback benchmark of Tollgate side by side with nginx and with
+//! the bare fake upstream. See README.md.
+
+mod load;
+mod procs;
+mod report;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use load::{Bounds, Endpoint};
+use procs::{Proc, TempDir};
+use report::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetKind {
+    Direct,
+    Nginx,
+    Tollgate,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Bounded loopback benchmark: direct upstream vs nginx vs Tollgate"
+)]
+struct Args {
+    /// Concurrent connections (one client, a pool of this size).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Request budget of each measured phase (per target and scenario).
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Time budget of each measured phase, in seconds (at most 600).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Request budget of each warm-up phase.
+    #[arg(long, default_value_t = 2_000)]
+    warmup_requests: u64,
+    /// Time budget of each warm-up phase, in seconds (at most 60).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+    /// Chunks per streamed completion (the fake upstream's `--chunks`).
+    #[arg(long, default_value_t = 20)]
+    chunks: usize,
+    /// Do not benchmark nginx.
+    #[arg(long)]
+    skip_nginx: bool,
+    /// Benchmark only these targets (comma-separated, e.g. `direct,nginx`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<TargetKind>,
+    /// The `tollgate` binary (default: next to this one).
+    #[arg(long)]
+    tollgate_bin: Option<PathBuf>,
+    /// The `fake-upstream` binary (default: next to this one).
+    #[arg(long)]
+    fake_upstream_bin: Option<PathBuf>,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx_bin: PathBuf,
+    /// TOML appended to the generated Tollgate config (e.g. limits for a "limits on" run).
+    #[arg(long)]
+    tollgate_config_extra: Option<PathBuf>,
+    /// A name for this run, carried into the report.
+    #[arg(long, default_value = "bench")]
+    label: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Args {
+    fn wants(&self, kind: TargetKind) -> bool {
+        let selected = self.only.is_empty() || self.only.contains(&kind);
+        selected && !(kind == TargetKind::Nginx && self.skip_nginx)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=1024).contains(&self.connections) {
+            bail!("--connections must be 1..=1024");
+        }
+        if self.requests == 0 {
+            bail!("--requests must be at least 1");
+        }
+        if !(self.seconds > 0.0 && self.seconds <= 600.0) {
+            bail!("--seconds must be in (0, 600]");
+        }
+        if !(0.0..=60.0).contains(&self.warmup_seconds) {
+            bail!("--warmup-seconds must be in [0, 60]");
+        }
+        if !(1..=10_000).contains(&self.chunks) {
+            bail!("--chunks must be 1..=10000");
+        }
+        Ok(())
+    }
+}
+
+const SCENARIOS: [(&str, bool); 2] = [("chat", false), ("stream", true)];
+
+/// A benchmarked endpoint and the process whose CPU and memory are charged to it.
+struct Target {
+    name: &'static str,
+    endpoint: Endpoint,
+    pid: u32,
+    _proc: Option<Proc>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    // Dropping `run` (on a signal) drops every child process handle, which stops the children.
+    let result = tokio::select! {
+        r = run(args) => r,
+        () = shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tollgate-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    args.validate()?;
+    let tmp = TempDir::new()?;
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .no_proxy()
+        .pool_max_idle_per_host(args.connections)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+
+    let upstream_key = procs::token("fake-upstream-key");
+    let upstream_bin = match &args.fake_upstream_bin {
+        Some(bin) => bin.clone(),
+        None => procs::sibling_binary("fake-upstream")?,
+    };
+    let (upstream, upstream_addr) =
+        procs::start_fake_upstream(&upstream_bin, &upstream_key, args.chunks, tmp.path()).await?;
+    log(&format!(
+        "fake upstream on {upstream_addr} (pid {})",
+        upstream.pid
+    ));
+
+    // Start every target first, so a misconfiguration fails before any time is spent measuring.
+    let mut targets = Vec::new();
+    if args.wants(TargetKind::Direct) {
+        targets.push(Target {
+            name: "direct",
+            endpoint: Endpoint {
+                url: format!("http://{upstream_addr}/v1/chat/completions"),
+                token: upstream_key.clone(),
+            },
+            pid: upstream.pid,
+            _proc: None,
+        });
+    }
+    if args.wants(TargetKind::Nginx) {
+        let dir = tmp.path().join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let token = procs::token("nginx-static-token");
+        let (proc, port) =
+            procs::start_nginx(&args.nginx_bin, &dir, &upstream_addr, &upstream_key, &token)
+                .await?;
+        log(&format!("nginx on 127.0.0.1:{port} (pid {})", proc.pid));
+        targets.push(Target {
+            name: "nginx",
+            endpoint: Endpoint {
+                url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                token,
+            },
+            pid: proc.pid,
+            _proc: Some(proc),
+        });
+    }
+    if args.wants(TargetKind::Tollgate) {
+        let dir = tmp.path().join("tollgate");
+        std::fs::create_dir_all(&dir)?;
+        let bin = match &args.tollgate_bin {
+            Some(bin) => bin.clone(),
+            None => procs::sibling_binary("tollgate")?,
+        };
+        let setup = procs::TollgateSetup {
+            bin: &bin,
+            dir: &dir,
+            upstream: &upstream_addr,
+            upstream_key: &upstream_key,
+            extra_config: args.tollgate_config_extra.as_deref(),
+        };
+        let (proc, port, api_key) = procs::start_tollgate(setup, &client).await?;
+        log(&format!("tollgate on 127.0.0.1:{port} (pid {})", proc.pid));
+        targets.push(Target {
+            name: "tollgate",
+            endpoint: Endpoint {
+                url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                token: api_key,
+            },
+            pid: proc.pid,
+            _proc: Some(proc),
+        });
+    }
+    if targets.is_empty() {
+        bail!("no target selected (--skip-nginx together with --only nginx?)");
+    }
+    for t in &targets {
+        for (scenario, stream) in SCENARIOS {
+            load::one_request(&client, &t.endpoint, &load::chat_body(stream), stream)
+                .await
+                .with_context(|| format!("smoke request to {} ({scenario}) failed", t.name))?;
+        }
+    }
+
+    let ticks = procs::clock_ticks_per_second();
+    let mut rows = Vec::new();
+    for t in &targets {
+        for (scenario, stream) in SCENARIOS {
+            log(&format!("{} / {scenario}: warm-up, then measuring", t.name));
+            let row = measure(&client, t, upstream.pid, scenario, stream, &args, ticks).await?;
+            log(&format!(
+                "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                row.rps, row.p50_ms, row.p99_ms, row.errors
+            ));
+            rows.push(row);
+        }
+    }
+
+    let meta = report::Meta {
+        label: args.label.clone(),
+        connections: args.connections,
+        requests: args.requests,
+        seconds: args.seconds,
+        chunks: args.chunks,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+    };
+    let markdown = report::markdown(&meta, &rows);
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(markdown.as_bytes())?;
+        out.flush()?;
+    }
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(&report::json(&meta, &rows))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    let errors: u64 = rows.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        log(&format!(
+            "warning: {errors} requests failed (see the errors column)"
+        ));
+    }
+    Ok(())
+}
+
+/// Warm-up, then one measured phase, with CPU and peak RSS of the target's process tree.
+async fn measure(
+    client: &reqwest::Client,
+    target: &Target,
+    upstream_pid: u32,
+    scenario: &'static str,
+    stream: bool,
+    args: &Args,
+    ticks_per_second: u64,
+) -> Result<Row> {
+    let warmup = Bounds {
+        connections: args.connections,
+        max_requests: args.warmup_requests,
+        max_time: Duration::from_secs_f64(args.warmup_seconds),
+    };
+    if args.warmup_requests > 0 && args.warmup_seconds > 0.0 {
+        load::run_phase(client, &target.endpoint, stream, warmup).await?;
+    }
+
+    let proxy_pids = procs::tree(target.pid);
+    let upstream_pids = procs::tree(upstream_pid);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler_pids = proxy_pids.clone();
+    let sampler = tokio::spawn(async move {
+        let mut peak = procs::rss_kib(&sampler_pids);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    peak = peak.max(procs::rss_kib(&sampler_pids));
+                }
+            }
+        }
+        peak
+    });
+    let proxy_before = procs::cpu_ticks(&proxy_pids);
+    let upstream_before = procs::cpu_ticks(&upstream_pids);
+    let bounds = Bounds {
+        connections: args.connections,
+        max_requests: args.requests,
+        max_time: Duration::from_secs_f64(args.seconds),
+    };
+    let result = load::run_phase(client, &target.endpoint, stream, bounds).await;
+    let proxy_ticks = procs::cpu_ticks(&proxy_pids).saturating_sub(proxy_before);
+    let upstream_ticks = procs::cpu_ticks(&upstream_pids).saturating_sub(upstream_before);
+    let _ = stop.send(());
+    let peak_kib = sampler.await.unwrap_or(0);
+    let result = result?;
+
+    let requests = result.requests();
+    let per_request_us = |ticks: u64| {
+        if requests == 0 {
+            0.0
+        } else {
+            ticks as f64 * 1e6 / ticks_per_second as f64 / requests as f64
+        }
+    };
+    let ms = |q: f64| result.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Row {
+        target: target.name,
+        scenario,
+        requests,
+        errors: result.errors,
+        first_error: result.first_error.clone(),
+        seconds: result.elapsed.as_secs_f64(),
+        rps: requests as f64 / result.elapsed.as_secs_f64().max(1e-9),
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+        proxy_cpu_us: per_request_us(proxy_ticks),
+        upstream_cpu_us: per_request_us(upstream_ticks),
+        rss_mib: peak_kib as f64 / 1024.0,
+    })
+}
+
+/// Progress goes to stderr; the report alone goes to stdout.
+fn log(line: &str) {
+    let _ = writeln!(std::io::stderr(), "tollgate-bench: {line}");
+}

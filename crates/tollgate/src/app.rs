@@ -49,6 +49,7 @@ impl AppState {
         let auth = Auth::new(
             store.clone(),
             config.key_prefix.clone(),
+            config.public_url.clone(),
             Duration::from_secs(config.key_cache_ttl_seconds.max(1)),
         );
         let proxy = Proxy::from_config(&config)?;
@@ -68,18 +69,37 @@ fn ai_routes(state: &AppState) -> Router<AppState> {
     use crate::proxy;
     use AuthLevel::{Optional, Required};
     Router::new()
-        .route("/models", get(proxy::list_models).route_layer(guard(state, Optional, Some(Permission::ModelsRead))))
+        .route(
+            "/models",
+            get(proxy::list_models).route_layer(guard(
+                state,
+                Optional,
+                Some(Permission::ModelsRead),
+            )),
+        )
         .route(
             "/chat/completions",
-            post(proxy::chat_completions).route_layer(guard(state, Required, Some(Permission::ChatWrite))),
+            post(proxy::chat_completions).route_layer(guard(
+                state,
+                Required,
+                Some(Permission::ChatWrite),
+            )),
         )
         .route(
             "/embeddings",
-            post(proxy::embeddings).route_layer(guard(state, Required, Some(Permission::EmbeddingsWrite))),
+            post(proxy::embeddings).route_layer(guard(
+                state,
+                Required,
+                Some(Permission::EmbeddingsWrite),
+            )),
         )
         .route(
             "/images/generations",
-            post(proxy::image_generations).route_layer(guard(state, Required, Some(Permission::ImagesWrite))),
+            post(proxy::image_generations).route_layer(guard(
+                state,
+                Required,
+                Some(Permission::ImagesWrite),
+            )),
         )
 }
 
@@ -90,27 +110,63 @@ fn management_routes(state: &AppState) -> Router<AppState> {
     let any = || guard(state, Required, None);
     let perm = |p| guard(state, Required, Some(p));
     Router::new()
-        .route("/api-keys", get(keys::list).post(keys::create).route_layer(any()))
-        .route("/api-keys/{id}", get(keys::get).patch(keys::patch).delete(keys::revoke).route_layer(any()))
-        .route("/api-keys/{id}/rotate", post(keys::rotate).route_layer(any()))
-        .route("/users", get(users::list).route_layer(perm(Permission::UsersRead)))
-        .route("/users", post(users::create).route_layer(perm(Permission::UsersWrite)))
-        .route("/users/{id}", get(users::get).route_layer(perm(Permission::UsersRead)))
+        .route(
+            "/api-keys",
+            get(keys::list).post(keys::create).route_layer(any()),
+        )
+        .route(
+            "/api-keys/{id}",
+            get(keys::get)
+                .patch(keys::patch)
+                .delete(keys::revoke)
+                .route_layer(any()),
+        )
+        .route(
+            "/api-keys/{id}/rotate",
+            post(keys::rotate).route_layer(any()),
+        )
+        .route(
+            "/users",
+            get(users::list).route_layer(perm(Permission::UsersRead)),
+        )
+        .route(
+            "/users",
+            post(users::create).route_layer(perm(Permission::UsersWrite)),
+        )
         .route(
             "/users/{id}",
-            axum::routing::patch(users::patch).delete(users::delete).route_layer(perm(Permission::UsersWrite)),
+            get(users::get).route_layer(perm(Permission::UsersRead)),
         )
-        .route("/users/{id}/roles", axum::routing::put(users::put_roles).route_layer(perm(Permission::UsersWrite)))
+        .route(
+            "/users/{id}",
+            axum::routing::patch(users::patch)
+                .delete(users::delete)
+                .route_layer(perm(Permission::UsersWrite)),
+        )
+        .route(
+            "/users/{id}/roles",
+            axum::routing::put(users::put_roles).route_layer(perm(Permission::UsersWrite)),
+        )
         .route(
             "/roles",
-            get(users::list_roles).post(users::create_role).route_layer(perm(Permission::RolesWrite)),
+            get(users::list_roles)
+                .post(users::create_role)
+                .route_layer(perm(Permission::RolesWrite)),
         )
         .route(
             "/roles/{id}",
-            axum::routing::patch(users::patch_role).delete(users::delete_role).route_layer(perm(Permission::RolesWrite)),
+            axum::routing::patch(users::patch_role)
+                .delete(users::delete_role)
+                .route_layer(perm(Permission::RolesWrite)),
         )
-        .route("/tenants", get(tenants::list).post(tenants::create).route_layer(any()))
-        .route("/me", get(tenants::me).route_layer(guard(state, Optional, None)))
+        .route(
+            "/tenants",
+            get(tenants::list).post(tenants::create).route_layer(any()),
+        )
+        .route(
+            "/me",
+            get(tenants::me).route_layer(guard(state, Optional, None)),
+        )
 }
 
 pub fn router(state: AppState) -> Router {
@@ -124,12 +180,17 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v2", ai)
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http::observe))
-        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-            axum::http::header::AUTHORIZATION,
-            axum::http::header::COOKIE,
-            axum::http::HeaderName::from_static("x-api-key"),
-        ]))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::observe,
+        ))
+        .layer(
+            tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::COOKIE,
+                axum::http::HeaderName::from_static("x-api-key"),
+            ]),
+        )
         .with_state(state)
 }
 
@@ -152,7 +213,11 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.listen))?;
         let addr = listener.local_addr()?;
-        Ok(Self { listener, addr, state })
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
     }
 
     /// Serves until `state.shutdown` is cancelled, then lets in-flight requests (streams
@@ -169,7 +234,8 @@ impl Application {
         let shutdown = state.shutdown.clone();
         let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
         let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = std::pin::pin!(server.into_future());
         tokio::select! {
             r = &mut server => r?,
@@ -192,7 +258,8 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     // Batched last_used_at writes.
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(s.config.last_used_flush_ms.max(50)));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(s.config.last_used_flush_ms.max(50)));
         loop {
             tokio::select! {
                 _ = tick.tick() => s.auth.flush_last_used().await,
@@ -259,7 +326,8 @@ async fn poll_invalidations(state: AppState) {
         }
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();
-            let _ = invalidations::prune(state.store.pool(), crate::util::now_ms() - 3_600_000).await;
+            let _ =
+                invalidations::prune(state.store.pool(), crate::util::now_ms() - 3_600_000).await;
         }
     }
 }

@@ -38,7 +38,10 @@ pub async fn add_owner(
             tenants::create_user(conn, email, "", password_hash, platform_admin).await?
         }
     };
-    if tenants::get_member(conn, tenant_id, &user.id).await?.is_none() {
+    if tenants::get_member(conn, tenant_id, &user.id)
+        .await?
+        .is_none()
+    {
         tenants::add_membership(conn, tenant_id, &user.id).await?;
         append(
             conn,
@@ -48,12 +51,19 @@ pub async fn add_owner(
         )
         .await?;
     }
-    let member = tenants::get_member(conn, tenant_id, &user.id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let member = tenants::get_member(conn, tenant_id, &user.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     if !member.roles.iter().any(|r| r == "owner") {
         let mut roles = member.roles.clone();
         roles.push("owner".into());
         tenants::set_member_roles(conn, tenant_id, &user.id, &roles).await?;
-        crate::store::invalidations::publish(conn, crate::store::invalidations::Kind::Permissions, &user.id).await?;
+        crate::store::invalidations::publish(
+            conn,
+            crate::store::invalidations::Kind::Permissions,
+            &user.id,
+        )
+        .await?;
     }
     let spec = NewKeySpec {
         tenant_id: tenant_id.to_string(),
@@ -95,24 +105,51 @@ pub async fn init(
             let t = tenants::create_tenant(&mut tx, &tenant_name).await?;
             append(
                 &mut tx,
-                AuditEvent::new(t.id.clone(), Actor { kind: "operator", id: None }, "tenant.created", &meta)
-                    .target("tenant", t.id.clone())
-                    .details(json!({"name": t.name})),
+                AuditEvent::new(
+                    t.id.clone(),
+                    Actor {
+                        kind: "operator",
+                        id: None,
+                    },
+                    "tenant.created",
+                    &meta,
+                )
+                .target("tenant", t.id.clone())
+                .details(json!({"name": t.name})),
             )
             .await?;
             t
         }
     };
     crate::store::Store::insert_setting_if_absent(&mut tx, "bootstrapped", "init").await?;
-    let (user_id, api_key) =
-        add_owner(&mut tx, prefix, &tenant.id, &email, password_hash, Actor { kind: "operator", id: None }, &meta).await?;
+    let (user_id, api_key) = add_owner(
+        &mut tx,
+        prefix,
+        &tenant.id,
+        &email,
+        password_hash,
+        Actor {
+            kind: "operator",
+            id: None,
+        },
+        &meta,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(InitOutput { tenant_id: tenant.id, user_id, api_key })
+    Ok(InitOutput {
+        tenant_id: tenant.id,
+        user_id,
+        api_key,
+    })
 }
 
 /// On the very first start with an empty store: create the first tenant and owner. Returns the
 /// bootstrap output exactly once (never again on later starts, nor on other instances).
-pub async fn first_start(store: &Store, prefix: &str, email: &str) -> ApiResult<Option<InitOutput>> {
+pub async fn first_start(
+    store: &Store,
+    prefix: &str,
+    email: &str,
+) -> ApiResult<Option<InitOutput>> {
     let mut tx = store.begin().await?;
     if tenants::count_tenants(&mut tx).await? > 0
         || !crate::store::Store::insert_setting_if_absent(&mut tx, "bootstrapped", "serve").await?
@@ -128,7 +165,20 @@ pub async fn first_start(store: &Store, prefix: &str, email: &str) -> ApiResult<
             .details(json!({"name": tenant.name, "bootstrap": true})),
     )
     .await?;
-    let (user_id, api_key) = add_owner(&mut tx, prefix, &tenant.id, email, None, Actor::system(), &meta).await?;
+    let (user_id, api_key) = add_owner(
+        &mut tx,
+        prefix,
+        &tenant.id,
+        email,
+        None,
+        Actor::system(),
+        &meta,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Some(InitOutput { tenant_id: tenant.id, user_id, api_key }))
+    Ok(Some(InitOutput {
+        tenant_id: tenant.id,
+        user_id,
+        api_key,
+    }))
 }

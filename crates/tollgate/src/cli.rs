@@ -12,7 +12,11 @@ use crate::config::{Config, Overrides};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "Self-hosted AI API gateway centred on authentication and access control")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hosted AI API gateway centred on authentication and access control"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,7 +28,12 @@ pub struct Common {
     #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Database URL (sqlite://... or postgres://...).
-    #[arg(long = "database", env = "TOLLGATE_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long = "database",
+        env = "TOLLGATE_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 
@@ -41,7 +50,11 @@ pub enum Command {
         #[arg(long = "redis", env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
         /// Email of the owner created on the very first start.
-        #[arg(long, env = "TOLLGATE_BOOTSTRAP_EMAIL", default_value = "admin@tollgate.local")]
+        #[arg(
+            long,
+            env = "TOLLGATE_BOOTSTRAP_EMAIL",
+            default_value = "admin@tollgate.local"
+        )]
         bootstrap_email: String,
     },
     /// Create the tenant and its owner if missing, and issue a new owner API key (JSON on stdout).
@@ -118,15 +131,25 @@ pub enum AuditCommand {
 }
 
 fn load_config(common: &Common, overrides: Overrides) -> anyhow::Result<Config> {
-    let overrides = Overrides { database_url: common.database_url.clone().or(overrides.database_url), ..overrides };
+    let overrides = Overrides {
+        database_url: common.database_url.clone().or(overrides.database_url),
+        ..overrides
+    };
     Config::load(common.config.as_deref(), &overrides)
 }
 
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn out(line: &str) -> anyhow::Result<()> {
@@ -139,13 +162,30 @@ fn out(line: &str) -> anyhow::Result<()> {
 /// Runs a parsed command. Returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve { common, listen, redis_url, bootstrap_email } => {
-            let config = load_config(&common, Overrides { listen, redis_url, database_url: None })?;
+        Command::Serve {
+            common,
+            listen,
+            redis_url,
+            bootstrap_email,
+        } => {
+            let config = load_config(
+                &common,
+                Overrides {
+                    listen,
+                    redis_url,
+                    database_url: None,
+                },
+            )?;
             init_logging(config.log_json);
             serve(config, &bootstrap_email).await?;
             Ok(0)
         }
-        Command::Init { common, email, tenant, password_stdin } => {
+        Command::Init {
+            common,
+            email,
+            tenant,
+            password_stdin,
+        } => {
             let config = load_config(&common, Overrides::default())?;
             init_logging(config.log_json);
             let password = if password_stdin {
@@ -156,7 +196,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 None
             };
             let store = Store::connect(config.database_url.expose()).await?;
-            let res = crate::bootstrap::init(&store, &config.key_prefix, &email, &tenant, password).await;
+            let res =
+                crate::bootstrap::init(&store, &config.key_prefix, &email, &tenant, password).await;
             store.close().await;
             let output = res.map_err(|e| anyhow::anyhow!("{}", e.message))?;
             out(&serde_json::to_string(&output)?)?;
@@ -189,13 +230,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-async fn find_tenant(store: &Store, name_or_id: &str) -> anyhow::Result<crate::store::tenants::Tenant> {
+async fn find_tenant(
+    store: &Store,
+    name_or_id: &str,
+) -> anyhow::Result<crate::store::tenants::Tenant> {
     use crate::store::tenants;
     if let Some(t) = tenants::get_tenant(store.pool(), name_or_id).await? {
         return Ok(t);
     }
     let mut conn = store.pool().acquire().await?;
-    tenants::find_tenant_by_name(&mut conn, name_or_id).await?.ok_or_else(|| anyhow::anyhow!("no tenant {name_or_id:?}"))
+    tenants::find_tenant_by_name(&mut conn, name_or_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no tenant {name_or_id:?}"))
 }
 
 async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> anyhow::Result<i32> {
@@ -204,16 +250,30 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
     use crate::store::tenants;
     let api = |e: crate::error::ApiError| anyhow::anyhow!("{}", e.message);
     match command {
-        KeysCommand::Create { tenant, email, name, scopes, expires_at } => {
+        KeysCommand::Create {
+            tenant,
+            email,
+            name,
+            scopes,
+            expires_at,
+        } => {
             let tenant = find_tenant(store, &tenant).await?;
             let mut tx = store.begin().await?;
             let user = tenants::find_user_by_email(&mut tx, &email).await?;
-            let Some(user) = user else { anyhow::bail!("no user with email {email:?}") };
-            if tenants::get_member(&mut tx, &tenant.id, &user.id).await?.is_none() {
+            let Some(user) = user else {
+                anyhow::bail!("no user with email {email:?}")
+            };
+            if tenants::get_member(&mut tx, &tenant.id, &user.id)
+                .await?
+                .is_none()
+            {
                 anyhow::bail!("{email} is not a member of tenant {}", tenant.name);
             }
             let expires_at = match expires_at {
-                Some(s) => Some(crate::util::parse_rfc3339(&s).ok_or_else(|| anyhow::anyhow!("--expires-at must be RFC 3339"))?),
+                Some(s) => Some(
+                    crate::util::parse_rfc3339(&s)
+                        .ok_or_else(|| anyhow::anyhow!("--expires-at must be RFC 3339"))?,
+                ),
                 None => None,
             };
             if let Some(s) = &scopes {
@@ -234,7 +294,10 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
                 &mut tx,
                 &config.key_prefix,
                 spec,
-                Actor { kind: "operator", id: None },
+                Actor {
+                    kind: "operator",
+                    id: None,
+                },
                 &RequestMeta::default(),
             )
             .await
@@ -251,7 +314,9 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
             Ok(0)
         }
         KeysCommand::Revoke { id } => {
-            let rec = keys::revoke_by_id_as_operator(store, &id).await.map_err(api)?;
+            let rec = keys::revoke_by_id_as_operator(store, &id)
+                .await
+                .map_err(api)?;
             out(&rec.to_api().to_string())?;
             Ok(0)
         }
@@ -261,22 +326,28 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
 async fn audit_command(store: &Store, command: AuditCommand) -> anyhow::Result<i32> {
     use crate::store::audit;
     match command {
-        AuditCommand::Verify => match audit::verify(store.pool()).await? {
-            Ok(n) => {
-                out(&json!({"status": "ok", "events_checked": n}).to_string())?;
-                Ok(0)
-            }
-            Err(broken) => {
-                out(&json!({"status": "broken", "tenant_id": broken.tenant_id, "seq": broken.seq,
+        AuditCommand::Verify => {
+            match audit::verify(store.pool()).await? {
+                Ok(n) => {
+                    out(&json!({"status": "ok", "events_checked": n}).to_string())?;
+                    Ok(0)
+                }
+                Err(broken) => {
+                    out(&json!({"status": "broken", "tenant_id": broken.tenant_id, "seq": broken.seq,
                     "event_id": broken.event_id, "reason": broken.reason}).to_string())?;
-                tracing::error!(%broken, "audit chain broken");
-                Ok(1)
+                    tracing::error!(%broken, "audit chain broken");
+                    Ok(1)
+                }
             }
-        },
+        }
         AuditCommand::Export { tenant } => {
             let tenants: Vec<String> = match tenant {
                 Some(t) => vec![t],
-                None => audit::heads(store.pool()).await?.into_iter().map(|h| h.0).collect(),
+                None => audit::heads(store.pool())
+                    .await?
+                    .into_iter()
+                    .map(|h| h.0)
+                    .collect(),
             };
             for t in tenants {
                 let mut after = 0;

@@ -92,9 +92,12 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     #[serde(default)]
     pub base_url: String,
-    /// Name of the environment variable holding the upstream API key.
+    /// Name of the environment variable holding the upstream API key (preferred).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// The upstream API key itself (when an environment variable is not practical).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
     /// Per-provider override of `upstream_timeout_seconds`.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
@@ -137,7 +140,11 @@ impl Default for Config {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { access_token_ttl_seconds: 3600, refresh_token_ttl_seconds: 2_592_000, open_signup: true }
+        Self {
+            access_token_ttl_seconds: 3600,
+            refresh_token_ttl_seconds: 2_592_000,
+            open_signup: true,
+        }
     }
 }
 
@@ -154,8 +161,9 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
         let mut cfg = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),
@@ -181,7 +189,8 @@ impl Config {
     /// Environment overrides for settings that have no flag of their own.
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         fn parse<T: std::str::FromStr>(name: &str, v: String) -> anyhow::Result<T> {
-            v.parse().map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
         }
         if let Some(v) = get("TOLLGATE_PUBLIC_URL") {
             self.public_url = v;
@@ -219,7 +228,9 @@ impl Config {
         }
         let p = &self.key_prefix;
         if !(2..=8).contains(&p.len())
-            || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             anyhow::bail!("key_prefix must be 2-8 lowercase letters or digits, got {p:?}");
         }
@@ -238,7 +249,11 @@ impl Config {
         let mut models = std::collections::HashSet::new();
         for m in &self.models {
             if !names.contains(m.provider.as_str()) {
-                anyhow::bail!("model {:?} routes to unknown provider {:?}", m.name, m.provider);
+                anyhow::bail!(
+                    "model {:?} routes to unknown provider {:?}",
+                    m.name,
+                    m.provider
+                );
             }
             if !models.insert(m.name.as_str()) {
                 anyhow::bail!("model {:?} is defined twice", m.name);
@@ -294,7 +309,10 @@ upstream_model = "gpt-4o-mini"
 
     #[test]
     fn secrets_do_not_debug_print() {
-        let mut cfg = Config { database_url: Secret::new("postgres://u:hunter2@h/db"), ..Config::default() };
+        let mut cfg = Config {
+            database_url: Secret::new("postgres://u:hunter2@h/db"),
+            ..Config::default()
+        };
         cfg.metrics_token = Some(Secret::new("hunter2"));
         assert!(!format!("{cfg:?}").contains("hunter2"));
     }
@@ -303,14 +321,18 @@ upstream_model = "gpt-4o-mini"
     fn rejects_unknown_provider_and_bad_prefix() {
         let mut cfg = Config::from_toml("[[models]]\nname='a'\nprovider='nope'\n").unwrap();
         assert!(cfg.finish().is_err());
-        let mut cfg = Config { key_prefix: "Bad_".into(), ..Config::default() };
+        let mut cfg = Config {
+            key_prefix: "Bad_".into(),
+            ..Config::default()
+        };
         assert!(cfg.finish().is_err());
     }
 
     #[test]
     fn env_overrides_apply() {
         let mut cfg = Config::default();
-        cfg.apply_env(|k| (k == "TOLLGATE_KEY_PREFIX").then(|| "sgk".to_string())).unwrap();
+        cfg.apply_env(|k| (k == "TOLLGATE_KEY_PREFIX").then(|| "sgk".to_string()))
+            .unwrap();
         assert_eq!(cfg.key_prefix, "sgk");
     }
 }

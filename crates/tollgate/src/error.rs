@@ -112,7 +112,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), param: None, retry_after: None, headers: Vec::new() }
+        Self {
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+            headers: Vec::new(),
+        }
     }
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());

@@ -24,14 +24,25 @@ pub struct RequestId(pub Arc<str>);
 
 fn acceptable_request_id(v: &HeaderValue) -> Option<&str> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
-        .then_some(s)
+    (!s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    .then_some(s)
 }
 
 /// Outermost middleware: request id, in-flight gauge, metrics, access log.
-pub async fn observe(axum::extract::State(state): axum::extract::State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn observe(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let id: Arc<str> = match req.headers().get("x-request-id").and_then(acceptable_request_id) {
+    let id: Arc<str> = match req
+        .headers()
+        .get("x-request-id")
+        .and_then(acceptable_request_id)
+    {
         Some(s) => s.into(),
         None => crate::util::new_id("req").into(),
     };
@@ -56,9 +67,16 @@ pub async fn observe(axum::extract::State(state): axum::extract::State<AppState>
     let status = res.status().as_u16();
     metrics
         .http_requests
-        .get_or_create(&HttpLabels { route: route.clone(), method: method.to_string(), status })
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method: method.to_string(),
+            status,
+        })
         .inc();
-    metrics.http_duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed.as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
@@ -78,7 +96,10 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "This method is not allowed on this route")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "This method is not allowed on this route",
+    )
 }
 
 /// A JSON body. Bad JSON is `400 INVALID_REQUEST`; the right JSON with wrong fields is
@@ -95,28 +116,42 @@ pub struct RawJson {
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
     let too_large = || {
-        ApiError::new(ErrorCode::PayloadTooLarge, format!("The request body is larger than {limit} bytes"))
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("The request body is larger than {limit} bytes"),
+        )
     };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
     }
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
-        && !ct.to_str().unwrap_or_default().to_ascii_lowercase().starts_with("application/json")
+        && !ct
+            .to_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
     {
-        return Err(ApiError::invalid_request("Content-Type must be application/json"));
+        return Err(ApiError::invalid_request(
+            "Content-Type must be application/json",
+        ));
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return too_large();
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return too_large();
+                }
+                source = s.source();
             }
-            source = s.source();
-        }
-        ApiError::invalid_request("Could not read the request body")
-    })
+            ApiError::invalid_request("Could not read the request body")
+        })
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -136,9 +171,14 @@ fn serde_path_to_error_lite<'de, T: DeserializeOwned>(
                 let field = msg
                     .split('`')
                     .nth(1)
-                    .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"))
+                    .filter(|_| {
+                        msg.starts_with("missing field") || msg.starts_with("unknown field")
+                    })
                     .map(str::to_string);
-                let mut err = ApiError::new(ErrorCode::ValidationFailed, format!("Invalid request body: {msg}"));
+                let mut err = ApiError::new(
+                    ErrorCode::ValidationFailed,
+                    format!("Invalid request body: {msg}"),
+                );
                 err.param = field;
                 err
             }
@@ -176,10 +216,13 @@ impl FromRequest<AppState> for RawJson {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid_request(format!("The request body is not valid JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_request(format!("The request body is not valid JSON: {e}"))
+        })?;
         if !value.is_object() {
-            return Err(ApiError::invalid_request("The request body must be a JSON object"));
+            return Err(ApiError::invalid_request(
+                "The request body must be a JSON object",
+            ));
         }
         Ok(RawJson { bytes, value })
     }
@@ -203,7 +246,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
 
 pub fn request_meta(parts: &Parts) -> RequestMeta {
     RequestMeta {
-        ip: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()),
+        ip: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
         user_agent: parts
             .headers
             .get(header::USER_AGENT)

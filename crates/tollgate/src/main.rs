@@ -10,7 +10,11 @@ async fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "error: {}", tollgate::store::redact_url(&format!("{e:#}")));
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                tollgate::store::redact_url(&format!("{e:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }

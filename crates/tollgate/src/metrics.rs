@@ -58,39 +58,72 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tollgate");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let http_in_flight = Gauge::<i64, AtomicI64>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
-        let upstream_duration =
-            Family::<UpstreamLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_duration = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let streams_cut = Family::<ReasonLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Time to response headers by route",
             http_duration.clone(),
         );
-        registry.register("http_in_flight_requests", "Requests being served now", http_in_flight.clone());
-        registry.register("auth_failures", "Rejected credentials by reason", auth_failures.clone());
+        registry.register(
+            "http_in_flight_requests",
+            "Requests being served now",
+            http_in_flight.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Rejected credentials by reason",
+            auth_failures.clone(),
+        );
         registry.register(
             "upstream_duration_seconds",
             "Upstream time to response headers by provider and outcome",
             upstream_duration.clone(),
         );
-        registry.register("streams_cut", "Streams ended by the gateway, by reason", streams_cut.clone());
-        Self { registry, http_requests, http_duration, http_in_flight, auth_failures, upstream_duration, streams_cut }
+        registry.register(
+            "streams_cut",
+            "Streams ended by the gateway, by reason",
+            streams_cut.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            http_in_flight,
+            auth_failures,
+            upstream_duration,
+            streams_cut,
+        }
     }
 }
 
 impl Metrics {
     pub fn auth_failure(&self, reason: &str) {
-        self.auth_failures.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+        self.auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn upstream(&self, provider: &str, outcome: &str, seconds: f64) {
         self.upstream_duration
-            .get_or_create(&UpstreamLabels { provider: provider.to_string(), outcome: outcome.to_string() })
+            .get_or_create(&UpstreamLabels {
+                provider: provider.to_string(),
+                outcome: outcome.to_string(),
+            })
             .observe(seconds);
     }
 

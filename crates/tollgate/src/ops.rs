@@ -28,8 +28,16 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// Prometheus text. Public unless `metrics_token` is configured, then `Bearer <token>` is required.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(token) = state.config.metrics_token.as_ref().filter(|t| !t.is_empty()) {
-        let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    if let Some(token) = state
+        .config
+        .metrics_token
+        .as_ref()
+        .filter(|t| !t.is_empty())
+    {
+        let Some(auth) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return ApiError::auth_missing().into_response();
         };
         let presented = auth.strip_prefix("Bearer ").unwrap_or_default().trim();
@@ -39,7 +47,10 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()

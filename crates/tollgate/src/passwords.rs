@@ -18,7 +18,10 @@ fn hasher() -> ApiResult<Argon2<'static>> {
 pub fn validate(password: &str) -> ApiResult<()> {
     let n = password.chars().count();
     if !(MIN_LEN..=MAX_LEN).contains(&n) {
-        return Err(ApiError::validation("password", format!("passwords are {MIN_LEN}-{MAX_LEN} characters")));
+        return Err(ApiError::validation(
+            "password",
+            format!("passwords are {MIN_LEN}-{MAX_LEN} characters"),
+        ));
     }
     Ok(())
 }
@@ -30,7 +33,10 @@ pub async fn hash(password: &str) -> ApiResult<String> {
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         rand::fill(&mut salt);
-        hasher()?.hash_password_with_salt(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(ApiError::internal)
+        hasher()?
+            .hash_password_with_salt(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(ApiError::internal)
     })
     .await
     .map_err(ApiError::internal)?
@@ -40,7 +46,9 @@ pub async fn hash(password: &str) -> ApiResult<String> {
 pub async fn verify(password: &str, phc: &str) -> bool {
     let (password, phc) = (password.to_string(), phc.to_string());
     tokio::task::spawn_blocking(move || {
-        let Ok(parsed) = PasswordHash::new(&phc) else { return false };
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return false;
+        };
         hasher().is_ok_and(|h| h.verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await

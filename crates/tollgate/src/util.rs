@@ -7,7 +7,9 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// A random base62 string of `len` characters from the thread CSPRNG.
 pub fn random_base62(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..len).map(|_| BASE62[rng.random_range(0..62usize)] as char).collect()
+    (0..len)
+        .map(|_| BASE62[rng.random_range(0..62usize)] as char)
+        .collect()
 }
 
 /// A new object id such as `key_4f9XbQ...` (120 bits of randomness).
@@ -33,8 +35,11 @@ pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|t| {
-            let t = t.replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000).ok()?;
-            t.format(&time::format_description::well_known::Rfc3339).ok()
+            let t = t
+                .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
+                .ok()?;
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
         })
         .unwrap_or_default()
 }
@@ -47,7 +52,8 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 
 /// Serialises an optional epoch-ms timestamp as RFC 3339 or null.
 pub fn opt_rfc3339(ms: Option<i64>) -> serde_json::Value {
-    ms.map(|m| serde_json::Value::String(rfc3339(m))).unwrap_or(serde_json::Value::Null)
+    ms.map(|m| serde_json::Value::String(rfc3339(m)))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]
@@ -60,7 +66,10 @@ mod tests {
         let s = rfc3339(ms);
         assert_eq!(s, "2025-11-22T11:52:25.678Z");
         assert_eq!(parse_rfc3339(&s), Some(ms));
-        assert_eq!(parse_rfc3339("2025-11-22T12:52:25+01:00"), Some(1_763_812_345_000));
+        assert_eq!(
+            parse_rfc3339("2025-11-22T12:52:25+01:00"),
+            Some(1_763_812_345_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 

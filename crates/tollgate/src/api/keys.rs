@@ -76,15 +76,22 @@ pub struct RotateBody {
 pub fn validate_name(name: &str) -> ApiResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation("name", "name must be 1-200 characters"));
+        return Err(ApiError::validation(
+            "name",
+            "name must be 1-200 characters",
+        ));
     }
     Ok(name.to_string())
 }
 
 fn validate_expiry(s: &str) -> ApiResult<i64> {
-    let at = parse_rfc3339(s).ok_or_else(|| ApiError::validation("expires_at", "expires_at must be an RFC 3339 time"))?;
+    let at = parse_rfc3339(s)
+        .ok_or_else(|| ApiError::validation("expires_at", "expires_at must be an RFC 3339 time"))?;
     if at <= now_ms() {
-        return Err(ApiError::validation("expires_at", "expires_at must be in the future"));
+        return Err(ApiError::validation(
+            "expires_at",
+            "expires_at must be in the future",
+        ));
     }
     Ok(at)
 }
@@ -93,10 +100,17 @@ fn validate_scopes(scopes: &[String], owner_perms: PermSet) -> ApiResult<()> {
     let set = PermSet::parse(scopes.iter().map(String::as_str))
         .map_err(|bad| ApiError::validation("scopes", format!("unknown permission {bad:?}")))?;
     if !set.is_subset_of(owner_perms) {
-        let extra: Vec<&str> = set.iter().filter(|p| !owner_perms.contains(*p)).map(Permission::as_str).collect();
+        let extra: Vec<&str> = set
+            .iter()
+            .filter(|p| !owner_perms.contains(*p))
+            .map(Permission::as_str)
+            .collect();
         return Err(ApiError::validation(
             "scopes",
-            format!("scopes can only narrow the owner's permissions; the owner lacks {}", extra.join(", ")),
+            format!(
+                "scopes can only narrow the owner's permissions; the owner lacks {}",
+                extra.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -104,7 +118,10 @@ fn validate_scopes(scopes: &[String], owner_perms: PermSet) -> ApiResult<()> {
 
 fn validate_rate_limit(rl: &KeyRateLimit) -> ApiResult<()> {
     if rl.requests_per_minute == Some(0) || rl.tokens_per_minute == Some(0) {
-        return Err(ApiError::validation("rate_limit", "rate limits must be positive"));
+        return Err(ApiError::validation(
+            "rate_limit",
+            "rate limits must be positive",
+        ));
     }
     Ok(())
 }
@@ -152,9 +169,11 @@ pub async fn create_key(
         conn,
         AuditEvent::new(rec.tenant_id.clone(), actor, "api_key.created", meta)
             .target("api_key", rec.id.clone())
-            .details(json!({"name": rec.name, "hint": rec.hint, "user_id": rec.user_id,
+            .details(
+                json!({"name": rec.name, "hint": rec.hint, "user_id": rec.user_id,
                 "subscription_id": rec.subscription_id, "scopes": rec.scopes,
-                "expires_at": rec.expires_at.map(crate::util::rfc3339)})),
+                "expires_at": rec.expires_at.map(crate::util::rfc3339)}),
+            ),
     )
     .await?;
     Ok((rec, secret))
@@ -171,7 +190,9 @@ pub async fn revoke_key(
 ) -> ApiResult<(ApiKeyRecord, bool)> {
     let at = now_ms();
     let changed = keystore::revoke(conn, tenant_id, id, at).await?;
-    let rec = keystore::get(conn, tenant_id, id).await?.ok_or_else(|| ApiError::not_found("API key"))?;
+    let rec = keystore::get(conn, tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
     if changed {
         append(
             conn,
@@ -192,14 +213,19 @@ fn own_user(caller: &Caller) -> Option<&str> {
 
 /// Loads a key the caller may manage, else 404.
 async fn load_manageable(conn: &mut Conn, caller: &Caller, id: &str) -> ApiResult<ApiKeyRecord> {
-    let rec = keystore::get(conn, &caller.tenant_id, id).await?.ok_or_else(|| ApiError::not_found("API key"))?;
+    let rec = keystore::get(conn, &caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
     let own = rec.user_id.is_some() && rec.user_id.as_deref() == own_user(caller);
     if caller.has(Permission::KeysAdmin) || (own && caller.has(Permission::KeysWrite)) {
         Ok(rec)
     } else if caller.has(Permission::KeysWrite) {
         Err(ApiError::not_found("API key"))
     } else {
-        Err(caller.require(Permission::KeysWrite).err().unwrap_or_else(|| ApiError::not_found("API key")))
+        Err(caller
+            .require(Permission::KeysWrite)
+            .err()
+            .unwrap_or_else(|| ApiError::not_found("API key")))
     }
 }
 
@@ -210,7 +236,11 @@ pub async fn create(
     Json(body): Json<CreateKeyBody>,
 ) -> ApiResult<Response> {
     let name = validate_name(&body.name)?;
-    let expires_at = body.expires_at.as_deref().map(validate_expiry).transpose()?;
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(validate_expiry)
+        .transpose()?;
     if let Some(rl) = &body.rate_limit {
         validate_rate_limit(rl)?;
     }
@@ -229,10 +259,15 @@ pub async fn create(
     };
     if let Some(sub) = &body.subscription_id {
         // Subscription-bound keys are issued through the subscription's credentials.
-        return Err(ApiError::not_found("subscription").with_param(format!("subscription_id:{sub}")));
+        return Err(
+            ApiError::not_found("subscription").with_param(format!("subscription_id:{sub}"))
+        );
     }
     let Some(owner) = owner else {
-        return Err(ApiError::validation("user_id", "This credential has no user; name the key's owner in user_id"));
+        return Err(ApiError::validation(
+            "user_id",
+            "This credential has no user; name the key's owner in user_id",
+        ));
     };
     let owner_perms = tenants::resolve_permissions(state.store.pool(), &caller.tenant_id, &owner)
         .await?
@@ -250,7 +285,14 @@ pub async fn create(
         rate_limit: body.rate_limit,
         created_by: caller.user_id.as_deref().map(str::to_string),
     };
-    let (rec, secret) = create_key(&mut tx, state.auth.key_prefix(), spec, caller.actor(), &meta).await?;
+    let (rec, secret) = create_key(
+        &mut tx,
+        state.auth.key_prefix(),
+        spec,
+        caller.actor(),
+        &meta,
+    )
+    .await?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     let mut out = rec.to_api();
     out["key"] = Value::String(secret.plaintext);
@@ -265,7 +307,11 @@ pub struct ListQuery {
     pub include_revoked: Option<bool>,
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
     let user_filter = if caller.has(Permission::KeysAdmin) {
         q.user_id.clone()
     } else {
@@ -275,15 +321,32 @@ pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query
             None => return Ok(axum::Json(json!({"object": "list", "data": []})).into_response()),
         }
     };
-    let keys = keystore::list(state.store.pool(), &caller.tenant_id, user_filter.as_deref()).await?;
+    let keys = keystore::list(
+        state.store.pool(),
+        &caller.tenant_id,
+        user_filter.as_deref(),
+    )
+    .await?;
     let include_revoked = q.include_revoked.unwrap_or(true);
-    let data: Vec<Value> =
-        keys.iter().filter(|k| include_revoked || k.revoked_at.is_none()).map(ApiKeyRecord::to_api).collect();
+    let data: Vec<Value> = keys
+        .iter()
+        .filter(|k| include_revoked || k.revoked_at.is_none())
+        .map(ApiKeyRecord::to_api)
+        .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
-    let mut conn = state.store.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::store::StoreError::from)?;
     let rec = load_manageable(&mut conn, &caller, &id).await?;
     Ok(axum::Json(rec.to_api()).into_response())
 }
@@ -349,9 +412,14 @@ pub async fn patch(
         keystore::update_settings(&mut tx, &rec).await?;
         append(
             &mut tx,
-            AuditEvent::new(rec.tenant_id.clone(), caller.actor(), "api_key.updated", &meta)
-                .target("api_key", rec.id.clone())
-                .details(json!({"changed": changed})),
+            AuditEvent::new(
+                rec.tenant_id.clone(),
+                caller.actor(),
+                "api_key.updated",
+                &meta,
+            )
+            .target("api_key", rec.id.clone())
+            .details(json!({"changed": changed})),
         )
         .await?;
         invalidations::publish(&mut tx, Kind::Permissions, &rec.id).await?;
@@ -390,7 +458,10 @@ pub async fn rotate(
 ) -> ApiResult<Response> {
     let grace = body.0.and_then(|b| b.grace_period_seconds).unwrap_or(0);
     if grace > MAX_GRACE_SECONDS {
-        return Err(ApiError::validation("grace_period_seconds", "grace_period_seconds must be at most 30 days"));
+        return Err(ApiError::validation(
+            "grace_period_seconds",
+            "grace_period_seconds must be at most 30 days",
+        ));
     }
     let mut tx = state.store.begin().await?;
     let rec = load_manageable(&mut tx, &caller, &id).await?;
@@ -399,18 +470,37 @@ pub async fn rotate(
     }
     let secret = apikey::generate(state.auth.key_prefix());
     let prev_valid_until = (grace > 0).then(|| now_ms() + (grace as i64) * 1000);
-    keystore::rotate(&mut tx, &caller.tenant_id, &id, &secret.hash.to_hex(), &secret.hint, prev_valid_until).await?;
+    keystore::rotate(
+        &mut tx,
+        &caller.tenant_id,
+        &id,
+        &secret.hash.to_hex(),
+        &secret.hint,
+        prev_valid_until,
+    )
+    .await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "api_key.rotated", &meta)
-            .target("api_key", id.clone())
-            .details(json!({"hint": secret.hint, "grace_period_seconds": grace})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "api_key.rotated",
+            &meta,
+        )
+        .target("api_key", id.clone())
+        .details(json!({"hint": secret.hint, "grace_period_seconds": grace})),
     )
     .await?;
     // Without a grace period the old secret is dead now: cut requests still using it.
-    let kind = if grace == 0 { Kind::Credential } else { Kind::Permissions };
+    let kind = if grace == 0 {
+        Kind::Credential
+    } else {
+        Kind::Permissions
+    };
     invalidations::publish(&mut tx, kind, &id).await?;
-    let rec = keystore::get(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("API key"))?;
+    let rec = keystore::get(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     state.auth.invalidate(kind, &id);
     let mut out = rec.to_api();
@@ -426,12 +516,25 @@ pub fn created_json(rec: &ApiKeyRecord, secret: apikey::NewKey) -> Value {
 }
 
 /// For the CLI: revoke by id in any tenant (the CLI runs with store access, i.e. as the operator).
-pub async fn revoke_by_id_as_operator(store: &crate::store::Store, id: &str) -> ApiResult<ApiKeyRecord> {
+pub async fn revoke_by_id_as_operator(
+    store: &crate::store::Store,
+    id: &str,
+) -> ApiResult<ApiKeyRecord> {
     let mut tx = store.begin().await?;
     let Some(tenant_id) = keystore::tenant_of(&mut tx, id).await? else {
         return Err(ApiError::not_found("API key"));
     };
-    let (rec, _) = revoke_key(&mut tx, &tenant_id, id, Actor { kind: "operator", id: None }, &RequestMeta::default()).await?;
+    let (rec, _) = revoke_key(
+        &mut tx,
+        &tenant_id,
+        id,
+        Actor {
+            kind: "operator",
+            id: None,
+        },
+        &RequestMeta::default(),
+    )
+    .await?;
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     Ok(rec)
 }

@@ -17,21 +17,30 @@ fn platform_only(caller: &Caller) -> ApiResult<()> {
     if caller.platform_admin && caller.user_id.is_some() {
         Ok(())
     } else {
-        Err(ApiError::permission_denied("Only the platform owner manages tenants"))
+        Err(ApiError::permission_denied(
+            "Only the platform owner manages tenants",
+        ))
     }
 }
 
 pub fn validate_tenant_name(name: &str) -> ApiResult<String> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > 100 {
-        return Err(ApiError::validation("name", "tenant names are 1-100 characters"));
+        return Err(ApiError::validation(
+            "name",
+            "tenant names are 1-100 characters",
+        ));
     }
     Ok(n.to_string())
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     platform_only(&caller)?;
-    let data: Vec<Value> = tenants::list_tenants(state.store.pool()).await?.iter().map(tenants::Tenant::to_api).collect();
+    let data: Vec<Value> = tenants::list_tenants(state.store.pool())
+        .await?
+        .iter()
+        .map(tenants::Tenant::to_api)
+        .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
@@ -52,7 +61,11 @@ pub async fn create(
 ) -> ApiResult<Response> {
     platform_only(&caller)?;
     let name = validate_tenant_name(&body.name)?;
-    let owner_email = body.owner_email.as_deref().map(crate::api::users::validate_email).transpose()?;
+    let owner_email = body
+        .owner_email
+        .as_deref()
+        .map(crate::api::users::validate_email)
+        .transpose()?;
     let mut tx = state.store.begin().await?;
     let tenant = tenants::create_tenant(&mut tx, &name).await?;
     append(
@@ -64,9 +77,16 @@ pub async fn create(
     .await?;
     let mut out = tenant.to_api();
     if let Some(email) = owner_email {
-        let (user_id, key) =
-            crate::bootstrap::add_owner(&mut tx, state.auth.key_prefix(), &tenant.id, &email, None, caller.actor(), &meta)
-                .await?;
+        let (user_id, key) = crate::bootstrap::add_owner(
+            &mut tx,
+            state.auth.key_prefix(),
+            &tenant.id,
+            &email,
+            None,
+            caller.actor(),
+            &meta,
+        )
+        .await?;
         out["owner"] = json!({"user_id": user_id, "api_key": key});
     }
     tx.commit().await.map_err(crate::store::StoreError::from)?;

@@ -25,7 +25,11 @@ fn db(e: sqlx::Error) -> ApiError {
 }
 
 /// Resolves role names (built-in or custom) to stored role ids and their permissions.
-pub async fn resolve_roles(conn: &mut Conn, tenant_id: &str, names: &[String]) -> ApiResult<(Vec<String>, PermSet)> {
+pub async fn resolve_roles(
+    conn: &mut Conn,
+    tenant_id: &str,
+    names: &[String],
+) -> ApiResult<(Vec<String>, PermSet)> {
     let mut ids = Vec::new();
     let mut perms = PermSet::EMPTY;
     for name in names {
@@ -36,7 +40,10 @@ pub async fn resolve_roles(conn: &mut Conn, tenant_id: &str, names: &[String]) -
             ids.push(role.id.clone());
             perms = perms.union(role.permissions);
         } else {
-            return Err(ApiError::validation("roles", format!("unknown role {name:?}")));
+            return Err(ApiError::validation(
+                "roles",
+                format!("unknown role {name:?}"),
+            ));
         }
     }
     ids.sort();
@@ -66,18 +73,34 @@ fn no_escalation(caller: &Caller, granted: PermSet) -> ApiResult<()> {
     if granted.is_subset_of(caller.permissions) {
         Ok(())
     } else {
-        let extra: Vec<&str> = granted.iter().filter(|p| !caller.permissions.contains(*p)).map(Permission::as_str).collect();
-        Err(ApiError::permission_denied(format!("You cannot grant permissions you do not hold: {}", extra.join(", "))))
+        let extra: Vec<&str> = granted
+            .iter()
+            .filter(|p| !caller.permissions.contains(*p))
+            .map(Permission::as_str)
+            .collect();
+        Err(ApiError::permission_denied(format!(
+            "You cannot grant permissions you do not hold: {}",
+            extra.join(", ")
+        )))
     }
 }
 
 /// Fails if removing `user_id`'s owner role would leave the tenant without an owner.
-async fn keep_an_owner(conn: &mut Conn, tenant_id: &str, user_id: &str, new_roles: &[String]) -> ApiResult<()> {
-    let Some(m) = tenants::get_member(conn, tenant_id, user_id).await? else { return Ok(()) };
+async fn keep_an_owner(
+    conn: &mut Conn,
+    tenant_id: &str,
+    user_id: &str,
+    new_roles: &[String],
+) -> ApiResult<()> {
+    let Some(m) = tenants::get_member(conn, tenant_id, user_id).await? else {
+        return Ok(());
+    };
     if m.roles.iter().any(|r| r == "owner") && !new_roles.iter().any(|r| r == "owner") {
         let owners = tenants::role_member_count(conn, tenant_id, "owner").await?;
         if owners <= 1 {
-            return Err(ApiError::conflict("The tenant's last owner cannot lose the owner role"));
+            return Err(ApiError::conflict(
+                "The tenant's last owner cannot lose the owner role",
+            ));
         }
     }
     Ok(())
@@ -100,9 +123,18 @@ pub struct CreateUserBody {
 pub fn validate_email(email: &str) -> ApiResult<String> {
     let e = tenants::normalize_email(email);
     let ok = e.len() <= 254
-        && e.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.'))
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        })
         && !e.contains(char::is_whitespace);
-    if ok { Ok(e) } else { Err(ApiError::validation("email", "email is not a valid address")) }
+    if ok {
+        Ok(e)
+    } else {
+        Err(ApiError::validation(
+            "email",
+            "email is not a valid address",
+        ))
+    }
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
@@ -132,26 +164,48 @@ pub async fn create(
     no_escalation(&caller, perms)?;
     let user = match tenants::find_user_by_email(&mut tx, &email).await? {
         Some(u) => u,
-        None => tenants::create_user(&mut tx, &email, body.name.as_deref().unwrap_or(""), password_hash, false).await?,
+        None => {
+            tenants::create_user(
+                &mut tx,
+                &email,
+                body.name.as_deref().unwrap_or(""),
+                password_hash,
+                false,
+            )
+            .await?
+        }
     };
     tenants::add_membership(&mut tx, &caller.tenant_id, &user.id).await?;
     tenants::set_member_roles(&mut tx, &caller.tenant_id, &user.id, &role_ids).await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "user.added", &meta)
-            .target("user", user.id.clone())
-            .details(json!({"email": user.email, "roles": roles})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "user.added",
+            &meta,
+        )
+        .target("user", user.id.clone())
+        .details(json!({"email": user.email, "roles": roles})),
     )
     .await?;
-    let member = tenants::get_member(&mut tx, &caller.tenant_id, &user.id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let member = tenants::get_member(&mut tx, &caller.tenant_id, &user.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     let out = member_to_api(&mut tx, &caller.tenant_id, &member).await?;
     tx.commit().await.map_err(db)?;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let mut conn = state.store.pool().acquire().await.map_err(db)?;
-    let m = tenants::get_member(&mut conn, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let m = tenants::get_member(&mut conn, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(axum::Json(member_to_api(&mut conn, &caller.tenant_id, &m).await?).into_response())
 }
 
@@ -172,10 +226,15 @@ pub async fn patch(
     Json(body): Json<PatchUserBody>,
 ) -> ApiResult<Response> {
     let mut tx = state.store.begin().await?;
-    tenants::get_member(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    tenants::get_member(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     if let Some(name) = &body.name {
         if name.chars().count() > 200 {
-            return Err(ApiError::validation("name", "name must be at most 200 characters"));
+            return Err(ApiError::validation(
+                "name",
+                "name must be at most 200 characters",
+            ));
         }
         tenants::set_user_name(&mut tx, &id, name.trim()).await?;
     }
@@ -184,12 +243,19 @@ pub async fn patch(
     }
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "user.updated", &meta)
-            .target("user", id.clone())
-            .details(json!({"name": body.name, "roles": body.roles})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "user.updated",
+            &meta,
+        )
+        .target("user", id.clone())
+        .details(json!({"name": body.name, "roles": body.roles})),
     )
     .await?;
-    let m = tenants::get_member(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let m = tenants::get_member(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     let out = member_to_api(&mut tx, &caller.tenant_id, &m).await?;
     tx.commit().await.map_err(db)?;
     if body.roles.is_some() {
@@ -198,7 +264,12 @@ pub async fn patch(
     Ok(axum::Json(out).into_response())
 }
 
-async fn set_roles_in_tx(tx: &mut Conn, caller: &Caller, user_id: &str, roles: &[String]) -> ApiResult<()> {
+async fn set_roles_in_tx(
+    tx: &mut Conn,
+    caller: &Caller,
+    user_id: &str,
+    roles: &[String],
+) -> ApiResult<()> {
     let (role_ids, perms) = resolve_roles(tx, &caller.tenant_id, roles).await?;
     no_escalation(caller, perms)?;
     keep_an_owner(tx, &caller.tenant_id, user_id, &role_ids).await?;
@@ -221,16 +292,25 @@ pub async fn put_roles(
     Json(body): Json<RolesBody>,
 ) -> ApiResult<Response> {
     let mut tx = state.store.begin().await?;
-    tenants::get_member(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    tenants::get_member(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     set_roles_in_tx(&mut tx, &caller, &id, &body.roles).await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "user.roles_changed", &meta)
-            .target("user", id.clone())
-            .details(json!({"roles": body.roles})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "user.roles_changed",
+            &meta,
+        )
+        .target("user", id.clone())
+        .details(json!({"roles": body.roles})),
     )
     .await?;
-    let m = tenants::get_member(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let m = tenants::get_member(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     let out = member_to_api(&mut tx, &caller.tenant_id, &m).await?;
     tx.commit().await.map_err(db)?;
     state.auth.invalidate(Kind::Permissions, &id);
@@ -246,7 +326,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let mut tx = state.store.begin().await?;
-    let m = tenants::get_member(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let m = tenants::get_member(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     keep_an_owner(&mut tx, &caller.tenant_id, &id, &[]).await?;
     let revoked = keystore::revoke_user_keys(&mut tx, &caller.tenant_id, &id, now_ms()).await?;
     for key_id in &revoked {
@@ -256,9 +338,14 @@ pub async fn delete(
     invalidations::publish(&mut tx, Kind::Subject, &id).await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "user.removed", &meta)
-            .target("user", id.clone())
-            .details(json!({"email": m.user.email, "revoked_keys": revoked})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "user.removed",
+            &meta,
+        )
+        .target("user", id.clone())
+        .details(json!({"email": m.user.email, "revoked_keys": revoked})),
     )
     .await?;
     tx.commit().await.map_err(db)?;
@@ -278,7 +365,12 @@ fn builtin_json(name: &str) -> Value {
 
 pub async fn list_roles(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let mut data: Vec<Value> = BUILTIN_ROLES.iter().map(|n| builtin_json(n)).collect();
-    data.extend(tenants::list_roles(state.store.pool(), &caller.tenant_id).await?.iter().map(Role::to_api));
+    data.extend(
+        tenants::list_roles(state.store.pool(), &caller.tenant_id)
+            .await?
+            .iter()
+            .map(Role::to_api),
+    );
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
@@ -293,8 +385,16 @@ pub struct RoleBody {
 
 fn validate_role_name(name: &str) -> ApiResult<String> {
     let n = name.trim();
-    if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-        return Err(ApiError::validation("name", "role names are 1-64 characters of letters, digits and -_.:"));
+    if n.is_empty()
+        || n.len() > 64
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(ApiError::validation(
+            "name",
+            "role names are 1-64 characters of letters, digits and -_.:",
+        ));
     }
     if builtin_role(n).is_some() {
         return Err(ApiError::conflict(format!("{n:?} is a built-in role")));
@@ -317,13 +417,24 @@ pub async fn create_role(
     let perms = parse_perms(&body.permissions)?;
     no_escalation(&caller, perms)?;
     let mut tx = state.store.begin().await?;
-    let role =
-        tenants::create_role(&mut tx, &caller.tenant_id, &name, body.description.as_deref().unwrap_or(""), perms).await?;
+    let role = tenants::create_role(
+        &mut tx,
+        &caller.tenant_id,
+        &name,
+        body.description.as_deref().unwrap_or(""),
+        perms,
+    )
+    .await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "role.created", &meta)
-            .target("role", role.id.clone())
-            .details(json!({"name": role.name, "permissions": role.permissions})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "role.created",
+            &meta,
+        )
+        .target("role", role.id.clone())
+        .details(json!({"name": role.name, "permissions": role.permissions})),
     )
     .await?;
     tx.commit().await.map_err(db)?;
@@ -352,7 +463,9 @@ pub async fn patch_role(
         return Err(ApiError::conflict("Built-in roles cannot be changed"));
     }
     let mut tx = state.store.begin().await?;
-    let mut role = tenants::get_role(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("role"))?;
+    let mut role = tenants::get_role(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("role"))?;
     if let Some(n) = &body.name {
         role.name = validate_role_name(n)?;
     }
@@ -366,9 +479,14 @@ pub async fn patch_role(
     tenants::update_role(&mut tx, &role).await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "role.updated", &meta)
-            .target("role", role.id.clone())
-            .details(json!({"name": role.name, "permissions": role.permissions})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "role.updated",
+            &meta,
+        )
+        .target("role", role.id.clone())
+        .details(json!({"name": role.name, "permissions": role.permissions})),
     )
     .await?;
     invalidations::publish(&mut tx, Kind::Permissions, &role.id).await?;
@@ -387,17 +505,26 @@ pub async fn delete_role(
         return Err(ApiError::conflict("Built-in roles cannot be deleted"));
     }
     let mut tx = state.store.begin().await?;
-    let role = tenants::get_role(&mut tx, &caller.tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("role"))?;
+    let role = tenants::get_role(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("role"))?;
     let holders = tenants::role_member_count(&mut tx, &caller.tenant_id, &id).await?;
     if holders > 0 {
-        return Err(ApiError::conflict(format!("The role is held by {holders} user(s); reassign them first")));
+        return Err(ApiError::conflict(format!(
+            "The role is held by {holders} user(s); reassign them first"
+        )));
     }
     tenants::delete_role(&mut tx, &caller.tenant_id, &id).await?;
     append(
         &mut tx,
-        AuditEvent::new(caller.tenant_id.to_string(), caller.actor(), "role.deleted", &meta)
-            .target("role", id.clone())
-            .details(json!({"name": role.name})),
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "role.deleted",
+            &meta,
+        )
+        .target("role", id.clone())
+        .details(json!({"name": role.name})),
     )
     .await?;
     tx.commit().await.map_err(db)?;

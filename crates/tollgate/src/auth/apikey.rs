@@ -21,7 +21,9 @@ pub struct NewKey {
 
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("hint", &self.hint).finish_non_exhaustive()
+        f.debug_struct("NewKey")
+            .field("hint", &self.hint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,7 +71,11 @@ pub fn generate(prefix: &str) -> NewKey {
     plaintext.extend(checksum(&random).iter().map(|&b| b as char));
     let hash = KeyHash::of(&plaintext);
     let hint = hint_of(prefix, &random);
-    NewKey { plaintext, hash, hint }
+    NewKey {
+        plaintext,
+        hash,
+        hint,
+    }
 }
 
 fn hint_of(prefix: &str, random: &[u8]) -> String {
@@ -147,7 +153,10 @@ mod tests {
     fn rejects_wrong_prefix_length_and_charset() {
         let k = generate("tgk");
         assert_eq!(verify_format(&k.plaintext, "sgk"), None);
-        assert_eq!(verify_format(&k.plaintext[..k.plaintext.len() - 1], "tgk"), None);
+        assert_eq!(
+            verify_format(&k.plaintext[..k.plaintext.len() - 1], "tgk"),
+            None
+        );
         assert_eq!(verify_format("tgk_", "tgk"), None);
         assert_eq!(verify_format("tgk", "tgk"), None);
         let mut s = k.plaintext.clone();

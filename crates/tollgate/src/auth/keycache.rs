@@ -40,18 +40,29 @@ impl CachedKey {
     /// Is the key usable at `now_ms`?
     pub fn check(&self, now_ms: i64) -> Result<(), ApiError> {
         if self.revoked_at.is_some() {
-            return Err(ApiError::new(ErrorCode::AuthRevoked, "This API key has been revoked"));
+            return Err(ApiError::new(
+                ErrorCode::AuthRevoked,
+                "This API key has been revoked",
+            ));
         }
         if let Some(until) = self.valid_until
             && now_ms >= until
         {
-            return Err(ApiError::new(ErrorCode::AuthRevoked, "This API key was rotated; use its new secret"));
+            return Err(ApiError::new(
+                ErrorCode::AuthRevoked,
+                "This API key was rotated; use its new secret",
+            ));
         }
         if self.expires_at.is_some_and(|e| now_ms >= e) {
-            return Err(ApiError::new(ErrorCode::AuthTokenExpired, "This API key has expired"));
+            return Err(ApiError::new(
+                ErrorCode::AuthTokenExpired,
+                "This API key has expired",
+            ));
         }
         if !self.member {
-            return Err(ApiError::auth_invalid("The key's owner is no longer a member of the tenant"));
+            return Err(ApiError::auth_invalid(
+                "The key's owner is no longer a member of the tenant",
+            ));
         }
         Ok(())
     }
@@ -83,7 +94,10 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { map: RwLock::new(Map::default()), ttl }
+        Self {
+            map: RwLock::new(Map::default()),
+            ttl,
+        }
     }
 
     /// A fresh entry loaded under `epoch`, if any.
@@ -103,7 +117,9 @@ impl KeyCache {
     pub fn remove_id(&self, id: &str) {
         if let Ok(mut map) = self.map.write() {
             map.retain(|_, e| {
-                &*e.id != id && e.user_id.as_deref() != Some(id) && e.subscription_id.as_deref() != Some(id)
+                &*e.id != id
+                    && e.user_id.as_deref() != Some(id)
+                    && e.subscription_id.as_deref() != Some(id)
             });
         }
     }

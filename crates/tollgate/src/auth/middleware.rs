@@ -27,13 +27,22 @@ pub fn guard(
     AppState,
     (State<AppState>, Request),
 > {
-    from_fn_with_state(state.clone(), move |State(state): State<AppState>, req: Request, next: Next| {
-        Box::pin(async move { run(state, level, permission, req, next).await })
-            as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
-    })
+    from_fn_with_state(
+        state.clone(),
+        move |State(state): State<AppState>, req: Request, next: Next| {
+            Box::pin(async move { run(state, level, permission, req, next).await })
+                as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
+        },
+    )
 }
 
-async fn run(state: AppState, level: AuthLevel, permission: Option<Permission>, mut req: Request, next: Next) -> Response {
+async fn run(
+    state: AppState,
+    level: AuthLevel,
+    permission: Option<Permission>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let principal = match state.auth.authenticate(req.headers(), level).await {
         Ok(p) => p,
         Err(e) => {

@@ -18,6 +18,8 @@ use crate::store::Store;
 use crate::store::keys::{KeyRateLimit, Matched};
 
 pub mod apikey;
+pub mod binding;
+pub mod jwt;
 pub mod keycache;
 pub mod middleware;
 
@@ -73,6 +75,10 @@ pub struct Principal {
     pub platform_admin: bool,
     /// Per-key rate limit settings, if any.
     pub rate_limit: Option<KeyRateLimit>,
+    /// Models this caller may use; `None` = every configured model.
+    pub allowed_models: Option<Arc<std::collections::HashSet<String>>>,
+    /// Request binding carried by an app JWT, checked against the body by the handler.
+    pub binding: Option<Arc<binding::Binding>>,
     /// Keeps the request registered for in-flight revocation while the principal lives.
     pub live: LiveGuard,
 }
@@ -82,8 +88,11 @@ impl Principal {
         if self.permissions.contains(p) {
             Ok(())
         } else {
-            Err(ApiError::permission_denied(format!("This credential lacks the {} permission", p.as_str()))
-                .with_param(p.as_str()))
+            Err(ApiError::permission_denied(format!(
+                "This credential lacks the {} permission",
+                p.as_str()
+            ))
+            .with_param(p.as_str()))
         }
     }
     pub fn has(&self, p: Permission) -> bool {
@@ -92,7 +101,10 @@ impl Principal {
     /// The audit actor for this caller.
     pub fn actor(&self) -> crate::store::audit::Actor {
         match (&self.user_id, self.credential_type) {
-            (Some(u), _) => crate::store::audit::Actor { kind: "user", id: Some(u.to_string()) },
+            (Some(u), _) => crate::store::audit::Actor {
+                kind: "user",
+                id: Some(u.to_string()),
+            },
             (None, t) => crate::store::audit::Actor {
                 kind: t.as_str(),
                 id: self.credential_id.as_deref().map(str::to_string),
@@ -123,7 +135,11 @@ fn looks_like_jwt(s: &str) -> bool {
     let mut parts = 0;
     for seg in s.split('.') {
         parts += 1;
-        if seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if seg.is_empty()
+            || !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return false;
         }
     }
@@ -141,7 +157,9 @@ pub fn extract<'a>(
         Some(v) => {
             let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
             if !scheme.eq_ignore_ascii_case("bearer") {
-                return Err(ApiError::auth_invalid("Only the Bearer authorization scheme is accepted"));
+                return Err(ApiError::auth_invalid(
+                    "Only the Bearer authorization scheme is accepted",
+                ));
             }
             let token = token.trim();
             if token.is_empty() {
@@ -164,7 +182,9 @@ pub fn extract<'a>(
             } else if looks_like_jwt(b) {
                 Ok(Some(RawCredential::Jwt(b)))
             } else {
-                Err(ApiError::auth_invalid("The Bearer token is neither an API key nor a JWT"))
+                Err(ApiError::auth_invalid(
+                    "The Bearer token is neither an API key nor a JWT",
+                ))
             };
         }
         (None, Some(k)) => return Ok(Some(RawCredential::ApiKey(k))),
@@ -182,6 +202,8 @@ pub fn extract<'a>(
 pub struct Auth {
     store: Store,
     key_prefix: String,
+    /// The gateway's public URL: the `iss` of platform JWTs.
+    public_url: String,
     cache: KeyCache,
     hub: Arc<RevocationHub>,
     /// Bumped by every invalidation; cache entries loaded under an older epoch are reloaded.
@@ -191,7 +213,9 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("key_prefix", &self.key_prefix).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,10 +236,11 @@ pub fn failure_reason(e: &ApiError) -> &'static str {
 }
 
 impl Auth {
-    pub fn new(store: Store, key_prefix: String, cache_ttl: Duration) -> Self {
+    pub fn new(store: Store, key_prefix: String, public_url: String, cache_ttl: Duration) -> Self {
         Self {
             store,
             key_prefix,
+            public_url,
             cache: KeyCache::new(cache_ttl),
             hub: Arc::new(RevocationHub::default()),
             epoch: AtomicU64::new(1),
@@ -231,9 +256,27 @@ impl Auth {
         &self.hub
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// The current auth epoch. Verifiers that cache (like the key verifier) tag entries with it
+    /// and re-check it after registering a request (see `verify_api_key`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// The whole pipeline for one request: extract, classify, verify, check the auth level.
     /// Returns `AUTH_MISSING` when nothing was sent.
-    pub async fn authenticate(&self, headers: &HeaderMap, level: AuthLevel) -> Result<Principal, ApiError> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        level: AuthLevel,
+    ) -> Result<Principal, ApiError> {
         match extract(headers, level, &self.key_prefix)? {
             None => Err(ApiError::auth_missing()),
             Some(raw) => self.verify(raw).await,
@@ -244,8 +287,18 @@ impl Auth {
     pub async fn verify(&self, raw: RawCredential<'_>) -> Result<Principal, ApiError> {
         match raw {
             RawCredential::ApiKey(k) => self.verify_api_key(k).await,
-            RawCredential::Jwt(_) => Err(ApiError::auth_invalid("This token was not issued by a trusted issuer")),
-            RawCredential::SubscriptionId(_) => Err(ApiError::auth_invalid("Unknown subscription id")),
+            RawCredential::Jwt(token) => match jwt::classify(token, &self.public_url)? {
+                jwt::JwtKind::Platform => crate::identity::verify_platform_jwt(self, token).await,
+                jwt::JwtKind::External { issuer } => {
+                    crate::identity::verify_external_jwt(self, token, &issuer).await
+                }
+                jwt::JwtKind::App { subscription_id } => {
+                    crate::subscriptions::verify_app_jwt(self, token, &subscription_id).await
+                }
+            },
+            RawCredential::SubscriptionId(id) => {
+                crate::subscriptions::verify_subscription_id(self, id).await
+            }
         }
     }
 
@@ -256,7 +309,9 @@ impl Auth {
             return Some(Err(ApiError::auth_invalid("Malformed API key")));
         };
         let epoch = self.epoch.load(Ordering::Acquire);
-        self.cache.get(&hash, epoch).map(|entry| entry.check(crate::util::now_ms()).map(|()| entry))
+        self.cache
+            .get(&hash, epoch)
+            .map(|entry| entry.check(crate::util::now_ms()).map(|()| entry))
     }
 
     async fn verify_api_key(&self, key: &str) -> Result<Principal, ApiError> {
@@ -290,6 +345,8 @@ impl Auth {
                 permissions: entry.permissions,
                 platform_admin: entry.platform_admin,
                 rate_limit: entry.rate_limit.clone(),
+                allowed_models: None,
+                binding: None,
                 live,
             });
         }
@@ -297,13 +354,19 @@ impl Auth {
 
     async fn load_key(&self, hash: KeyHash, epoch: u64) -> Result<Arc<CachedKey>, ApiError> {
         let pool = self.store.pool();
-        let Some((rec, matched)) = crate::store::keys::find_by_hash(pool, &hash.to_hex()).await? else {
+        let Some((rec, matched)) = crate::store::keys::find_by_hash(pool, &hash.to_hex()).await?
+        else {
             return Err(ApiError::auth_invalid("Unknown API key"));
         };
         let (member_perms, platform_admin) = match &rec.user_id {
             Some(user_id) => {
-                let perms = crate::store::tenants::resolve_permissions(pool, &rec.tenant_id, user_id).await?;
-                let mut conn = pool.acquire().await.map_err(crate::store::StoreError::from)?;
+                let perms =
+                    crate::store::tenants::resolve_permissions(pool, &rec.tenant_id, user_id)
+                        .await?;
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(crate::store::StoreError::from)?;
                 let admin = crate::store::tenants::get_user(&mut conn, user_id)
                     .await?
                     .is_some_and(|u| u.platform_admin);
@@ -313,7 +376,9 @@ impl Auth {
             None => (Some(subscription_key_permissions()), false),
         };
         let permissions = member_perms.map(|p| match &rec.scopes {
-            Some(scopes) => p.intersect(PermSet::parse(scopes.iter().map(String::as_str)).unwrap_or_default()),
+            Some(scopes) => {
+                p.intersect(PermSet::parse(scopes.iter().map(String::as_str)).unwrap_or_default())
+            }
             None => p,
         });
         let entry = Arc::new(CachedKey {
@@ -407,20 +472,38 @@ mod tests {
         let key = apikey::generate("tgk").plaintext;
         let auth = format!("Bearer {key}");
         let h = headers(&[("authorization", &auth)]);
-        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap(), Some(RawCredential::ApiKey(&key)));
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap(),
+            Some(RawCredential::ApiKey(&key))
+        );
         let h = headers(&[("x-api-key", &key)]);
-        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap(), Some(RawCredential::ApiKey(&key)));
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap(),
+            Some(RawCredential::ApiKey(&key))
+        );
         // Same credential twice is fine; different ones are ambiguous.
         let h = headers(&[("authorization", &auth), ("x-api-key", &key)]);
         assert!(extract(&h, AuthLevel::Required, "tgk").is_ok());
         let h = headers(&[("authorization", &auth), ("x-api-key", "tgk_other")]);
-        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap_err().code, ErrorCode::AuthAmbiguous);
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap_err().code,
+            ErrorCode::AuthAmbiguous
+        );
         let h = headers(&[("authorization", "Bearer aaa.bbb.ccc")]);
-        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap(), Some(RawCredential::Jwt("aaa.bbb.ccc")));
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap(),
+            Some(RawCredential::Jwt("aaa.bbb.ccc"))
+        );
         let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
-        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap_err().code, ErrorCode::AuthInvalid);
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap_err().code,
+            ErrorCode::AuthInvalid
+        );
         let h = headers(&[("authorization", "Bearer nonsense")]);
-        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap_err().code, ErrorCode::AuthInvalid);
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap_err().code,
+            ErrorCode::AuthInvalid
+        );
         // x-user-id only counts on optional routes.
         let h = headers(&[("x-user-id", "66ec1726e728c1405e5ebca2")]);
         assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap(), None);
@@ -429,8 +512,14 @@ mod tests {
             Some(RawCredential::SubscriptionId("66ec1726e728c1405e5ebca2"))
         );
         // A secret credential wins over x-user-id.
-        let h = headers(&[("x-user-id", "66ec1726e728c1405e5ebca2"), ("x-api-key", &key)]);
-        assert_eq!(extract(&h, AuthLevel::Optional, "tgk").unwrap(), Some(RawCredential::ApiKey(&key)));
+        let h = headers(&[
+            ("x-user-id", "66ec1726e728c1405e5ebca2"),
+            ("x-api-key", &key),
+        ]);
+        assert_eq!(
+            extract(&h, AuthLevel::Optional, "tgk").unwrap(),
+            Some(RawCredential::ApiKey(&key))
+        );
     }
 
     #[test]

@@ -67,7 +67,10 @@ impl PermSet {
         self.0 & !other.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL.iter().copied().filter(move |p| self.contains(*p))
+        Permission::ALL
+            .iter()
+            .copied()
+            .filter(move |p| self.contains(*p))
     }
     pub fn names(self) -> Vec<&'static str> {
         self.iter().map(Permission::as_str).collect()

@@ -29,7 +29,9 @@ pub struct RevocationHub {
 
 impl std::fmt::Debug for RevocationHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RevocationHub").field("live", &self.live_ids()).finish()
+        f.debug_struct("RevocationHub")
+            .field("live", &self.live_ids())
+            .finish()
     }
 }
 
@@ -40,16 +42,29 @@ impl RevocationHub {
         let token = CancellationToken::new();
         if let Ok(mut inner) = self.inner.lock() {
             for id in ids {
-                inner.by_id.entry(id.clone()).or_default().push((serial, token.clone()));
+                inner
+                    .by_id
+                    .entry(id.clone())
+                    .or_default()
+                    .push((serial, token.clone()));
             }
         }
-        LiveGuard { hub: self.clone(), serial, ids: ids.to_vec(), token }
+        LiveGuard {
+            hub: self.clone(),
+            serial,
+            ids: ids.to_vec(),
+            token,
+        }
     }
 
     /// Cancels every live request registered under `id`. Returns how many were cut.
     pub fn cancel(&self, id: &str, reason: CutReason) -> usize {
-        let Ok(mut inner) = self.inner.lock() else { return 0 };
-        let Some(list) = inner.by_id.remove(id) else { return 0 };
+        let Ok(mut inner) = self.inner.lock() else {
+            return 0;
+        };
+        let Some(list) = inner.by_id.remove(id) else {
+            return 0;
+        };
         for (serial, token) in &list {
             inner.reasons.entry(*serial).or_insert(reason);
             token.cancel();
@@ -94,7 +109,10 @@ impl LiveGuard {
 
 impl std::fmt::Debug for LiveGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveGuard").field("ids", &self.ids).field("cut", &self.is_cut()).finish()
+        f.debug_struct("LiveGuard")
+            .field("ids", &self.ids)
+            .field("cut", &self.is_cut())
+            .finish()
     }
 }
 

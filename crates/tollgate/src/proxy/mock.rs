@@ -9,21 +9,30 @@ use sha2::{Digest, Sha256};
 
 use super::{Endpoint, ReplyBody, UpstreamReply};
 
-pub const MODELS: &[(&str, Endpoint)] =
-    &[("mock-chat", Endpoint::Chat), ("mock-embed", Endpoint::Embeddings), ("mock-image", Endpoint::Images)];
+pub const MODELS: &[(&str, Endpoint)] = &[
+    ("mock-chat", Endpoint::Chat),
+    ("mock-embed", Endpoint::Embeddings),
+    ("mock-image", Endpoint::Images),
+];
 
 /// A 1×1 transparent PNG.
-const PNG_1X1_B64: &str =
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+const PNG_1X1_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn last_user_text(body: &Value) -> String {
     body.get("messages")
         .and_then(Value::as_array)
-        .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
+        .and_then(|m| {
+            m.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        })
         .and_then(|m| m.get("content"))
         .map(|c| match c {
             Value::String(s) => s.clone(),
@@ -45,7 +54,11 @@ pub fn respond(endpoint: Endpoint, body: &Value) -> UpstreamReply {
 }
 
 fn chat(body: &Value) -> UpstreamReply {
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock-chat").to_string();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-chat")
+        .to_string();
     let prompt = last_user_text(body);
     let excerpt: String = prompt.chars().take(200).collect();
     let reply = format!("This is a mock reply from Tollgate. You said: {excerpt}");
@@ -54,9 +67,15 @@ fn chat(body: &Value) -> UpstreamReply {
     let id = format!("chatcmpl-mock{}", crate::util::random_base62(12));
     let created = now_secs();
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
-        let include_usage =
-            body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-        let usage_null = if include_usage { json!({"usage": null}) } else { json!({}) };
+        let include_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let usage_null = if include_usage {
+            json!({"usage": null})
+        } else {
+            json!({})
+        };
         let mut events: Vec<Bytes> = Vec::new();
         let chunk = |delta: Value, finish: Value| {
             let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -66,10 +85,17 @@ fn chat(body: &Value) -> UpstreamReply {
             }
             Bytes::from(format!("data: {c}\n\n"))
         };
-        events.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+        events.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
         let mut first = true;
         for w in reply.split(' ') {
-            let piece = if first { w.to_string() } else { format!(" {w}") };
+            let piece = if first {
+                w.to_string()
+            } else {
+                format!(" {w}")
+            };
             first = false;
             events.push(chunk(json!({"content": piece}), Value::Null));
         }
@@ -94,13 +120,20 @@ fn chat(body: &Value) -> UpstreamReply {
 
 fn embedding_of(text: &str) -> Vec<f64> {
     let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(16).map(|b| f64::from(*b) / 255.0 * 2.0 - 1.0).collect()
+    digest
+        .iter()
+        .take(16)
+        .map(|b| f64::from(*b) / 255.0 * 2.0 - 1.0)
+        .collect()
 }
 
 fn embeddings(body: &Value) -> UpstreamReply {
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect(),
         _ => vec![],
     };
     let tokens: u64 = inputs.iter().map(|s| words(s).max(1)).sum();
@@ -117,7 +150,11 @@ fn embeddings(body: &Value) -> UpstreamReply {
 }
 
 fn images(body: &Value) -> UpstreamReply {
-    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 4);
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 4);
     let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": PNG_1X1_B64})).collect();
     UpstreamReply::json(json!({"created": now_secs(), "data": data}))
 }

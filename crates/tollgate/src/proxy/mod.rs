@@ -62,11 +62,20 @@ impl UpstreamFailure {
             Self::Broken => "broken",
         }
     }
-    fn to_api(self) -> ApiError {
+    pub fn to_api(self) -> ApiError {
         match self {
-            Self::Connect => ApiError::new(ErrorCode::UpstreamError, "Could not connect to the upstream provider"),
-            Self::Timeout => ApiError::new(ErrorCode::UpstreamTimeout, "The upstream provider did not answer in time"),
-            Self::Broken => ApiError::new(ErrorCode::UpstreamError, "The upstream provider failed mid-response"),
+            Self::Connect => ApiError::new(
+                ErrorCode::UpstreamError,
+                "Could not connect to the upstream provider",
+            ),
+            Self::Timeout => ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                "The upstream provider did not answer in time",
+            ),
+            Self::Broken => ApiError::new(
+                ErrorCode::UpstreamError,
+                "The upstream provider failed mid-response",
+            ),
         }
     }
 }
@@ -96,7 +105,11 @@ pub struct UpstreamReply {
 
 #[derive(Debug)]
 pub enum Backend {
-    OpenAi { base_url: String, api_key: Option<Secret>, timeout: Duration },
+    OpenAi {
+        base_url: String,
+        api_key: Option<Secret>,
+        timeout: Duration,
+    },
     Mock,
 }
 
@@ -138,6 +151,7 @@ impl Proxy {
                 ProviderKind::Mock => Backend::Mock,
                 ProviderKind::Openai => {
                     let api_key = match &p.api_key_env {
+                        None if p.api_key.is_some() => p.api_key.clone(),
                         Some(var) => match std::env::var(var) {
                             Ok(v) if !v.is_empty() => Some(Secret::new(v)),
                             _ => {
@@ -154,14 +168,19 @@ impl Proxy {
                     }
                 }
             };
-            providers.insert(p.name.clone(), Arc::new(Provider { name: p.name.clone(), backend }));
+            providers.insert(
+                p.name.clone(),
+                Arc::new(Provider {
+                    name: p.name.clone(),
+                    backend,
+                }),
+            );
         }
         let mut routes = Vec::new();
         for m in &cfg.models {
-            let provider = providers
-                .get(&m.provider)
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("model {} routes to unknown provider {}", m.name, m.provider))?;
+            let provider = providers.get(&m.provider).cloned().ok_or_else(|| {
+                anyhow::anyhow!("model {} routes to unknown provider {}", m.name, m.provider)
+            })?;
             routes.push(Arc::new(ModelRoute {
                 name: m.name.clone(),
                 provider,
@@ -170,7 +189,10 @@ impl Proxy {
         }
         if cfg.providers.is_empty() && cfg.models.is_empty() {
             // No provider configured: serve the built-in mock models so `serve` works out of the box.
-            let provider = Arc::new(Provider { name: "mock".into(), backend: Backend::Mock });
+            let provider = Arc::new(Provider {
+                name: "mock".into(),
+                backend: Backend::Mock,
+            });
             for (name, _) in mock::MODELS {
                 routes.push(Arc::new(ModelRoute {
                     name: (*name).into(),
@@ -180,7 +202,12 @@ impl Proxy {
             }
         }
         let by_name = routes.iter().map(|r| (r.name.clone(), r.clone())).collect();
-        Ok(Self { client, routes, by_name, timeout })
+        Ok(Self {
+            client,
+            routes,
+            by_name,
+            timeout,
+        })
     }
 
     pub fn route(&self, model: &str) -> Option<&Arc<ModelRoute>> {
@@ -192,10 +219,20 @@ impl Proxy {
     }
 
     /// Sends one request upstream and returns the reply head (the body may still be streaming).
-    async fn send(&self, route: &ModelRoute, endpoint: Endpoint, body: &Value, bytes: Bytes) -> Result<UpstreamReply, UpstreamFailure> {
+    pub async fn send(
+        &self,
+        route: &ModelRoute,
+        endpoint: Endpoint,
+        body: &Value,
+        bytes: Bytes,
+    ) -> Result<UpstreamReply, UpstreamFailure> {
         match &route.provider.backend {
             Backend::Mock => Ok(mock::respond(endpoint, body)),
-            Backend::OpenAi { base_url, api_key, timeout } => {
+            Backend::OpenAi {
+                base_url,
+                api_key,
+                timeout,
+            } => {
                 let mut req = self
                     .client
                     .post(format!("{base_url}/{}", endpoint.path()))
@@ -219,7 +256,11 @@ impl Proxy {
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("text/event-stream"));
                 let body = if status.is_success() && is_sse {
-                    ReplyBody::Stream(resp.bytes_stream().map_err(|e| classify_reqwest(&e)).boxed())
+                    ReplyBody::Stream(
+                        resp.bytes_stream()
+                            .map_err(|e| classify_reqwest(&e))
+                            .boxed(),
+                    )
                 } else {
                     let bytes = tokio::time::timeout(*timeout, resp.bytes())
                         .await
@@ -227,7 +268,12 @@ impl Proxy {
                         .map_err(|e| classify_reqwest(&e))?;
                     ReplyBody::Full(bytes)
                 };
-                Ok(UpstreamReply { status, content_type, body, retry_after })
+                Ok(UpstreamReply {
+                    status,
+                    content_type,
+                    body,
+                    retry_after,
+                })
             }
         }
     }
@@ -236,30 +282,52 @@ impl Proxy {
 /// The error a cut request receives.
 fn cut_error(reason: CutReason) -> ApiError {
     match reason {
-        CutReason::Revoked => ApiError::new(ErrorCode::AuthRevoked, "The credential was revoked during the request"),
-        CutReason::SubscriptionInactive => {
-            ApiError::new(ErrorCode::SubscriptionInactive, "The subscription is no longer active")
-        }
+        CutReason::Revoked => ApiError::new(
+            ErrorCode::AuthRevoked,
+            "The credential was revoked during the request",
+        ),
+        CutReason::SubscriptionInactive => ApiError::new(
+            ErrorCode::SubscriptionInactive,
+            "The subscription is no longer active",
+        ),
     }
 }
 
 /// Maps a non-2xx upstream answer. Client errors the caller can fix (400/413/422) pass through
 /// with the provider's body; the provider's rate limiting becomes `429 RATE_LIMITED`; anything
 /// else (its auth failures, 404s, 5xx) is `502 UPSTREAM_ERROR` with no upstream detail.
-fn map_upstream_error(provider: &str, status: StatusCode, body: &Bytes, retry_after: Option<u64>) -> Response {
+fn map_upstream_error(
+    provider: &str,
+    status: StatusCode,
+    body: &Bytes,
+    retry_after: Option<u64>,
+) -> Response {
     match status.as_u16() {
-        400 | 413 | 422 if serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("error").is_some()) => {
-            (status, [(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
+        400 | 413 | 422
+            if serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("error").is_some()) =>
+        {
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.clone(),
+            )
+                .into_response()
         }
         429 => {
-            let mut e = ApiError::new(ErrorCode::RateLimited, "The upstream provider is rate limiting; retry later");
+            let mut e = ApiError::new(
+                ErrorCode::RateLimited,
+                "The upstream provider is rate limiting; retry later",
+            );
             e.retry_after = Some(retry_after.unwrap_or(1));
             e.into_response()
         }
         code => {
             tracing::warn!(provider, status = code, "upstream returned an error");
-            ApiError::new(ErrorCode::UpstreamError, format!("The upstream provider answered with status {code}"))
-                .into_response()
+            ApiError::new(
+                ErrorCode::UpstreamError,
+                format!("The upstream provider answered with status {code}"),
+            )
+            .into_response()
         }
     }
 }
@@ -271,33 +339,56 @@ pub async fn list_models(State(state): State<AppState>, caller: Caller) -> Respo
         .routes()
         .iter()
         .filter(|r| model_allowed(&caller, &r.name))
-        .map(|r| json!({"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name}))
+        .map(
+            |r| json!({"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name}),
+        )
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// Whether a caller may use a model. Every model is open to tenant members; subscription
-/// principals are limited to their product's models when subscriptions are configured.
-pub fn model_allowed(_caller: &Caller, _model: &str) -> bool {
-    true
+/// Whether a caller may use a model: every configured model, unless the principal carries a
+/// list (a subscription's product).
+pub fn model_allowed(caller: &Caller, model: &str) -> bool {
+    caller
+        .allowed_models
+        .as_ref()
+        .is_none_or(|m| m.contains(model))
 }
 
-pub async fn chat_completions(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
-    forward(&state, caller, Endpoint::Chat, body).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: RawJson,
+) -> Response {
+    forward(&state, caller, Endpoint::Chat, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn embeddings(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
-    forward(&state, caller, Endpoint::Embeddings, body).await.unwrap_or_else(IntoResponse::into_response)
+    forward(&state, caller, Endpoint::Embeddings, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn image_generations(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
-    forward(&state, caller, Endpoint::Images, body).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn image_generations(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: RawJson,
+) -> Response {
+    forward(&state, caller, Endpoint::Images, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Rewrites the body for the upstream: the public model name becomes the upstream one, and a
 /// stream asks for usage. Unknown fields pass through untouched; the original bytes are reused
 /// when nothing changed. Returns the body and whether the client itself asked for usage.
-fn prepare(raw: RawJson, route: &ModelRoute, stream: bool) -> Result<(Value, Bytes, bool), ApiError> {
+fn prepare(
+    raw: RawJson,
+    route: &ModelRoute,
+    stream: bool,
+) -> Result<(Value, Bytes, bool), ApiError> {
     let RawJson { bytes, mut value } = raw;
     let mut changed = false;
     if route.upstream_model != route.name {
@@ -308,7 +399,8 @@ fn prepare(raw: RawJson, route: &ModelRoute, stream: bool) -> Result<(Value, Byt
     if stream {
         match value.get_mut("stream_options") {
             Some(Value::Object(opts)) => {
-                client_wants_usage = opts.get("include_usage").and_then(Value::as_bool) == Some(true);
+                client_wants_usage =
+                    opts.get("include_usage").and_then(Value::as_bool) == Some(true);
                 if !client_wants_usage {
                     opts.insert("include_usage".into(), Value::Bool(true));
                     changed = true;
@@ -318,25 +410,52 @@ fn prepare(raw: RawJson, route: &ModelRoute, stream: bool) -> Result<(Value, Byt
                 value["stream_options"] = json!({"include_usage": true});
                 changed = true;
             }
-            Some(_) => return Err(ApiError::validation("stream_options", "stream_options must be an object")),
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "stream_options",
+                    "stream_options must be an object",
+                ));
+            }
         }
     }
-    let bytes = if changed { Bytes::from(value.to_string()) } else { bytes };
+    let bytes = if changed {
+        Bytes::from(value.to_string())
+    } else {
+        bytes
+    };
     Ok((value, bytes, client_wants_usage))
 }
 
-async fn forward(state: &AppState, caller: Caller, endpoint: Endpoint, raw: RawJson) -> Result<Response, ApiError> {
+async fn forward(
+    state: &AppState,
+    caller: Caller,
+    endpoint: Endpoint,
+    raw: RawJson,
+) -> Result<Response, ApiError> {
     let model = match raw.value.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(ApiError::validation("model", "The model field is required and must be a string")),
+        _ => {
+            return Err(ApiError::validation(
+                "model",
+                "The model field is required and must be a string",
+            ));
+        }
     };
-    let route = state
-        .proxy
-        .route(&model)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("The model {model:?} does not exist")).with_param("model"))?;
+    let route = state.proxy.route(&model).cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("The model {model:?} does not exist"),
+        )
+        .with_param("model")
+    })?;
     if !model_allowed(&caller, &model) {
-        return Err(ApiError::permission_denied(format!("This credential may not use the model {model:?}")).with_param("model"));
+        return Err(ApiError::permission_denied(format!(
+            "This credential may not use the model {model:?}"
+        ))
+        .with_param("model"));
+    }
+    if let Some(binding) = &caller.binding {
+        binding.check(&raw.value)?;
     }
     let stream = match raw.value.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
@@ -359,25 +478,50 @@ async fn forward(state: &AppState, caller: Caller, endpoint: Endpoint, raw: RawJ
     let reply = match reply {
         Ok(r) => r,
         Err(f) => {
-            state.metrics.upstream(provider, f.label(), started.elapsed().as_secs_f64());
+            state
+                .metrics
+                .upstream(provider, f.label(), started.elapsed().as_secs_f64());
             return Err(f.to_api());
         }
     };
-    let outcome = if reply.status.is_success() { "ok" } else { "error_status" };
-    state.metrics.upstream(provider, outcome, started.elapsed().as_secs_f64());
+    let outcome = if reply.status.is_success() {
+        "ok"
+    } else {
+        "error_status"
+    };
+    state
+        .metrics
+        .upstream(provider, outcome, started.elapsed().as_secs_f64());
     match reply.body {
         ReplyBody::Full(body) if reply.status.is_success() => {
             let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
                 tracing::warn!(provider, "upstream sent a body that is not JSON");
-                return Err(ApiError::new(ErrorCode::UpstreamError, "The upstream provider sent an invalid response"));
+                return Err(ApiError::new(
+                    ErrorCode::UpstreamError,
+                    "The upstream provider sent an invalid response",
+                ));
             };
             let usage = Usage::from_json(&parsed);
             tracing::debug!(?usage, "completed");
-            Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+            Ok((
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
                 .into_response())
         }
-        ReplyBody::Full(body) => Ok(map_upstream_error(provider, reply.status, &body, reply.retry_after)),
-        ReplyBody::Stream(upstream) => Ok(stream_response(state, caller, upstream, client_wants_usage)),
+        ReplyBody::Full(body) => Ok(map_upstream_error(
+            provider,
+            reply.status,
+            &body,
+            reply.retry_after,
+        )),
+        ReplyBody::Stream(upstream) => {
+            Ok(stream_response(state, caller, upstream, client_wants_usage))
+        }
     }
 }
 
@@ -402,7 +546,9 @@ impl StreamState {
         self.state
             .metrics
             .streams_cut
-            .get_or_create(&crate::metrics::ReasonLabels { reason: reason.into() })
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: reason.into(),
+            })
             .inc();
     }
 
@@ -467,7 +613,12 @@ impl StreamState {
     }
 }
 
-fn stream_response(state: &AppState, caller: Caller, upstream: ByteStream, client_wants_usage: bool) -> Response {
+fn stream_response(
+    state: &AppState,
+    caller: Caller,
+    upstream: ByteStream,
+    client_wants_usage: bool,
+) -> Response {
     let token = caller.live.token().clone();
     let st = StreamState {
         upstream,
@@ -483,7 +634,9 @@ fn stream_response(state: &AppState, caller: Caller, upstream: ByteStream, clien
         state: state.clone(),
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
-        st.next_frame().await.map(|frame| (Ok::<_, std::io::Error>(frame), st))
+        st.next_frame()
+            .await
+            .map(|frame| (Ok::<_, std::io::Error>(frame), st))
     });
     Response::builder()
         .status(StatusCode::OK)

@@ -20,7 +20,10 @@ impl Usage {
         }
         Some(Self {
             prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-            completion_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+            completion_tokens: u
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
         })
     }
 }
@@ -96,7 +99,9 @@ fn has_usage_object(event: &[u8]) -> bool {
     let mut i = 0;
     while i + needle.len() <= event.len() {
         if &event[i..i + needle.len()] == needle {
-            let rest = event[i + needle.len()..].iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
+            let rest = event[i + needle.len()..]
+                .iter()
+                .skip_while(|b| b.is_ascii_whitespace() || **b == b':');
             if rest.take(1).any(|b| *b == b'{') {
                 return true;
             }
@@ -118,7 +123,10 @@ pub fn classify(event: &[u8]) -> EventKind {
         return EventKind::Data(None);
     };
     let usage = Usage::from_json(&v);
-    let no_choices = v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+    let no_choices = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty);
     match usage {
         Some(u) if no_choices => EventKind::UsageOnly(u),
         u => EventKind::Data(u),
@@ -162,9 +170,21 @@ mod tests {
             EventKind::Data(None)
         );
         let usage = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\n\n";
-        assert_eq!(classify(usage), EventKind::UsageOnly(Usage { prompt_tokens: 3, completion_tokens: 5 }));
+        assert_eq!(
+            classify(usage),
+            EventKind::UsageOnly(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5
+            })
+        );
         let last = b"data: {\"choices\":[{\"delta\":{}}],\"usage\": {\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
-        assert_eq!(classify(last), EventKind::Data(Some(Usage { prompt_tokens: 1, completion_tokens: 2 })));
+        assert_eq!(
+            classify(last),
+            EventKind::Data(Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            }))
+        );
         assert_eq!(classify(b": keep-alive\n\n"), EventKind::Data(None));
     }
 }

@@ -29,7 +29,10 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Self {
-        Self { kind: "system", id: None }
+        Self {
+            kind: "system",
+            id: None,
+        }
     }
 }
 
@@ -47,7 +50,12 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(tenant_id: impl Into<String>, actor: Actor, action: &'static str, meta: &RequestMeta) -> Self {
+    pub fn new(
+        tenant_id: impl Into<String>,
+        actor: Actor,
+        action: &'static str,
+        meta: &RequestMeta,
+    ) -> Self {
         Self {
             tenant_id: tenant_id.into(),
             actor,
@@ -132,11 +140,12 @@ pub async fn append(conn: &mut Conn, ev: AuditEvent) -> StoreResult<AuditRecord>
         .execute(&mut *conn)
         .await?;
     // The UPDATE takes the row lock (PostgreSQL) that serialises appends per tenant until commit.
-    let (seq, prev_hash): (i64, String) =
-        sqlx::query_as("UPDATE audit_heads SET seq = seq + 1 WHERE tenant_id = $1 RETURNING seq, hash")
-            .bind(ev.tenant_id.clone())
-            .fetch_one(&mut *conn)
-            .await?;
+    let (seq, prev_hash): (i64, String) = sqlx::query_as(
+        "UPDATE audit_heads SET seq = seq + 1 WHERE tenant_id = $1 RETURNING seq, hash",
+    )
+    .bind(ev.tenant_id.clone())
+    .fetch_one(&mut *conn)
+    .await?;
     let mut rec = AuditRecord {
         id: new_id("evt"),
         seq,
@@ -185,7 +194,8 @@ pub async fn append(conn: &mut Conn, ev: AuditEvent) -> StoreResult<AuditRecord>
     Ok(rec)
 }
 
-const SELECT: &str = "SELECT id, tenant_id, seq, ts, actor_type, actor_id, action, target_type, target_id,
+const SELECT: &str =
+    "SELECT id, tenant_id, seq, ts, actor_type, actor_id, action, target_type, target_id,
     ip, user_agent, request_id, outcome, details, prev_hash, hash FROM audit_events";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, sqlx::Error> {
@@ -220,7 +230,11 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-pub async fn list(pool: &sqlx::AnyPool, tenant_id: &str, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+pub async fn list(
+    pool: &sqlx::AnyPool,
+    tenant_id: &str,
+    f: &AuditFilter,
+) -> StoreResult<Vec<AuditRecord>> {
     let mut sql = format!("{SELECT} WHERE tenant_id = $1");
     let mut n = 1;
     let mut clause = |sql: &mut String, c: &str| {
@@ -231,7 +245,14 @@ pub async fn list(pool: &sqlx::AnyPool, tenant_id: &str, f: &AuditFilter) -> Sto
         clause(&mut sql, "actor_id =");
     }
     if let Some(a) = &f.action {
-        clause(&mut sql, if a.ends_with('*') { "action LIKE" } else { "action =" });
+        clause(
+            &mut sql,
+            if a.ends_with('*') {
+                "action LIKE"
+            } else {
+                "action ="
+            },
+        );
     }
     if f.from.is_some() {
         clause(&mut sql, "ts >=");
@@ -242,7 +263,10 @@ pub async fn list(pool: &sqlx::AnyPool, tenant_id: &str, f: &AuditFilter) -> Sto
     if f.before_seq.is_some() {
         clause(&mut sql, "seq <");
     }
-    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", f.limit.clamp(1, 500)));
+    sql.push_str(&format!(
+        " ORDER BY seq DESC LIMIT {}",
+        f.limit.clamp(1, 500)
+    ));
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id.to_string());
     if let Some(a) = &f.actor {
         q = q.bind(a.clone());
@@ -279,9 +303,11 @@ pub async fn chain_page(
 
 /// Every tenant that has a chain, with its recorded head.
 pub async fn heads(pool: &sqlx::AnyPool) -> StoreResult<Vec<(String, i64, String)>> {
-    Ok(sqlx::query_as("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
-        .fetch_all(pool)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// A broken link found by [`verify`].
@@ -325,13 +351,20 @@ pub async fn verify(pool: &sqlx::AnyPool) -> StoreResult<Result<u64, BrokenLink>
                     reason,
                 };
                 if rec.seq != expected_seq {
-                    return Ok(Err(BrokenLink { event_id: None, ..broken(format!("event missing (next found is #{})", rec.seq)) }));
+                    return Ok(Err(BrokenLink {
+                        event_id: None,
+                        ..broken(format!("event missing (next found is #{})", rec.seq))
+                    }));
                 }
                 if rec.prev_hash != prev {
-                    return Ok(Err(broken("prev_hash does not match the previous event's hash".into())));
+                    return Ok(Err(broken(
+                        "prev_hash does not match the previous event's hash".into(),
+                    )));
                 }
                 if rec.compute_hash() != rec.hash {
-                    return Ok(Err(broken("content does not match its hash (event altered)".into())));
+                    return Ok(Err(broken(
+                        "content does not match its hash (event altered)".into(),
+                    )));
                 }
                 prev = rec.hash;
                 expected_seq += 1;
@@ -343,7 +376,10 @@ pub async fn verify(pool: &sqlx::AnyPool) -> StoreResult<Result<u64, BrokenLink>
                 tenant_id: tenant_id.clone(),
                 seq: expected_seq,
                 event_id: None,
-                reason: format!("chain ends at #{} but the head records #{head_seq} (events removed)", expected_seq - 1),
+                reason: format!(
+                    "chain ends at #{} but the head records #{head_seq} (events removed)",
+                    expected_seq - 1
+                ),
             }));
         }
     }

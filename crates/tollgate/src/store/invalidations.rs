@@ -48,13 +48,18 @@ pub async fn publish(conn: &mut Conn, kind: Kind, target: &str) -> StoreResult<(
 /// Rows written since `since_ms` (a window, not a cursor: PostgreSQL sequences can commit out of
 /// order, so the poller dedupes by `seq` instead of trusting `seq > last`).
 pub async fn recent(pool: &AnyPool, since_ms: i64) -> StoreResult<Vec<(i64, String, String)>> {
-    Ok(sqlx::query_as("SELECT seq, kind, target FROM invalidations WHERE at >= $1 ORDER BY seq")
-        .bind(since_ms)
-        .fetch_all(pool)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT seq, kind, target FROM invalidations WHERE at >= $1 ORDER BY seq")
+            .bind(since_ms)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 pub async fn prune(pool: &AnyPool, before_ms: i64) -> StoreResult<u64> {
-    let r = sqlx::query("DELETE FROM invalidations WHERE at < $1").bind(before_ms).execute(pool).await?;
+    let r = sqlx::query("DELETE FROM invalidations WHERE at < $1")
+        .bind(before_ms)
+        .execute(pool)
+        .await?;
     Ok(r.rows_affected())
 }

@@ -50,7 +50,8 @@ impl ApiKeyRecord {
     }
 }
 
-const COLS: &str = "id, tenant_id, user_id, subscription_id, name, hint, scopes, rate_limit, expires_at,
+const COLS: &str =
+    "id, tenant_id, user_id, subscription_id, name, hint, scopes, rate_limit, expires_at,
     created_at, created_by, last_used_at, revoked_at, prev_valid_until, key_hash, prev_key_hash";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<ApiKeyRecord, sqlx::Error> {
@@ -109,12 +110,22 @@ pub enum Matched {
 
 /// Looks a key up by the hash of its secret (current or pre-rotation). Revoked keys are returned
 /// too, so the caller can answer `AUTH_REVOKED` rather than `AUTH_INVALID`.
-pub async fn find_by_hash(pool: &AnyPool, hash_hex: &str) -> StoreResult<Option<(ApiKeyRecord, Matched)>> {
+pub async fn find_by_hash(
+    pool: &AnyPool,
+    hash_hex: &str,
+) -> StoreResult<Option<(ApiKeyRecord, Matched)>> {
     let sql = format!("SELECT {COLS} FROM api_keys WHERE key_hash = $1 OR prev_key_hash = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(hash_hex.to_string()).fetch_optional(pool).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(hash_hex.to_string())
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let current: String = row.try_get("key_hash")?;
-    let matched = if current == hash_hex { Matched::Current } else { Matched::Previous };
+    let matched = if current == hash_hex {
+        Matched::Current
+    } else {
+        Matched::Previous
+    };
     Ok(Some((from_row(&row)?, matched)))
 }
 
@@ -129,17 +140,30 @@ pub async fn get(conn: &mut Conn, tenant_id: &str, id: &str) -> StoreResult<Opti
 }
 
 /// Keys of a tenant, optionally only one user's, newest first.
-pub async fn list(pool: &AnyPool, tenant_id: &str, user_id: Option<&str>) -> StoreResult<Vec<ApiKeyRecord>> {
+pub async fn list(
+    pool: &AnyPool,
+    tenant_id: &str,
+    user_id: Option<&str>,
+) -> StoreResult<Vec<ApiKeyRecord>> {
     let rows = match user_id {
         Some(u) => {
             let sql = format!(
                 "SELECT {COLS} FROM api_keys WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at DESC, id"
             );
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id.to_string()).bind(u.to_string()).fetch_all(pool).await?
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant_id.to_string())
+                .bind(u.to_string())
+                .fetch_all(pool)
+                .await?
         }
         None => {
-            let sql = format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, id");
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id.to_string()).fetch_all(pool).await?
+            let sql = format!(
+                "SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, id"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant_id.to_string())
+                .fetch_all(pool)
+                .await?
         }
     };
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
@@ -174,13 +198,19 @@ pub async fn revoke(conn: &mut Conn, tenant_id: &str, id: &str, at: i64) -> Stor
 }
 
 /// Revokes every live key a user holds in a tenant; returns their ids.
-pub async fn revoke_user_keys(conn: &mut Conn, tenant_id: &str, user_id: &str, at: i64) -> StoreResult<Vec<String>> {
-    let ids: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM api_keys WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL")
-            .bind(tenant_id.to_string())
-            .bind(user_id.to_string())
-            .fetch_all(&mut *conn)
-            .await?;
+pub async fn revoke_user_keys(
+    conn: &mut Conn,
+    tenant_id: &str,
+    user_id: &str,
+    at: i64,
+) -> StoreResult<Vec<String>> {
+    let ids: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM api_keys WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(tenant_id.to_string())
+    .bind(user_id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
     sqlx::query("UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL")
         .bind(tenant_id.to_string())
         .bind(user_id.to_string())

@@ -30,11 +30,17 @@ const ADVISORY_LOCK_ID: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 pub async fn run(store: &Store) -> anyhow::Result<()> {
     let mut conn = store.pool().acquire().await?;
     if store.backend() == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_lock($1)").bind(ADVISORY_LOCK_ID).execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(ADVISORY_LOCK_ID)
+            .execute(&mut *conn)
+            .await?;
     }
     let result = apply_all(store.backend(), &mut conn).await;
     if store.backend() == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_unlock($1)").bind(ADVISORY_LOCK_ID).execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(ADVISORY_LOCK_ID)
+            .execute(&mut *conn)
+            .await?;
     }
     result
 }
@@ -47,7 +53,9 @@ async fn apply_all(backend: Backend, conn: &mut sqlx::AnyConnection) -> anyhow::
     )
     .execute(&mut *conn)
     .await?;
-    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await?;
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
     let latest_known = MIGRATIONS.last().map_or(0, |m| m.version);
     if let Some(newer) = applied.iter().map(|r| r.0).find(|v| *v > latest_known) {
         anyhow::bail!(
@@ -67,12 +75,14 @@ async fn apply_all(backend: Backend, conn: &mut sqlx::AnyConnection) -> anyhow::
             .execute(&mut *tx)
             .await
             .map_err(|e| anyhow::anyhow!("migration {} failed: {e}", m.name))?;
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(m.version)
-            .bind(m.name)
-            .bind(crate::util::now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(crate::util::now_ms())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         tracing::info!(version = m.version, name = m.name, "applied migration");
     }

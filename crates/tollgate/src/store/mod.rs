@@ -74,7 +74,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,7 +93,9 @@ impl Store {
         };
         let mut url = url.to_string();
         if backend == Backend::Sqlite {
-            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default().to_string();
             if path != ":memory:"
                 && let Some(dir) = std::path::Path::new(&path).parent()
@@ -125,7 +129,9 @@ impl Store {
             })
             .connect_with(opts)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the store: {}", redact_url(&e.to_string())))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open the store: {}", redact_url(&e.to_string()))
+            })?;
         let store = Self { pool, backend };
         migrate::run(&store).await?;
         Ok(store)
@@ -151,10 +157,13 @@ impl Store {
 
     /// Is the store reachable? (for `/ready`)
     pub async fn ping(&self) -> bool {
-        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false)
     }
 
     pub async fn close(&self) {
@@ -170,12 +179,18 @@ impl Store {
     }
 
     /// Inserts a setting unless it exists; returns whether this call created it.
-    pub async fn insert_setting_if_absent(conn: &mut Conn, key: &str, value: &str) -> StoreResult<bool> {
-        let res = sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key.to_string())
-            .bind(value.to_string())
-            .execute(conn)
-            .await?;
+    pub async fn insert_setting_if_absent(
+        conn: &mut Conn,
+        key: &str,
+        value: &str,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key.to_string())
+        .bind(value.to_string())
+        .execute(conn)
+        .await?;
         Ok(res.rows_affected() == 1)
     }
 }
@@ -187,7 +202,9 @@ pub fn redact_url(s: &str) -> String {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let end = tail.find(|c: char| c.is_whitespace() || c == '/').unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '/')
+            .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(at) => {

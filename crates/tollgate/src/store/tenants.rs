@@ -34,7 +34,10 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("id", &self.id).field("email", &self.email).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +86,11 @@ pub fn normalize_email(email: &str) -> String {
 // ---- tenants ---------------------------------------------------------------------------------
 
 pub async fn create_tenant(conn: &mut Conn, name: &str) -> StoreResult<Tenant> {
-    let t = Tenant { id: new_id("ten"), name: name.to_string(), created_at: now_ms() };
+    let t = Tenant {
+        id: new_id("ten"),
+        name: name.to_string(),
+        created_at: now_ms(),
+    };
     sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
         .bind(t.id.clone())
         .bind(t.name.clone())
@@ -91,40 +98,52 @@ pub async fn create_tenant(conn: &mut Conn, name: &str) -> StoreResult<Tenant> {
         .execute(conn)
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict(format!("A tenant named {name:?} already exists")),
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("A tenant named {name:?} already exists"))
+            }
             other => other,
         })?;
     Ok(t)
 }
 
 fn tenant_row(r: (String, String, i64)) -> Tenant {
-    Tenant { id: r.0, name: r.1, created_at: r.2 }
+    Tenant {
+        id: r.0,
+        name: r.1,
+        created_at: r.2,
+    }
 }
 
 pub async fn get_tenant(pool: &AnyPool, id: &str) -> StoreResult<Option<Tenant>> {
-    let r: Option<(String, String, i64)> = sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(pool)
-        .await?;
+    let r: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?;
     Ok(r.map(tenant_row))
 }
 
 pub async fn find_tenant_by_name(conn: &mut Conn, name: &str) -> StoreResult<Option<Tenant>> {
-    let r: Option<(String, String, i64)> = sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE name = $1")
-        .bind(name.to_string())
-        .fetch_optional(conn)
-        .await?;
+    let r: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(conn)
+            .await?;
     Ok(r.map(tenant_row))
 }
 
 pub async fn list_tenants(pool: &AnyPool) -> StoreResult<Vec<Tenant>> {
     let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT id, name, created_at FROM tenants ORDER BY created_at, id").fetch_all(pool).await?;
+        sqlx::query_as("SELECT id, name, created_at FROM tenants ORDER BY created_at, id")
+            .fetch_all(pool)
+            .await?;
     Ok(rows.into_iter().map(tenant_row).collect())
 }
 
 pub async fn count_tenants(conn: &mut Conn) -> StoreResult<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tenants").fetch_one(conn).await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tenants")
+        .fetch_one(conn)
+        .await?;
     Ok(n)
 }
 
@@ -142,7 +161,8 @@ pub async fn user_tenants(pool: &AnyPool, user_id: &str) -> StoreResult<Vec<Tena
 
 // ---- users -----------------------------------------------------------------------------------
 
-const USER_COLS: &str = "u.id, u.email, u.name, u.password_hash, u.email_verified_at, u.platform_admin, u.created_at";
+const USER_COLS: &str =
+    "u.id, u.email, u.name, u.password_hash, u.email_verified_at, u.platform_admin, u.created_at";
 
 fn user_from_row(r: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
     Ok(User {
@@ -192,13 +212,19 @@ pub async fn create_user(
 
 pub async fn find_user_by_email(conn: &mut Conn, email: &str) -> StoreResult<Option<User>> {
     let sql = format!("SELECT {USER_COLS} FROM users u WHERE u.email = $1");
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(normalize_email(email)).fetch_optional(conn).await?;
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(normalize_email(email))
+        .fetch_optional(conn)
+        .await?;
     Ok(r.as_ref().map(user_from_row).transpose()?)
 }
 
 pub async fn get_user(conn: &mut Conn, user_id: &str) -> StoreResult<Option<User>> {
     let sql = format!("SELECT {USER_COLS} FROM users u WHERE u.id = $1");
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id.to_string()).fetch_optional(conn).await?;
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id.to_string())
+        .fetch_optional(conn)
+        .await?;
     Ok(r.as_ref().map(user_from_row).transpose()?)
 }
 
@@ -230,14 +256,21 @@ pub async fn add_membership(conn: &mut Conn, tenant_id: &str, user_id: &str) -> 
         .execute(conn)
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict("That user is already a member of this tenant".into()),
+            StoreError::Conflict(_) => {
+                StoreError::Conflict("That user is already a member of this tenant".into())
+            }
             other => other,
         })?;
     Ok(())
 }
 
 /// Replaces a member's roles (role ids: built-in names or custom role ids).
-pub async fn set_member_roles(conn: &mut Conn, tenant_id: &str, user_id: &str, roles: &[String]) -> StoreResult<()> {
+pub async fn set_member_roles(
+    conn: &mut Conn,
+    tenant_id: &str,
+    user_id: &str,
+    roles: &[String],
+) -> StoreResult<()> {
     sqlx::query("DELETE FROM member_roles WHERE tenant_id = $1 AND user_id = $2")
         .bind(tenant_id.to_string())
         .bind(user_id.to_string())
@@ -270,16 +303,21 @@ pub async fn remove_member(conn: &mut Conn, tenant_id: &str, user_id: &str) -> S
 }
 
 async fn roles_of(conn: &mut Conn, tenant_id: &str, user_id: &str) -> StoreResult<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT role FROM member_roles WHERE tenant_id = $1 AND user_id = $2 ORDER BY role")
-            .bind(tenant_id.to_string())
-            .bind(user_id.to_string())
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT role FROM member_roles WHERE tenant_id = $1 AND user_id = $2 ORDER BY role",
+    )
+    .bind(tenant_id.to_string())
+    .bind(user_id.to_string())
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-pub async fn get_member(conn: &mut Conn, tenant_id: &str, user_id: &str) -> StoreResult<Option<Member>> {
+pub async fn get_member(
+    conn: &mut Conn,
+    tenant_id: &str,
+    user_id: &str,
+) -> StoreResult<Option<Member>> {
     let sql = format!(
         "SELECT {USER_COLS}, m.created_at AS joined_at FROM users u
          JOIN memberships m ON m.user_id = u.id WHERE m.tenant_id = $1 AND u.id = $2"
@@ -295,7 +333,11 @@ pub async fn get_member(conn: &mut Conn, tenant_id: &str, user_id: &str) -> Stor
     let user = user_from_row(&r)?;
     let joined_at = r.try_get("joined_at")?;
     let roles = roles_of(conn, tenant_id, user_id).await?;
-    Ok(Some(Member { user, roles, joined_at }))
+    Ok(Some(Member {
+        user,
+        roles,
+        joined_at,
+    }))
 }
 
 pub async fn list_members(pool: &AnyPool, tenant_id: &str) -> StoreResult<Vec<Member>> {
@@ -303,7 +345,10 @@ pub async fn list_members(pool: &AnyPool, tenant_id: &str) -> StoreResult<Vec<Me
         "SELECT {USER_COLS}, m.created_at AS joined_at FROM users u
          JOIN memberships m ON m.user_id = u.id WHERE m.tenant_id = $1 ORDER BY m.created_at, u.id"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id.to_string()).fetch_all(pool).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id.to_string())
+        .fetch_all(pool)
+        .await?;
     let all_roles: Vec<(String, String)> =
         sqlx::query_as("SELECT user_id, role FROM member_roles WHERE tenant_id = $1 ORDER BY role")
             .bind(tenant_id.to_string())
@@ -312,20 +357,33 @@ pub async fn list_members(pool: &AnyPool, tenant_id: &str) -> StoreResult<Vec<Me
     rows.iter()
         .map(|r| {
             let user = user_from_row(r)?;
-            let roles = all_roles.iter().filter(|(u, _)| *u == user.id).map(|(_, role)| role.clone()).collect();
-            Ok(Member { user, roles, joined_at: r.try_get("joined_at")? })
+            let roles = all_roles
+                .iter()
+                .filter(|(u, _)| *u == user.id)
+                .map(|(_, role)| role.clone())
+                .collect();
+            Ok(Member {
+                user,
+                roles,
+                joined_at: r.try_get("joined_at")?,
+            })
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(StoreError::from)
 }
 
 /// The permissions a member holds right now, from the current roles; `None` if not a member.
-pub async fn resolve_permissions(pool: &AnyPool, tenant_id: &str, user_id: &str) -> StoreResult<Option<PermSet>> {
-    let member: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM memberships WHERE tenant_id = $1 AND user_id = $2")
-        .bind(tenant_id.to_string())
-        .bind(user_id.to_string())
-        .fetch_optional(pool)
-        .await?;
+pub async fn resolve_permissions(
+    pool: &AnyPool,
+    tenant_id: &str,
+    user_id: &str,
+) -> StoreResult<Option<PermSet>> {
+    let member: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(pool)
+            .await?;
     if member.is_none() {
         return Ok(None);
     }
@@ -352,13 +410,23 @@ pub async fn resolve_permissions(pool: &AnyPool, tenant_id: &str, user_id: &str)
 fn parse_perm_json(s: &str) -> PermSet {
     let names: Vec<String> = serde_json::from_str(s).unwrap_or_default();
     // Unknown names are dropped rather than failing a request (they were validated on write).
-    names.iter().filter_map(|n| PermSet::parse([n.as_str()]).ok()).fold(PermSet::EMPTY, PermSet::union)
+    names
+        .iter()
+        .filter_map(|n| PermSet::parse([n.as_str()]).ok())
+        .fold(PermSet::EMPTY, PermSet::union)
 }
 
 // ---- custom roles ----------------------------------------------------------------------------
 
 fn role_from_row(r: (String, String, String, String, String, i64)) -> Role {
-    Role { id: r.0, tenant_id: r.1, name: r.2, description: r.3, permissions: parse_perm_json(&r.4), created_at: r.5 }
+    Role {
+        id: r.0,
+        tenant_id: r.1,
+        name: r.2,
+        description: r.3,
+        permissions: parse_perm_json(&r.4),
+        created_at: r.5,
+    }
 }
 
 pub async fn list_roles(pool: &AnyPool, tenant_id: &str) -> StoreResult<Vec<Role>> {
@@ -382,7 +450,11 @@ pub async fn get_role(conn: &mut Conn, tenant_id: &str, id: &str) -> StoreResult
     Ok(r.map(role_from_row))
 }
 
-pub async fn find_role_by_name(conn: &mut Conn, tenant_id: &str, name: &str) -> StoreResult<Option<Role>> {
+pub async fn find_role_by_name(
+    conn: &mut Conn,
+    tenant_id: &str,
+    name: &str,
+) -> StoreResult<Option<Role>> {
     let r: Option<(String, String, String, String, String, i64)> = sqlx::query_as(
         "SELECT id, tenant_id, name, description, permissions, created_at FROM roles WHERE tenant_id = $1 AND name = $2",
     )
@@ -442,12 +514,17 @@ pub async fn update_role(conn: &mut Conn, role: &Role) -> StoreResult<()> {
     Ok(())
 }
 
-pub async fn role_member_count(conn: &mut Conn, tenant_id: &str, role_id: &str) -> StoreResult<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM member_roles WHERE tenant_id = $1 AND role = $2")
-        .bind(tenant_id.to_string())
-        .bind(role_id.to_string())
-        .fetch_one(conn)
-        .await?;
+pub async fn role_member_count(
+    conn: &mut Conn,
+    tenant_id: &str,
+    role_id: &str,
+) -> StoreResult<i64> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM member_roles WHERE tenant_id = $1 AND role = $2")
+            .bind(tenant_id.to_string())
+            .bind(role_id.to_string())
+            .fetch_one(conn)
+            .await?;
     Ok(n)
 }
 
@@ -461,6 +538,8 @@ pub async fn delete_role(conn: &mut Conn, tenant_id: &str, role_id: &str) -> Sto
 }
 
 pub async fn platform_admin_exists(conn: &mut Conn) -> StoreResult<bool> {
-    let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE platform_admin = 1 LIMIT 1").fetch_optional(conn).await?;
+    let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE platform_admin = 1 LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
     Ok(r.is_some())
 }
