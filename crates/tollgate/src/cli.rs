@@ -373,11 +373,16 @@ pub async fn serve(config: Config, bootstrap_email: &str) -> anyhow::Result<()> 
             .await
             .map_err(|e| anyhow::anyhow!("bootstrap failed: {}", e.message))?
     {
-        out(&format!(
+        let banner = format!(
             "\nTollgate first start: created tenant \"default\" (id {}) with owner {bootstrap_email}.\n\
              Bootstrap API key (shown once — store it now):\n\n    {}\n",
             boot.tenant_id, boot.api_key
-        ))?;
+        );
+        if out(&banner).is_err() {
+            tracing::error!(
+                "could not print the bootstrap API key; issue another with `tollgate init`"
+            );
+        }
     }
     let app = Application::from_state(state.clone()).await?;
     tracing::info!(addr = %app.addr, store = ?state.store.backend(), "tollgate listening");

@@ -469,7 +469,7 @@ pub async fn rotate(
         return Err(ApiError::conflict("A revoked key cannot be rotated"));
     }
     let secret = apikey::generate(state.auth.key_prefix());
-    let prev_valid_until = (grace > 0).then(|| now_ms() + (grace as i64) * 1000);
+    let prev_valid_until = now_ms() + (grace as i64) * 1000;
     keystore::rotate(
         &mut tx,
         &caller.tenant_id,

@@ -119,6 +119,16 @@ pub struct Provider {
     pub backend: Backend,
 }
 
+impl Provider {
+    /// Deadline for the answer head, and the idle limit between stream chunks.
+    pub fn timeout(&self, default: Duration) -> Duration {
+        match &self.backend {
+            Backend::OpenAi { timeout, .. } => *timeout,
+            Backend::Mock => default,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ModelRoute {
     pub name: String,
@@ -520,7 +530,14 @@ async fn forward(
             reply.retry_after,
         )),
         ReplyBody::Stream(upstream) => {
-            Ok(stream_response(state, caller, upstream, client_wants_usage))
+            let idle = route.provider.timeout(state.proxy.timeout);
+            Ok(stream_response(
+                state,
+                caller,
+                upstream,
+                client_wants_usage,
+                idle,
+            ))
         }
     }
 }
@@ -618,6 +635,7 @@ fn stream_response(
     caller: Caller,
     upstream: ByteStream,
     client_wants_usage: bool,
+    idle: Duration,
 ) -> Response {
     let token = caller.live.token().clone();
     let st = StreamState {
@@ -627,7 +645,7 @@ fn stream_response(
         caller,
         token,
         client_wants_usage,
-        idle: state.proxy.timeout,
+        idle,
         usage: None,
         saw_done: false,
         done: false,

@@ -220,19 +220,20 @@ pub async fn revoke_user_keys(
     Ok(ids.into_iter().map(|r| r.0).collect())
 }
 
-/// Replaces a key's secret. With a grace deadline the old secret keeps working until then.
+/// Replaces a key's secret. The previous secret is remembered until the next rotation, valid
+/// until `prev_valid_until` (now, without a grace period): using it afterwards is answered as a
+/// rotated-away key rather than an unknown one.
 pub async fn rotate(
     conn: &mut Conn,
     tenant_id: &str,
     id: &str,
     new_hash_hex: &str,
     new_hint: &str,
-    prev_valid_until: Option<i64>,
+    prev_valid_until: i64,
 ) -> StoreResult<()> {
     // SET expressions read the row's old values, so prev_key_hash receives the old key_hash.
     sqlx::query(
-        "UPDATE api_keys SET prev_key_hash = CASE WHEN $5 IS NULL THEN NULL ELSE key_hash END,
-            prev_valid_until = $5, key_hash = $3, hint = $4
+        "UPDATE api_keys SET prev_key_hash = key_hash, prev_valid_until = $5, key_hash = $3, hint = $4
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant_id.to_string())

@@ -11,4 +11,8 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod errors;
 mod keys;
+mod ops;
+mod proxy;
+mod users;

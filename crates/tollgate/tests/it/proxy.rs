@@ -1,0 +1,374 @@
+//! The proxy (SPEC §4.1) against a real upstream socket: pass-through, streaming, usage,
+//! upstream failures, timeouts, cancellation, aliases.
+
+use std::time::{Duration, Instant};
+
+use fake_upstream::FakeConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn app() -> TestApp {
+    TestApp::spawn(Db::Sqlite).await
+}
+
+fn stream_body(model: &str) -> Value {
+    let mut b = chat_body(model);
+    b["stream"] = json!(true);
+    b
+}
+
+fn data_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_is_forwarded_with_unknown_fields_and_the_upstream_key() {
+    let app = app().await;
+    let mut body = chat_body("gpt-test");
+    body["temperature"] = json!(0.2);
+    body["vendor_extension"] = json!({"deep": [1, 2, {"x": null}]});
+    let res = app.chat(&app.owner_key, body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["object"], "chat.completion");
+    let seen = app.upstream.requests();
+    let req = seen.last().unwrap();
+    assert_eq!(req.path, "/v1/chat/completions");
+    // The public name is replaced by the upstream name; everything else passes through.
+    assert_eq!(req.body["model"], "upstream-gpt");
+    assert_eq!(req.body["temperature"], 0.2);
+    assert_eq!(
+        req.body["vendor_extension"],
+        json!({"deep": [1, 2, {"x": null}]})
+    );
+    // The upstream sees the provider key, never the client's key.
+    assert_eq!(
+        req.header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    assert!(!format!("{:?}", req.headers).contains(&app.owner_key));
+    assert!(req.header("x-api-key").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_passes_through_and_hides_the_usage_chunk_unless_asked() {
+    let app = app().await;
+    let res = app.chat(&app.owner_key, stream_body("fake-model")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = read_all(res).await;
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let events = data_events(&text);
+    assert_eq!(events.len(), 5);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["choices"].as_array().is_some_and(|c| !c.is_empty()))
+    );
+    // The gateway asked the upstream for usage anyway.
+    let req = app.upstream.requests().pop().unwrap();
+    assert_eq!(req.body["stream_options"]["include_usage"], true);
+
+    // When the client asks, the usage chunk is forwarded.
+    let mut body = stream_body("fake-model");
+    body["stream_options"] = json!({"include_usage": true});
+    body["fake"] = json!({"prompt_tokens": 11, "completion_tokens": 7});
+    let text = read_all(app.chat(&app.owner_key, body).await).await;
+    let events = data_events(&text);
+    let usage = events
+        .iter()
+        .find(|e| e["usage"].is_object())
+        .expect("usage chunk");
+    assert_eq!(usage["usage"]["prompt_tokens"], 11);
+    assert_eq!(usage["usage"]["completion_tokens"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_is_not_buffered() {
+    let app = app().await;
+    let mut body = stream_body("fake-model");
+    body["fake"] = json!({"chunks": 10, "chunk_delay_ms": 200});
+    let started = Instant::now();
+    let mut res = app.chat(&app.owner_key, body).await;
+    let first = res.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    // The whole stream takes ~2 s; the first event must arrive long before that.
+    assert!(
+        first_at < Duration::from_millis(900),
+        "first event after {first_at:?}"
+    );
+    let mut n = 1;
+    while let Some(c) = res.chunk().await.unwrap() {
+        n += String::from_utf8_lossy(&c).matches("data: ").count();
+    }
+    assert!(n >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mid_stream_drop_ends_with_an_error_event() {
+    let app = app().await;
+    let mut body = stream_body("fake-model");
+    body["fake"] = json!({"chunks": 10, "drop_after": 3});
+    let text = read_all(app.chat(&app.owner_key, body).await).await;
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("UPSTREAM_ERROR"), "{text}");
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(
+        data_events(&text.replace("event: error\n", "")).len(),
+        3 + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_spec_codes() {
+    let app = app().await;
+    // 5xx → 502 without the upstream's details.
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"status": 500});
+    let res = app.chat(&app.owner_key, body).await;
+    let err = expect_error(res, StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR").await;
+    assert_eq!(err["error"]["type"], "api_error");
+    // Garbage with 200 → 502.
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"garbage": true});
+    expect_error(
+        app.chat(&app.owner_key, body).await,
+        StatusCode::BAD_GATEWAY,
+        "UPSTREAM_ERROR",
+    )
+    .await;
+    // A provider client error the caller can fix passes through.
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"status": 400});
+    let res = app.chat(&app.owner_key, body).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.json::<Value>().await.unwrap()["error"].is_object());
+    // The provider's rate limit → 429 RATE_LIMITED with Retry-After.
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"status": 429});
+    let res = app.chat(&app.owner_key, body).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_upstream_key_is_a_gateway_error_not_the_callers() {
+    let mut opts = Opts::new(Db::Sqlite);
+    opts.upstream = FakeConfig {
+        api_key: Some("a-different-key".into()),
+        ..FakeConfig::default()
+    };
+    let app = TestApp::spawn_with(opts).await.unwrap();
+    let res = app.chat(&app.owner_key, chat_body("fake-model")).await;
+    let err = expect_error(res, StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR").await;
+    assert!(!err.to_string().contains(UPSTREAM_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_502() {
+    // A port that was just free: connection refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(move |c| {
+        c.providers[0].base_url = format!("http://127.0.0.1:{port}/v1");
+    }))
+    .await
+    .unwrap();
+    let res = app.chat(&app.owner_key, chat_body("fake-model")).await;
+    let err = expect_error(res, StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR").await;
+    assert!(!err.to_string().contains(&port.to_string()));
+    let res = app.chat(&app.owner_key, stream_body("fake-model")).await;
+    expect_error(res, StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504() {
+    let app = TestApp::spawn_with(
+        Opts::new(Db::Sqlite).edit(|c| c.providers[0].timeout_seconds = Some(1)),
+    )
+    .await
+    .unwrap();
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"delay_ms": 3000});
+    let started = Instant::now();
+    let res = app.chat(&app.owner_key, body).await;
+    expect_error(res, StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT").await;
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // A stream that stalls between chunks ends with an error event.
+    let mut body = stream_body("fake-model");
+    body["fake"] = json!({"chunks": 3, "chunk_delay_ms": 3000});
+    let text = read_all(app.chat(&app.owner_key, body).await).await;
+    assert!(text.contains("UPSTREAM_TIMEOUT"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_upstream_call() {
+    let app = app().await;
+    // Non-streaming: the client gives up while the upstream is still thinking.
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"delay_ms": 5000});
+    let short = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = short
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.owner_key)
+        .json(&body)
+        .send()
+        .await;
+    assert!(r.is_err());
+    assert!(
+        app.upstream.wait_cancelled(1, Duration::from_secs(3)).await,
+        "upstream call cancelled"
+    );
+    // Streaming: the client reads one event and goes away.
+    let mut body = stream_body("fake-model");
+    body["fake"] = json!({"chunks": 100, "chunk_delay_ms": 50});
+    let mut res = app.chat(&app.owner_key, body).await;
+    res.chunk().await.unwrap().unwrap();
+    drop(res);
+    assert!(
+        app.upstream.wait_cancelled(2, Duration::from_secs(3)).await,
+        "upstream stream cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_images_and_aliases() {
+    let app = app().await;
+    let res = app
+        .post(
+            "/v1/embeddings",
+            &app.owner_key,
+            json!({"model": "fake-embed", "input": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.upstream.requests().last().unwrap().path,
+        "/v1/embeddings"
+    );
+    let res = app
+        .post(
+            "/v1/images/generations",
+            &app.owner_key,
+            json!({"model": "fake-image", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.json::<Value>().await.unwrap()["data"][0]["b64_json"].is_string());
+    for prefix in ["/api/v1", "/api/v2"] {
+        let res = app.chat(&app.owner_key, chat_body("mock-chat")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = app
+            .post(
+                &format!("{prefix}/chat/completions"),
+                &app.owner_key,
+                chat_body("fake-model"),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "{prefix}");
+        let res = app.get(&format!("{prefix}/models"), &app.owner_key).await;
+        assert_eq!(res.status(), StatusCode::OK, "{prefix}");
+        expect_error(
+            app.get(&format!("{prefix}/models"), "").await,
+            StatusCode::UNAUTHORIZED,
+            "AUTH_MISSING",
+        )
+        .await;
+    }
+    let models: Value = app
+        .get("/v1/models", &app.owner_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "gpt-test",
+            "fake-model",
+            "fake-embed",
+            "fake-image",
+            "mock-chat"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_config_serves_the_mock_models() {
+    let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(|c| {
+        c.providers.clear();
+        c.models.clear();
+    }))
+    .await
+    .unwrap();
+    let models: Value = app
+        .get("/v1/models", &app.owner_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["mock-chat", "mock-embed", "mock-image"]);
+    let out: Value = app
+        .chat(&app.owner_key, chat_body("mock-chat"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        out["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Hello")
+    );
+    let text = read_all(app.chat(&app.owner_key, stream_body("mock-chat")).await).await;
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    let res = app
+        .post(
+            "/v1/embeddings",
+            &app.owner_key,
+            json!({"model": "mock-embed", "input": "x"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app
+        .post(
+            "/v1/images/generations",
+            &app.owner_key,
+            json!({"model": "mock-image", "prompt": "x"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
