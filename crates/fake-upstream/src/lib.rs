@@ -280,24 +280,29 @@ struct FakeOpts {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let tracker = Tracker::start(shared.clone());
+    // Owned here so that a dropped handler future counts as cancelled; a stream takes it along.
+    let mut tracker = Some(Tracker::start(shared.clone()));
+    let response = respond(&shared, &mut tracker, req).await;
+    if let Some(t) = tracker {
+        t.finish();
+    }
+    response
+}
+
+async fn respond(shared: &Shared, tracker: &mut Option<Tracker>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            tracker.finish();
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or unreadable",
-            );
-        }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large or unreadable",
+        );
     };
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let path = parts.uri.path().to_owned();
+    let (method, path) = (&parts.method, parts.uri.path());
     if shared.record {
         let recorded = RecordedRequest {
-            method: parts.method.to_string(),
-            path: path.clone(),
+            method: method.to_string(),
+            path: path.to_owned(),
             headers: header_pairs(&parts.headers),
             body: body.clone(),
         };
@@ -307,25 +312,11 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .unwrap_or_else(PoisonError::into_inner)
             .push(recorded);
     }
-    route(&shared, tracker, &parts.method, &path, &parts.headers, body).await
-}
 
-async fn route(
-    shared: &Shared,
-    tracker: Tracker,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: Value,
-) -> Response {
     if let Some(key) = &shared.cfg.api_key {
         let expected = format!("Bearer {key}");
-        if headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes)
-            != Some(expected.as_bytes())
-        {
-            tracker.finish();
+        let given = parts.headers.get(header::AUTHORIZATION);
+        if given.map(HeaderValue::as_bytes) != Some(expected.as_bytes()) {
             return error_full(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
@@ -334,40 +325,29 @@ async fn route(
             );
         }
     }
-    let known = [
-        "/v1/models",
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v1/images/generations",
-    ];
-    if !known.contains(&path) {
-        tracker.finish();
-        return error_full(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            &format!("Unknown request URL: {method} {path}"),
-            Some("unknown_url"),
-        );
-    }
-    let allowed = if path == "/v1/models" {
-        Method::GET
-    } else {
-        Method::POST
+    let allowed = match path {
+        "/v1/models" => Method::GET,
+        "/v1/chat/completions" | "/v1/embeddings" | "/v1/images/generations" => Method::POST,
+        _ => {
+            return error_full(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                &format!("Unknown request URL: {method} {path}"),
+                Some("unknown_url"),
+            );
+        }
     };
     if *method != allowed {
-        tracker.finish();
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("Method {method} not allowed on {path}"),
         );
     }
     if path == "/v1/models" {
-        tracker.finish();
         return models();
     }
 
     if !body.is_object() {
-        tracker.finish();
         return error(
             StatusCode::BAD_REQUEST,
             "We could not parse the JSON body of your request.",
@@ -378,7 +358,6 @@ async fn route(
         Some(v) => match FakeOpts::deserialize(v) {
             Ok(opts) => opts,
             Err(e) => {
-                tracker.finish();
                 return error(
                     StatusCode::BAD_REQUEST,
                     &format!("invalid `fake` options: {e}"),
@@ -391,7 +370,6 @@ async fn route(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(status) = opts.status {
-        tracker.finish();
         return match StatusCode::from_u16(status) {
             Ok(status) => error_full(
                 status,
@@ -403,7 +381,6 @@ async fn route(
         };
     }
     if opts.garbage {
-        tracker.finish();
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/html")],
@@ -413,15 +390,10 @@ async fn route(
     }
 
     match path {
-        "/v1/chat/completions" => chat(&shared.cfg, tracker, &body, &opts),
-        "/v1/embeddings" => tracker_done(tracker, embeddings(&body, &opts)),
-        _ => tracker_done(tracker, images(&body)),
+        "/v1/chat/completions" => chat(shared, tracker, &body, &opts),
+        "/v1/embeddings" => embeddings(&body, &opts),
+        _ => images(&body),
     }
-}
-
-fn tracker_done(tracker: Tracker, response: Response) -> Response {
-    tracker.finish();
-    response
 }
 
 fn models() -> Response {
@@ -433,16 +405,15 @@ fn models() -> Response {
     json_response(StatusCode::OK, json!({"object": "list", "data": data}))
 }
 
-fn chat(cfg: &FakeConfig, tracker: Tracker, body: &Value, opts: &FakeOpts) -> Response {
+fn chat(shared: &Shared, tracker: &mut Option<Tracker>, body: &Value, opts: &FakeOpts) -> Response {
+    let cfg = &shared.cfg;
     let Some(model) = body.get("model").and_then(Value::as_str) else {
-        tracker.finish();
         return error(
             StatusCode::BAD_REQUEST,
             "you must provide a model parameter",
         );
     };
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        tracker.finish();
         return error(StatusCode::BAD_REQUEST, "`messages` must be an array");
     };
     let chunks = opts.chunks.unwrap_or(cfg.default_chunks).min(MAX_CHUNKS);
@@ -459,15 +430,11 @@ fn chat(cfg: &FakeConfig, tracker: Tracker, body: &Value, opts: &FakeOpts) -> Re
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     });
-    let id = format!(
-        "chatcmpl-fake{}",
-        tracker.shared.started.load(Ordering::Relaxed)
-    );
+    let id = format!("chatcmpl-fake{}", shared.started.load(Ordering::Relaxed));
     let created = now_secs();
 
     if body.get("stream").and_then(Value::as_bool) != Some(true) {
         let content: String = (0..chunks).map(token).collect();
-        tracker.finish();
         return json_response(
             StatusCode::OK,
             json!({
@@ -511,7 +478,7 @@ fn chat(cfg: &FakeConfig, tracker: Tracker, body: &Value, opts: &FakeOpts) -> Re
         delay: Duration::from_millis(opts.chunk_delay_ms.unwrap_or(cfg.chunk_delay_ms)),
     };
     let stream = futures_util::stream::unfold(
-        (plan, events.into_iter(), Some(tracker)),
+        (plan, events.into_iter(), tracker.take()),
         |(plan, mut events, mut tracker)| async move {
             let Some(event) = events.next() else {
                 if let Some(t) = tracker.take() {

@@ -150,3 +150,69 @@ fn new_histogram() -> Result<Histogram<u64>> {
     // 1 µs .. 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| anyhow!("histogram: {e:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use fake_upstream::{FakeConfig, FakeUpstream};
+
+    async fn setup() -> (FakeUpstream, Client, Endpoint) {
+        let up = FakeUpstream::start_with(FakeConfig {
+            api_key: Some("k".into()),
+            ..FakeConfig::default()
+        })
+        .await
+        .unwrap();
+        let client = Client::builder().http1_only().no_proxy().build().unwrap();
+        let ep = Endpoint {
+            url: format!("{}/chat/completions", up.base_url()),
+            token: "k".into(),
+        };
+        (up, client, ep)
+    }
+
+    #[tokio::test]
+    async fn a_phase_stops_at_its_request_budget() {
+        let (up, client, ep) = setup().await;
+        let bounds = Bounds {
+            connections: 4,
+            max_requests: 50,
+            max_time: Duration::from_secs(30),
+        };
+        for stream in [false, true] {
+            let r = run_phase(&client, &ep, stream, bounds).await.unwrap();
+            assert_eq!((r.requests(), r.errors), (50, 0), "{:?}", r.first_error);
+            assert!(r.latency_us.value_at_quantile(0.5) > 0);
+        }
+        assert_eq!(up.completed(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_phase_stops_at_its_deadline() {
+        let (_up, client, ep) = setup().await;
+        let bounds = Bounds {
+            connections: 2,
+            max_requests: u64::MAX,
+            max_time: Duration::from_millis(200),
+        };
+        let r = run_phase(&client, &ep, false, bounds).await.unwrap();
+        assert!(r.requests() > 0);
+        assert!(r.elapsed < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn non_2xx_and_cut_streams_are_errors() {
+        let (_up, client, mut ep) = setup().await;
+        ep.token = "wrong".into();
+        let err = one_request(&client, &ep, &chat_body(false), false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+        ep.token = "k".into();
+        let cut =
+            Bytes::from(r#"{"model":"m","messages":[],"stream":true,"fake":{"drop_after":2}}"#);
+        assert!(one_request(&client, &ep, &cut, true).await.is_err());
+    }
+}

@@ -237,8 +237,9 @@ async fn run(args: Args) -> Result<()> {
 
     let ticks = procs::clock_ticks_per_second();
     let mut rows = Vec::new();
-    for t in &targets {
-        for (scenario, stream) in SCENARIOS {
+    // Scenario outermost: the targets compared in one scenario run close together in time.
+    for (scenario, stream) in SCENARIOS {
+        for t in &targets {
             log(&format!("{} / {scenario}: warm-up, then measuring", t.name));
             let row = measure(&client, t, upstream.pid, scenario, stream, &args, ticks).await?;
             log(&format!(

@@ -264,11 +264,22 @@ pub async fn start_tollgate(
         );
     }
     let port = free_port()?;
+    // The extra TOML goes between the top-level keys and the first table, so it may hold both
+    // top-level keys and tables (`[limits]`, more `[[models]]`, ...).
     let mut config = format!(
         "listen = \"127.0.0.1:{port}\"\n\
          data_dir = {data}\n\
-         log_json = false\n\n\
-         [[providers]]\n\
+         log_json = false\n",
+        data = toml_string(&s.dir.join("data").display().to_string()),
+    );
+    if let Some(extra) = s.extra_config {
+        let text = std::fs::read_to_string(extra)
+            .with_context(|| format!("reading --tollgate-config-extra {}", extra.display()))?;
+        let _ = write!(config, "\n# from {}\n{text}\n", extra.display());
+    }
+    let _ = write!(
+        config,
+        "\n[[providers]]\n\
          name = \"fake\"\n\
          kind = \"openai\"\n\
          base_url = \"http://{upstream}/v1\"\n\
@@ -276,14 +287,8 @@ pub async fn start_tollgate(
          [[models]]\n\
          name = \"bench-model\"\n\
          provider = \"fake\"\n",
-        data = toml_string(&s.dir.join("data").display().to_string()),
         upstream = s.upstream,
     );
-    if let Some(extra) = s.extra_config {
-        let text = std::fs::read_to_string(extra)
-            .with_context(|| format!("reading --tollgate-config-extra {}", extra.display()))?;
-        let _ = write!(config, "\n# from {}\n{text}\n", extra.display());
-    }
     let config_path = s.dir.join("tollgate.toml");
     std::fs::write(&config_path, &config)?;
 
@@ -440,4 +445,23 @@ pub fn clock_ticks_per_second() -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .filter(|&t| t > 0)
         .unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        let family = tree(me);
+        assert_eq!(family[0], me);
+        assert!(rss_kib(&family) > 0);
+        assert!(stat_fields(me).is_some_and(|f| f.len() > 12));
+    }
 }

@@ -193,3 +193,44 @@ pub fn json(meta: &Meta, rows: &[Row]) -> Value {
         "ratios": ratios,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(target: &'static str, rps: f64) -> Row {
+        Row {
+            target,
+            scenario: "chat",
+            requests: 100,
+            errors: 0,
+            first_error: None,
+            seconds: 1.0,
+            rps,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            proxy_cpu_us: rps / 100.0,
+            upstream_cpu_us: 10.0,
+            rss_mib: 5.0,
+        }
+    }
+
+    #[test]
+    fn ratios_appear_when_both_targets_ran() {
+        let meta = Meta {
+            label: "t".into(),
+            connections: 1,
+            requests: 100,
+            seconds: 1.0,
+            chunks: 20,
+            cores: 2,
+        };
+        let rows = [row("nginx", 1000.0), row("tollgate", 500.0)];
+        let md = markdown(&meta, &rows);
+        assert!(md.contains("| tollgate/nginx RPS | 0.50 |"), "{md}");
+        assert!(!md.contains("tollgate/direct"), "{md}");
+        let json = json(&meta, &rows);
+        assert_eq!(json["ratios"]["chat"]["tollgate/nginx RPS"], 0.5);
+        assert_eq!(json["results"].as_array().map(Vec::len), Some(2));
+    }
+}
