@@ -51,25 +51,20 @@ pub async fn observe(
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+        .map_or("unmatched", |m| crate::metrics::intern_route(m.as_str()));
     let path = req.uri().path().to_string();
     let metrics = &state.metrics;
     metrics.http_in_flight.inc();
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
-    let mut res = {
-        let _enter = span.enter();
-        drop(_enter);
-        tracing::Instrument::instrument(next.run(req), span.clone()).await
-    };
+    let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     metrics.http_in_flight.dec();
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     metrics
         .http_requests
         .get_or_create(&HttpLabels {
-            route: route.clone(),
-            method: method.to_string(),
+            route,
+            method: crate::metrics::method_label(&method),
             status,
         })
         .inc();

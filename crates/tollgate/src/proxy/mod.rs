@@ -29,9 +29,9 @@ use sse::{EventKind, EventSplitter, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    Chat,
-    Embeddings,
-    Images,
+    Chat = 0,
+    Embeddings = 1,
+    Images = 2,
 }
 
 impl Endpoint {
@@ -107,6 +107,8 @@ pub struct UpstreamReply {
 pub enum Backend {
     OpenAi {
         base_url: String,
+        /// `{base_url}/chat/completions`, `/embeddings`, `/images/generations`, parsed once.
+        urls: [reqwest::Url; 3],
         api_key: Option<Secret>,
         timeout: Duration,
     },
@@ -171,8 +173,20 @@ impl Proxy {
                         },
                         None => None,
                     };
+                    let base_url = p.base_url.trim_end_matches('/').to_string();
+                    let url = |e: Endpoint| {
+                        reqwest::Url::parse(&format!("{base_url}/{}", e.path())).map_err(|err| {
+                            anyhow::anyhow!("provider {}: invalid base_url: {err}", p.name)
+                        })
+                    };
+                    let urls = [
+                        url(Endpoint::Chat)?,
+                        url(Endpoint::Embeddings)?,
+                        url(Endpoint::Images)?,
+                    ];
                     Backend::OpenAi {
-                        base_url: p.base_url.trim_end_matches('/').to_string(),
+                        base_url,
+                        urls,
                         api_key,
                         timeout: p.timeout_seconds.map_or(timeout, Duration::from_secs),
                     }
@@ -239,13 +253,14 @@ impl Proxy {
         match &route.provider.backend {
             Backend::Mock => Ok(mock::respond(endpoint, body)),
             Backend::OpenAi {
-                base_url,
+                urls,
                 api_key,
                 timeout,
+                ..
             } => {
                 let mut req = self
                     .client
-                    .post(format!("{base_url}/{}", endpoint.path()))
+                    .post(urls[endpoint as usize].clone())
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(bytes);
                 if let Some(k) = api_key {
@@ -504,14 +519,13 @@ async fn forward(
         .upstream(provider, outcome, started.elapsed().as_secs_f64());
     match reply.body {
         ReplyBody::Full(body) if reply.status.is_success() => {
-            let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
-                tracing::warn!(provider, "upstream sent a body that is not JSON");
+            let Ok(usage) = Usage::from_body(&body) else {
+                tracing::warn!(provider, "upstream sent a body that is not a JSON object");
                 return Err(ApiError::new(
                     ErrorCode::UpstreamError,
                     "The upstream provider sent an invalid response",
                 ));
             };
-            let usage = Usage::from_json(&parsed);
             tracing::debug!(?usage, "completed");
             Ok((
                 StatusCode::OK,
@@ -611,7 +625,7 @@ impl StreamState {
                     Err(_) => self.fail(&UpstreamFailure::Timeout.to_api(), "upstream_timeout"),
                     Ok(Some(Err(f))) => self.fail(&f.to_api(), "upstream_error"),
                     Ok(Some(Ok(bytes))) => {
-                        self.splitter.push(&bytes);
+                        self.splitter.push_bytes(bytes);
                         self.take_events();
                     }
                     Ok(None) => {

@@ -12,7 +12,31 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<UsageFields>,
+}
+
 impl Usage {
+    /// Validates that `body` is one JSON object and reads its `usage`, without building a tree
+    /// of the whole response. `Err` when the body is not a JSON object.
+    pub fn from_body(body: &[u8]) -> Result<Option<Self>, serde_json::Error> {
+        let w: WithUsage = serde_json::from_slice(body)?;
+        Ok(w.usage.map(|u| Self {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+        }))
+    }
+
     pub fn from_json(v: &Value) -> Option<Self> {
         let u = v.get("usage")?;
         if !u.is_object() {
@@ -29,9 +53,12 @@ impl Usage {
 }
 
 /// Splits a byte stream into complete SSE events (each including its blank-line terminator).
+/// When an upstream chunk is exactly one whole event (the common case) it is passed on as is,
+/// without copying.
 #[derive(Default)]
 pub struct EventSplitter {
     buf: BytesMut,
+    whole: Option<Bytes>,
 }
 
 fn find_boundary(buf: &[u8]) -> Option<usize> {
@@ -53,17 +80,36 @@ fn find_boundary(buf: &[u8]) -> Option<usize> {
 
 impl EventSplitter {
     pub fn push(&mut self, chunk: &[u8]) {
+        if let Some(whole) = self.whole.take() {
+            self.buf.extend_from_slice(&whole);
+        }
         self.buf.extend_from_slice(chunk);
+    }
+
+    /// Like [`push`](Self::push), but keeps a chunk that is exactly one event without copying.
+    pub fn push_bytes(&mut self, chunk: Bytes) {
+        if self.buf.is_empty() && self.whole.is_none() && find_boundary(&chunk) == Some(chunk.len())
+        {
+            self.whole = Some(chunk);
+        } else {
+            self.push(&chunk);
+        }
     }
 
     /// The next complete event, if one is buffered.
     pub fn next_event(&mut self) -> Option<Bytes> {
+        if let Some(whole) = self.whole.take() {
+            return Some(whole);
+        }
         let end = find_boundary(&self.buf)?;
         Some(self.buf.split_to(end).freeze())
     }
 
     /// Whatever is left when the upstream ends (an unterminated last event).
     pub fn remainder(&mut self) -> Option<Bytes> {
+        if let Some(whole) = self.whole.take() {
+            self.buf.extend_from_slice(&whole);
+        }
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 }
@@ -160,6 +206,40 @@ mod tests {
             assert_eq!(events.concat(), stream.to_vec());
             assert!(s.remainder().is_none());
         }
+    }
+
+    #[test]
+    fn usage_from_body_validates_json() {
+        let u = Usage::from_body(
+            br#"{"id":"x","usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#,
+        );
+        assert_eq!(
+            u.unwrap(),
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 3
+            })
+        );
+        assert_eq!(Usage::from_body(br#"{"data":[]}"#).unwrap(), None);
+        assert!(Usage::from_body(b"<html>oops").is_err());
+        assert!(Usage::from_body(b"[1,2]").is_err());
+    }
+
+    #[test]
+    fn whole_event_chunks_pass_without_copying() {
+        let mut s = EventSplitter::default();
+        let chunk = Bytes::from_static(b"data: {\"a\":1}\n\n");
+        s.push_bytes(chunk.clone());
+        let ev = s.next_event().unwrap();
+        assert_eq!(ev.as_ptr(), chunk.as_ptr());
+        // A partial chunk after it is buffered and joined with the next one.
+        s.push_bytes(Bytes::from_static(b"data: {\"b\""));
+        assert!(s.next_event().is_none());
+        s.push_bytes(Bytes::from_static(b":2}\n\ndata: [DONE]\n\n"));
+        assert_eq!(&s.next_event().unwrap()[..], b"data: {\"b\":2}\n\n");
+        assert_eq!(classify(&s.next_event().unwrap()), EventKind::Done);
+        s.push_bytes(Bytes::from_static(b"data: [DONE]\n\n"));
+        assert_eq!(&s.remainder().unwrap()[..], b"data: [DONE]\n\n");
     }
 
     #[test]
