@@ -60,9 +60,9 @@ impl SecretBox {
     /// Loads the key file, creating it (random, mode 0600) when it does not exist.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::new(&parse_key(&text).map_err(|e| {
-                anyhow::anyhow!("{}: {e}", path.display())
-            })?),
+            Ok(text) => Self::new(
+                &parse_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 random_bytes(&mut key)?;
@@ -106,8 +106,8 @@ impl SecretBox {
             anyhow::bail!("sealed secret is truncated");
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
         let mut in_out = ct.to_vec();
         let plain = self
             .key
@@ -148,7 +148,8 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    std::fs::write(path, contents)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// A [`SecretBox`] resolved on first use from a configured key or a key file.

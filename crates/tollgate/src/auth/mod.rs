@@ -389,7 +389,9 @@ impl Auth {
             Some(sub) => Some(
                 crate::subscriptions::key_access(self, sub, epoch)
                     .await?
-                    .ok_or_else(|| ApiError::auth_invalid("The key's subscription no longer exists"))?,
+                    .ok_or_else(|| {
+                        ApiError::auth_invalid("The key's subscription no longer exists")
+                    })?,
             ),
             None => None,
         };

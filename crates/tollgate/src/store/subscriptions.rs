@@ -106,7 +106,11 @@ pub async fn insert_product(conn: &mut Conn, p: &Product) -> StoreResult<()> {
     Ok(())
 }
 
-pub async fn get_product(conn: &mut Conn, tenant_id: &str, id: &str) -> StoreResult<Option<Product>> {
+pub async fn get_product(
+    conn: &mut Conn,
+    tenant_id: &str,
+    id: &str,
+) -> StoreResult<Option<Product>> {
     let sql = format!("SELECT {PRODUCT_COLS} FROM products WHERE tenant_id = $1 AND id = $2");
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
@@ -169,8 +173,9 @@ pub async fn list_plans(
                 .await?
         }
         None => {
-            let sql =
-                format!("SELECT {PLAN_COLS} FROM plans WHERE tenant_id = $1 ORDER BY created_at, id");
+            let sql = format!(
+                "SELECT {PLAN_COLS} FROM plans WHERE tenant_id = $1 ORDER BY created_at, id"
+            );
             sqlx::query(AssertSqlSafe(sql))
                 .bind(tenant_id.to_string())
                 .fetch_all(pool)
@@ -847,9 +852,10 @@ pub async fn cancel_queued_operations(
 
 /// Deletes finished operations older than `before` (the retention period).
 pub async fn prune_operations(pool: &AnyPool, before: i64) -> StoreResult<u64> {
-    let r = sqlx::query("DELETE FROM operations WHERE finished_at IS NOT NULL AND finished_at < $1")
-        .bind(before)
-        .execute(pool)
-        .await?;
+    let r =
+        sqlx::query("DELETE FROM operations WHERE finished_at IS NOT NULL AND finished_at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?;
     Ok(r.rows_affected())
 }

@@ -279,9 +279,14 @@ async fn create_plan(
         .map_err(|e| conflict_as(e, "This product already has a plan with that name"))?;
     append(
         &mut tx,
-        AuditEvent::new(plan.tenant_id.clone(), caller.actor(), "plan.created", &meta)
-            .target("plan", plan.id.clone())
-            .details(json!({"name": plan.name, "product_id": plan.product_id, "limits": plan.limits})),
+        AuditEvent::new(
+            plan.tenant_id.clone(),
+            caller.actor(),
+            "plan.created",
+            &meta,
+        )
+        .target("plan", plan.id.clone())
+        .details(json!({"name": plan.name, "product_id": plan.product_id, "limits": plan.limits})),
     )
     .await?;
     commit(tx).await?;
@@ -413,9 +418,11 @@ async fn create_subscription(
             &meta,
         )
         .target("subscription", sub.id.clone())
-        .details(json!({"plan_id": sub.plan_id, "product_id": plan.product_id,
+        .details(
+            json!({"plan_id": sub.plan_id, "product_id": plan.product_id,
             "user_id": sub.user_id, "max_token_lifetime_seconds": lifetime,
-            "single_use_tokens": sub.single_use_tokens})),
+            "single_use_tokens": sub.single_use_tokens}),
+        ),
     )
     .await?;
     commit(tx).await?;
@@ -435,16 +442,17 @@ async fn list_subscriptions(
     caller: Caller,
     Query(q): Query<SubscriptionQuery>,
 ) -> ApiResult<Response> {
-    let subs = store::list_subscriptions(
-        state.store.pool(),
-        &caller.tenant_id,
-        q.plan_id.as_deref(),
-    )
-    .await?;
+    let subs =
+        store::list_subscriptions(state.store.pool(), &caller.tenant_id, q.plan_id.as_deref())
+            .await?;
     Ok(list(subs.iter().map(Subscription::to_api).collect()))
 }
 
-async fn load_subscription(conn: &mut crate::store::Conn, caller: &Caller, id: &str) -> ApiResult<Subscription> {
+async fn load_subscription(
+    conn: &mut crate::store::Conn,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<Subscription> {
     store::get_subscription(conn, &caller.tenant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("subscription"))
@@ -549,7 +557,11 @@ async fn patch_subscription(
         s.single_use_tokens = b;
         changed.push("single_use_tokens");
     }
-    let kind = if cut { Kind::Subject } else { Kind::Permissions };
+    let kind = if cut {
+        Kind::Subject
+    } else {
+        Kind::Permissions
+    };
     if !changed.is_empty() {
         s.updated_at = now_ms();
         store::update_subscription(&mut tx, &s).await?;
@@ -690,7 +702,9 @@ async fn create_credential(
             .await?;
             Ok(created(out))
         }
-        "jwt_hs256" | "jwt_public_key" => create_jwt_credential(&state, &caller, &meta, &id, body).await,
+        "jwt_hs256" | "jwt_public_key" => {
+            create_jwt_credential(&state, &caller, &meta, &id, body).await
+        }
         other => Err(ApiError::validation(
             "type",
             format!("unknown credential type {other:?}; use api_key, jwt_hs256 or jwt_public_key"),
@@ -774,7 +788,12 @@ async fn create_jwt_credential(
     };
     store::insert_credential(&mut tx, &cred)
         .await
-        .map_err(|e| conflict_as(e, "This subscription already has a credential with that kid"))?;
+        .map_err(|e| {
+            conflict_as(
+                e,
+                "This subscription already has a credential with that kid",
+            )
+        })?;
     append(
         &mut tx,
         AuditEvent::new(
@@ -784,8 +803,10 @@ async fn create_jwt_credential(
             meta,
         )
         .target("subscription_credential", cred.id.clone())
-        .details(json!({"subscription_id": s.id, "type": cred.kind, "kid": cred.kid,
-            "alg": cred.alg, "key_format": cred.key_format})),
+        .details(
+            json!({"subscription_id": s.id, "type": cred.kind, "kid": cred.kid,
+            "alg": cred.alg, "key_format": cred.key_format}),
+        ),
     )
     .await?;
     // Cached verifications of this subscription must see the new kid.

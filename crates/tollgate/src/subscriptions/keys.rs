@@ -176,7 +176,9 @@ fn from_jwk(alg: Alg, jwk: &Value) -> Result<(Vec<u8>, Option<String>), String> 
     if let Some(u) = obj.get("use").and_then(Value::as_str)
         && u != "sig"
     {
-        return Err(format!("the JWK's use is {u:?}; a signing key (\"sig\") is needed"));
+        return Err(format!(
+            "the JWK's use is {u:?}; a signing key (\"sig\") is needed"
+        ));
     }
     let kty = obj.get("kty").and_then(Value::as_str).unwrap_or_default();
     let crv = obj.get("crv").and_then(Value::as_str).unwrap_or_default();
@@ -329,7 +331,8 @@ mod tests {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let raw = kp.public_key().as_ref().to_vec();
-        let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&raw)});
+        let jwk =
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&raw)});
         assert_eq!(
             parse_public_key(Alg::EdDsa, &jwk.to_string())
                 .unwrap()
@@ -344,7 +347,10 @@ mod tests {
 
     #[test]
     fn der_integers() {
-        assert_eq!(der_uint(&[0x01, 0x00, 0x01]), vec![0x02, 0x03, 0x01, 0x00, 0x01]);
+        assert_eq!(
+            der_uint(&[0x01, 0x00, 0x01]),
+            vec![0x02, 0x03, 0x01, 0x00, 0x01]
+        );
         assert_eq!(der_uint(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
         assert_eq!(der_uint(&[0x00, 0x00, 0x05]), vec![0x02, 0x01, 0x05]);
         let mut out = Vec::new();

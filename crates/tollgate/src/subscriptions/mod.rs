@@ -151,7 +151,10 @@ impl SubscriptionAuth {
 /// (`secret_key` / `TOLLGATE_SECRET_KEY`, else `<data_dir>/credentials.key`, created on first use).
 pub fn configure(auth: &Auth, config: &crate::config::Config) -> anyhow::Result<()> {
     let boxed = LazySecretBox::new(
-        config.secret_key.as_ref().map(crate::config::Secret::expose),
+        config
+            .secret_key
+            .as_ref()
+            .map(crate::config::Secret::expose),
         config.data_dir.join("credentials.key"),
     )?;
     let _ = auth.subscriptions.secrets.set(boxed);

@@ -205,7 +205,10 @@ pub async fn drain(state: &AppState) {
         .unwrap_or_default();
     for h in handles {
         let abort = h.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -258,8 +261,7 @@ async fn worker(state: AppState, name: String) {
             return;
         }
         let now = now_ms();
-        match store::claim_operation(state.store.pool(), &name, now, now + lease_ms(&state)).await
-        {
+        match store::claim_operation(state.store.pool(), &name, now, now + lease_ms(&state)).await {
             Ok(Some(op)) => {
                 run_one(&state, &name, op).await;
                 continue;
@@ -301,7 +303,9 @@ async fn finish(state: &AppState, worker: &str, op: &Operation, outcome: Outcome
     match r {
         Ok(true) => {}
         Ok(false) => tracing::warn!(operation = %op.id, "lost the lease of an operation"),
-        Err(e) => tracing::warn!(operation = %op.id, error = %e, "could not record an operation's outcome"),
+        Err(e) => {
+            tracing::warn!(operation = %op.id, error = %e, "could not record an operation's outcome")
+        }
     }
 }
 
@@ -437,7 +441,11 @@ fn outcome_of(provider: &str, reply: UpstreamReply) -> Outcome {
             "The upstream provider is rate limiting; submit again later",
         )),
         code => {
-            tracing::warn!(provider, status = code, "upstream returned an error for an operation");
+            tracing::warn!(
+                provider,
+                status = code,
+                "upstream returned an error for an operation"
+            );
             failed(ApiError::new(
                 ErrorCode::UpstreamError,
                 format!("The upstream provider answered with status {code}"),

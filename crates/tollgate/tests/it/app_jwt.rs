@@ -50,13 +50,10 @@ async fn hs256_bound_token_generates_an_image(app: TestApp) {
     let res = app.get("/v1/subscriptions", &token).await;
     expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
     // The secret is not stored in plaintext.
-    let cred_rows = tollgate::store::subscriptions::list_credentials(
-        app.state.store.pool(),
-        &sub.id,
-        true,
-    )
-    .await
-    .unwrap();
+    let cred_rows =
+        tollgate::store::subscriptions::list_credentials(app.state.store.pool(), &sub.id, true)
+            .await
+            .unwrap();
     assert!(cred_rows[0].key_material.starts_with("v1."));
     assert!(!cred_rows[0].key_material.contains(&signer.material));
 }
@@ -106,9 +103,12 @@ async fn alg_confusion_and_forged_headers(app: TestApp) {
     // HS256 signed with the RSA public key (PEM bytes) under the RSA credential's kid.
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(rsa.kid.clone());
-    let confused =
-        jsonwebtoken::encode(&header, &c, &EncodingKey::from_secret(rsa.material.as_bytes()))
-            .unwrap();
+    let confused = jsonwebtoken::encode(
+        &header,
+        &c,
+        &EncodingKey::from_secret(rsa.material.as_bytes()),
+    )
+    .unwrap();
     let res = images(&app, &confused, image_body("x")).await;
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
 
@@ -123,7 +123,11 @@ async fn alg_confusion_and_forged_headers(app: TestApp) {
     // alg none, with and without a signature.
     for alg in ["none", "None"] {
         let t = raw_token(json!({"alg": alg, "kid": hs.kid}), &c, b"");
-        let t = if t.ends_with('.') { format!("{t}AA") } else { t };
+        let t = if t.ends_with('.') {
+            format!("{t}AA")
+        } else {
+            t
+        };
         let res = images(&app, &t, image_body("x")).await;
         expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
     }
@@ -156,9 +160,12 @@ async fn alg_confusion_and_forged_headers(app: TestApp) {
     // Unknown kid, no kid, tampered payload, another subscription as iss.
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("unknown".into());
-    let unknown =
-        jsonwebtoken::encode(&header, &c, &EncodingKey::from_secret(hs.material.as_bytes()))
-            .unwrap();
+    let unknown = jsonwebtoken::encode(
+        &header,
+        &c,
+        &EncodingKey::from_secret(hs.material.as_bytes()),
+    )
+    .unwrap();
     let no_kid = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &c,
@@ -199,18 +206,30 @@ async fn binding_mismatches_name_the_pointer(app: TestApp) {
     let token = signer.mint(&bound);
     let mut body = image_body(prompt);
     body["sku_id"] = "A-123".into();
-    assert_eq!(images(&app, &token, body.clone()).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &token, body.clone()).await.status(),
+        StatusCode::OK
+    );
 
     let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        ("/model", Box::new(|b: &mut Value| b["model"] = "gpt-test".into())),
-        ("/size", Box::new(|b: &mut Value| b["size"] = "1024x1024".into())),
+        (
+            "/model",
+            Box::new(|b: &mut Value| b["model"] = "gpt-test".into()),
+        ),
+        (
+            "/size",
+            Box::new(|b: &mut Value| b["size"] = "1024x1024".into()),
+        ),
         (
             "/sku_id",
             Box::new(|b: &mut Value| {
                 b.as_object_mut().unwrap().remove("sku_id");
             }),
         ),
-        ("/prompt", Box::new(|b: &mut Value| b["prompt"] = "a blue bicycle".into())),
+        (
+            "/prompt",
+            Box::new(|b: &mut Value| b["prompt"] = "a blue bicycle".into()),
+        ),
     ];
     for (pointer, change) in cases {
         let mut b = body.clone();
@@ -233,7 +252,12 @@ async fn binding_mismatches_name_the_pointer(app: TestApp) {
 
 async fn lifetime_expiry_and_audience(app: TestApp) {
     let sub = subscribe(&app, &["fake-image"]).await;
-    let short = subscribe_with(&app, &["fake-image"], json!({"max_token_lifetime_seconds": 600})).await;
+    let short = subscribe_with(
+        &app,
+        &["fake-image"],
+        json!({"max_token_lifetime_seconds": 600}),
+    )
+    .await;
     let signer = hs256(&app, &sub.id).await;
     let short_signer = hs256(&app, &short.id).await;
     let n = now();
@@ -241,15 +265,36 @@ async fn lifetime_expiry_and_audience(app: TestApp) {
 
     // Exactly the default maximum passes, one second more does not.
     let t = ok(&signer, &sub.id, json!({"iat": n, "exp": n + 3600}));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
     let t = ok(&signer, &sub.id, json!({"iat": n, "exp": n + 3601}));
-    let err = expect_error(images(&app, &t, image_body("x")).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
-    assert!(err["error"]["message"].as_str().unwrap().contains("lifetime"));
+    let err = expect_error(
+        images(&app, &t, image_body("x")).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lifetime")
+    );
     // The subscription's own maximum.
     let t = ok(&short_signer, &short.id, json!({"iat": n, "exp": n + 900}));
-    expect_error(images(&app, &t, image_body("x")).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
+    expect_error(
+        images(&app, &t, image_body("x")).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
     let t = ok(&short_signer, &short.id, json!({"iat": n, "exp": n + 600}));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
 
     // exp and iat are required; a string exp is invalid.
     for extra in [
@@ -266,42 +311,82 @@ async fn lifetime_expiry_and_audience(app: TestApp) {
     }
     // Expired (beyond the 60 s leeway) → AUTH_TOKEN_EXPIRED; within the leeway still fine.
     let t = ok(&signer, &sub.id, json!({"iat": n - 400, "exp": n - 120}));
-    expect_error(images(&app, &t, image_body("x")).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_EXPIRED").await;
+    expect_error(
+        images(&app, &t, image_body("x")).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_EXPIRED",
+    )
+    .await;
     let t = ok(&signer, &sub.id, json!({"iat": n - 400, "exp": n - 10}));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
 
     // aud: optional, but when present it must be this gateway.
-    let t = ok(&signer, &sub.id, json!({"aud": app.state.config.public_url}));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
-    let t = ok(&signer, &sub.id, json!({"aud": "https://other.example.com"}));
-    expect_error(images(&app, &t, image_body("x")).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
+    let t = ok(
+        &signer,
+        &sub.id,
+        json!({"aud": app.state.config.public_url}),
+    );
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
+    let t = ok(
+        &signer,
+        &sub.id,
+        json!({"aud": "https://other.example.com"}),
+    );
+    expect_error(
+        images(&app, &t, image_body("x")).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
 }
 
 async fn single_use_tokens_are_not_replayable(app: TestApp) {
     let sub = subscribe_with(&app, &["fake-image"], json!({"single_use_tokens": true})).await;
     let signer = hs256(&app, &sub.id).await;
     let t = signer.mint(&claims(&sub.id, json!({"jti": "req-1"})));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
     let res = images(&app, &t, image_body("x")).await;
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_REPLAYED").await;
     // A new jti is fine; a token without jti is refused on this subscription.
     let t = signer.mint(&claims(&sub.id, json!({"jti": "req-2"})));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
     let t = signer.mint(&claims(&sub.id, json!({})));
-    expect_error(images(&app, &t, image_body("x")).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
+    expect_error(
+        images(&app, &t, image_body("x")).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
 
     // Without single-use, the same token works repeatedly.
     let multi = subscribe(&app, &["fake-image"]).await;
     let ms = hs256(&app, &multi.id).await;
     let t = ms.mint(&claims(&multi.id, json!({"jti": "req-1"})));
     for _ in 0..2 {
-        assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+        assert_eq!(
+            images(&app, &t, image_body("x")).await.status(),
+            StatusCode::OK
+        );
     }
 
     // The cache forgets expired tokens.
     let pool = app.state.store.pool();
     let far_future = tollgate::util::now_ms() + 10 * 3600 * 1000;
-    let pruned = tollgate::store::subscriptions::prune_jti(pool, far_future).await.unwrap();
+    let pruned = tollgate::store::subscriptions::prune_jti(pool, far_future)
+        .await
+        .unwrap();
     assert_eq!(pruned, 2);
 }
 
@@ -310,7 +395,10 @@ async fn replay_cache_is_shared_by_instances(app: TestApp) {
     let signer = upload_key(&app, &sub.id, Algorithm::ES256, false).await;
     let other = app.second_instance().await;
     let t = signer.mint(&claims(&sub.id, json!({"jti": "once"})));
-    assert_eq!(images(&app, &t, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &t, image_body("x")).await.status(),
+        StatusCode::OK
+    );
     let res = images(&other, &t, image_body("x")).await;
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_REPLAYED").await;
     other.shutdown().await;
@@ -322,9 +410,15 @@ async fn revoked_credential_stops_its_tokens(app: TestApp) {
     let b = upload_key(&app, &sub.id, Algorithm::EdDSA, true).await;
     let ta = a.mint(&claims(&sub.id, json!({})));
     let tb = b.mint(&claims(&sub.id, json!({})));
-    assert_eq!(images(&app, &ta, image_body("x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        images(&app, &ta, image_body("x")).await.status(),
+        StatusCode::OK
+    );
     let creds: Value = app
-        .get(&format!("/v1/subscriptions/{}/credentials", sub.id), &app.owner_key)
+        .get(
+            &format!("/v1/subscriptions/{}/credentials", sub.id),
+            &app.owner_key,
+        )
         .await
         .json()
         .await
@@ -347,6 +441,14 @@ async fn revoked_credential_stops_its_tokens(app: TestApp) {
     assert_eq!(res.status(), StatusCode::OK);
     let v: Value = res.json().await.unwrap();
     assert!(v["revoked_at"].is_string());
-    expect_error(images(&app, &ta, image_body("x")).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
-    assert_eq!(images(&app, &tb, image_body("x")).await.status(), StatusCode::OK);
+    expect_error(
+        images(&app, &ta, image_body("x")).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
+    assert_eq!(
+        images(&app, &tb, image_body("x")).await.status(),
+        StatusCode::OK
+    );
 }

@@ -28,7 +28,10 @@ async fn poll(app: &TestApp, path: &str, sub_id: &str) -> Value {
             "queued" | "running" => {}
             _ => return v,
         }
-        assert!(tokio::time::Instant::now() < deadline, "operation never finished: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "operation never finished: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -95,10 +98,11 @@ async fn async_image_polled_with_subscription_id_to_succeeded(app: TestApp) {
     let res = app.get(&location, &token).await;
     assert_eq!(res.status(), StatusCode::OK);
     // The end user (sub) is recorded.
-    let stored = tollgate::store::subscriptions::get_operation(app.state.store.pool(), &app.tenant_id, id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored =
+        tollgate::store::subscriptions::get_operation(app.state.store.pool(), &app.tenant_id, id)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(stored.end_user.as_deref(), Some("end-user-42"));
     assert_eq!(stored.credential_type, "app_jwt");
 
@@ -123,12 +127,25 @@ async fn operations_are_private_to_their_subscription_and_tenant(app: TestApp) {
     let res = get_as_subscription(&app, &path, &other_sub.id).await;
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     let other_key = sub_api_key(&app, &other_sub.id).await;
-    expect_error(app.get(&path, &other_key).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    expect_error(
+        app.get(&path, &other_key).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    )
+    .await;
     // Another tenant: 404.
     let (_, foreign_owner) = app.other_tenant("initech").await;
-    expect_error(app.get(&path, &foreign_owner).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    expect_error(
+        app.get(&path, &foreign_owner).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    )
+    .await;
     // The tenant's own members see it.
-    assert_eq!(app.get(&path, &app.owner_key).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get(&path, &app.owner_key).await.status(),
+        StatusCode::OK
+    );
     // No credential at all.
     let res = app.client.get(app.url(&path)).send().await.unwrap();
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_MISSING").await;
@@ -147,7 +164,10 @@ async fn operations_are_private_to_their_subscription_and_tenant(app: TestApp) {
         "NOT_FOUND",
     )
     .await;
-    assert_eq!(app.get(&mine_path, &app.owner_key).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get(&mine_path, &app.owner_key).await.status(),
+        StatusCode::OK
+    );
     // Model access is checked at submission.
     let res = images_async(&app, &key, json!({"model": "gpt-test", "prompt": "x"})).await;
     expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
@@ -161,7 +181,12 @@ async fn upstream_failures_are_reported_on_the_operation(app: TestApp) {
     let mut body = image_body("x");
     body["fake"] = json!({"status": 500});
     let op: Value = images_async(&app, &key, body).await.json().await.unwrap();
-    let done = poll(&app, &format!("/v1/operations/{}", op["id"].as_str().unwrap()), &sub.id).await;
+    let done = poll(
+        &app,
+        &format!("/v1/operations/{}", op["id"].as_str().unwrap()),
+        &sub.id,
+    )
+    .await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["error"]["code"], "UPSTREAM_ERROR");
     assert!(done.get("result").is_none());
@@ -171,9 +196,20 @@ async fn upstream_failures_are_reported_on_the_operation(app: TestApp) {
         .json()
         .await
         .unwrap();
-    let done = poll(&app, &format!("/v1/operations/{}", op["id"].as_str().unwrap()), &sub.id).await;
+    let done = poll(
+        &app,
+        &format!("/v1/operations/{}", op["id"].as_str().unwrap()),
+        &sub.id,
+    )
+    .await;
     assert_eq!(done["status"], "failed");
-    assert!(done["error"]["message"].as_str().unwrap().contains("prompt"), "{done}");
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt"),
+        "{done}"
+    );
 }
 
 async fn cancelling_the_subscription_cancels_its_running_operation(app: TestApp) {
@@ -253,7 +289,11 @@ async fn queued_operations_run_after_a_restart(db: Db) {
     let p1 = submit(&a, &key, image_body("one")).await;
     let p2 = submit(&a, &key, image_body("two")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let v: Value = get_as_subscription(&a, &p1, &sub.id).await.json().await.unwrap();
+    let v: Value = get_as_subscription(&a, &p1, &sub.id)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["status"], "queued");
     a.stop().await;
 
@@ -281,11 +321,15 @@ async fn running_operation_is_resumed_after_a_graceful_stop(db: Db) {
     let b = spawn(db, 1, 30, Some(a.db_url.clone())).await;
     let done = poll(&b, &p, &sub.id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let stored = tollgate::store::subscriptions::get_operation(b.state.store.pool(), &a.tenant_id, &id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.attempts, 1, "a graceful stop does not use up an attempt");
+    let stored =
+        tollgate::store::subscriptions::get_operation(b.state.store.pool(), &a.tenant_id, &id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        stored.attempts, 1,
+        "a graceful stop does not use up an attempt"
+    );
     b.shutdown().await;
     drop(a);
 }

@@ -3,7 +3,9 @@
 //! RS256 / ES256 / EdDSA key pairs generated here with aws-lc-rs).
 
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -215,7 +217,11 @@ pub async fn upload_key(app: &TestApp, sub_id: &str, alg: Algorithm, as_jwk: boo
         Algorithm::EdDSA => "EdDSA",
         _ => unreachable!(),
     };
-    let public_key = if as_jwk { jwk } else { Value::String(pem.clone()) };
+    let public_key = if as_jwk {
+        jwk
+    } else {
+        Value::String(pem.clone())
+    };
     let res = add_credential(
         app,
         sub_id,

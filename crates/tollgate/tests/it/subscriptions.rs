@@ -32,7 +32,11 @@ async fn catalogue_and_subscription_shapes(app: TestApp) {
     let plan_id = plan["id"].as_str().unwrap();
 
     let res = app
-        .post("/v1/subscriptions", &app.owner_key, json!({"plan_id": plan_id}))
+        .post(
+            "/v1/subscriptions",
+            &app.owner_key,
+            json!({"plan_id": plan_id}),
+        )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let sub: Value = res.json().await.unwrap();
@@ -58,8 +62,14 @@ async fn catalogue_and_subscription_shapes(app: TestApp) {
     assert_eq!(creds.len(), 3, "{got}");
     let text = got.to_string();
     assert!(!text.contains(&hs.material) && !text.contains(&key));
-    assert!(creds.iter().any(|c| c["type"] == "jwt_hs256" && c["kid"] == hs.kid.as_str()));
-    assert!(creds.iter().any(|c| c["type"] == "jwt_public_key" && c["alg"] == "ES256" && c["kid"] == es.kid.as_str()));
+    assert!(
+        creds
+            .iter()
+            .any(|c| c["type"] == "jwt_hs256" && c["kid"] == hs.kid.as_str())
+    );
+    assert!(creds.iter().any(|c| c["type"] == "jwt_public_key"
+        && c["alg"] == "ES256"
+        && c["kid"] == es.kid.as_str()));
     assert!(creds.iter().any(|c| c["type"] == "api_key"));
 
     // Lists.
@@ -79,7 +89,10 @@ async fn catalogue_and_subscription_shapes(app: TestApp) {
     let events = tollgate::store::audit::list(
         app.state.store.pool(),
         &app.tenant_id,
-        &Default::default(),
+        &tollgate::store::audit::AuditFilter {
+            limit: 500,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -99,11 +112,19 @@ async fn catalogue_and_subscription_shapes(app: TestApp) {
 async fn validation_and_tenant_isolation(app: TestApp) {
     // Unknown model, empty models, zero limits.
     let res = app
-        .post("/v1/products", &app.owner_key, json!({"name": "x", "models": ["nope"]}))
+        .post(
+            "/v1/products",
+            &app.owner_key,
+            json!({"name": "x", "models": ["nope"]}),
+        )
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
     let res = app
-        .post("/v1/products", &app.owner_key, json!({"name": "x", "models": []}))
+        .post(
+            "/v1/products",
+            &app.owner_key,
+            json!({"name": "x", "models": []}),
+        )
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
     let sub = subscribe(&app, &["fake-image"]).await;
@@ -116,7 +137,11 @@ async fn validation_and_tenant_isolation(app: TestApp) {
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
     let res = app
-        .post("/v1/subscriptions", &app.owner_key, json!({"plan_id": "plan_nope"}))
+        .post(
+            "/v1/subscriptions",
+            &app.owner_key,
+            json!({"plan_id": "plan_nope"}),
+        )
         .await;
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     let res = app
@@ -156,7 +181,12 @@ async fn validation_and_tenant_isolation(app: TestApp) {
     )
     .await;
     let body = expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("private"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private")
+    );
     // A kid is unique per subscription.
     let res = add_credential(&app, &sub.id, json!({"type": "jwt_hs256", "kid": "k1"})).await;
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -174,7 +204,9 @@ async fn validation_and_tenant_isolation(app: TestApp) {
         let res = app.get(&path, &other_key).await;
         expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     }
-    let res = app.delete(&format!("/v1/subscriptions/{}", sub.id), &other_key).await;
+    let res = app
+        .delete(&format!("/v1/subscriptions/{}", sub.id), &other_key)
+        .await;
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     let res = app
         .post(
@@ -185,16 +217,29 @@ async fn validation_and_tenant_isolation(app: TestApp) {
         .await;
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     let res = app
-        .post("/v1/subscriptions", &other_key, json!({"plan_id": sub.plan_id}))
+        .post(
+            "/v1/subscriptions",
+            &other_key,
+            json!({"plan_id": sub.plan_id}),
+        )
         .await;
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
-    let list: Value = app.get("/v1/products", &other_key).await.json().await.unwrap();
+    let list: Value = app
+        .get("/v1/products", &other_key)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"], json!([]));
 
     // A developer may not manage subscriptions.
     let (_, dev_key) = app.add_user("dev@example.com", &["developer"]).await;
     let res = app
-        .post("/v1/subscriptions", &dev_key, json!({"plan_id": sub.plan_id}))
+        .post(
+            "/v1/subscriptions",
+            &dev_key,
+            json!({"plan_id": sub.plan_id}),
+        )
         .await;
     expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
     let res = app.get("/v1/products", &dev_key).await;
@@ -237,7 +282,10 @@ async fn subscription_api_keys_carry_the_plan_models(app: TestApp) {
     assert_eq!(created["subscription_id"], sub.id.as_str());
     assert!(created["user_id"].is_null());
     let scoped = created["key"].as_str().unwrap();
-    assert_eq!(app.chat(scoped, chat_body("mock-chat")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(scoped, chat_body("mock-chat")).await.status(),
+        StatusCode::OK
+    );
     let res = app.get("/v1/models", scoped).await;
     expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
     let res = app
@@ -250,7 +298,11 @@ async fn subscription_api_keys_carry_the_plan_models(app: TestApp) {
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     let (_, dev_key) = app.add_user("dev@example.com", &["developer"]).await;
     let res = app
-        .post("/v1/api-keys", &dev_key, json!({"name": "x", "subscription_id": sub.id}))
+        .post(
+            "/v1/api-keys",
+            &dev_key,
+            json!({"name": "x", "subscription_id": sub.id}),
+        )
         .await;
     expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
 
@@ -265,7 +317,10 @@ async fn subscription_api_keys_carry_the_plan_models(app: TestApp) {
     assert_eq!(res.status(), StatusCode::OK);
     let res = app.chat(scoped, chat_body("mock-chat")).await;
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_REVOKED").await;
-    assert_eq!(app.chat(&key, chat_body("mock-chat")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(&key, chat_body("mock-chat")).await.status(),
+        StatusCode::OK
+    );
 }
 
 async fn subscription_id_reads_only_its_own_things(app: TestApp) {
@@ -309,7 +364,11 @@ async fn subscription_id_reads_only_its_own_things(app: TestApp) {
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_MISSING").await;
 
     // Unknown, malformed → AUTH_INVALID.
-    for id in ["0123456789abcdef01234567", "not-a-subscription", "66EC1726E728C1405E5EBCA2"] {
+    for id in [
+        "0123456789abcdef01234567",
+        "not-a-subscription",
+        "66EC1726E728C1405E5EBCA2",
+    ] {
         let res = get_as_subscription(&app, "/v1/models", id).await;
         expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
     }
@@ -320,10 +379,18 @@ async fn cancelling_stops_every_credential_at_once(app: TestApp) {
     let key = sub_api_key(&app, &sub.id).await;
     let signer = hs256(&app, &sub.id).await;
     let token = signer.mint(&claims(&sub.id, json!({})));
-    assert_eq!(app.chat(&key, chat_body("mock-chat")).await.status(), StatusCode::OK);
-    assert_eq!(app.chat(&token, chat_body("mock-chat")).await.status(), StatusCode::OK);
     assert_eq!(
-        get_as_subscription(&app, "/v1/models", &sub.id).await.status(),
+        app.chat(&key, chat_body("mock-chat")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.chat(&token, chat_body("mock-chat")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_as_subscription(&app, "/v1/models", &sub.id)
+            .await
+            .status(),
         StatusCode::OK
     );
 
@@ -373,7 +440,10 @@ async fn suspension_is_reversible(app: TestApp) {
         .patch(&path, &app.owner_key, json!({"status": "active"}))
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(app.chat(&key, chat_body("mock-chat")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(&key, chat_body("mock-chat")).await.status(),
+        StatusCode::OK
+    );
     let res = app
         .patch(&path, &app.owner_key, json!({"status": "cancelled"}))
         .await;
@@ -387,7 +457,11 @@ fn stream_body(chunks: usize) -> Value {
 }
 
 /// Starts a stream, waits for its first bytes, runs `cut`, then reads the rest.
-async fn cut_stream(app: &TestApp, token: &str, cut: impl std::future::Future<Output = ()>) -> String {
+async fn cut_stream(
+    app: &TestApp,
+    token: &str,
+    cut: impl std::future::Future<Output = ()>,
+) -> String {
     let mut res = app.chat(token, stream_body(200)).await;
     assert_eq!(res.status(), StatusCode::OK);
     let first = res.chunk().await.unwrap().unwrap();
