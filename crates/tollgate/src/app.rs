@@ -52,6 +52,7 @@ impl AppState {
             config.public_url.clone(),
             Duration::from_secs(config.key_cache_ttl_seconds.max(1)),
         );
+        crate::subscriptions::configure(&auth, &config)?;
         let proxy = Proxy::from_config(&config)?;
         Ok(Self(Arc::new(Inner {
             config: Arc::new(config),
@@ -101,6 +102,7 @@ fn ai_routes(state: &AppState) -> Router<AppState> {
                 Some(Permission::ImagesWrite),
             )),
         )
+        .merge(crate::subscriptions::ai_routes(state))
 }
 
 /// Management routes (SPEC §4.2). Finer checks (own vs any key, platform owner) are in handlers.
@@ -167,6 +169,7 @@ fn management_routes(state: &AppState) -> Router<AppState> {
             "/me",
             get(tenants::me).route_layer(guard(state, Optional, None)),
         )
+        .merge(crate::subscriptions::routes(state))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -243,6 +246,7 @@ impl Application {
                 tracing::warn!("grace period over; closing remaining connections");
             }
         }
+        crate::subscriptions::operations::drain(&state).await;
         for t in tasks {
             t.abort();
         }
@@ -270,6 +274,8 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     // Invalidations written by other instances (or the CLI).
     let s = state.clone();
     tasks.push(tokio::spawn(async move { poll_invalidations(s).await }));
+    // Operations workers, jti and operation pruning.
+    tasks.extend(crate::subscriptions::spawn_background(state));
     // Cache safety-net pruning.
     let s = state.clone();
     tasks.push(tokio::spawn(async move {

@@ -58,6 +58,12 @@ pub struct Config {
     pub log_json: bool,
     pub auth: AuthConfig,
     pub email: EmailConfig,
+    /// 256-bit key (64 hex digits or base64url) that encrypts recoverable secrets at rest (HS256
+    /// app-JWT secrets). Unset: a random key in `<data_dir>/credentials.key`. Every instance of
+    /// a deployment needs the same key.
+    pub secret_key: Option<Secret>,
+    /// Asynchronous operations (image generations with `Prefer: respond-async`).
+    pub operations: OperationsConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -68,6 +74,38 @@ pub struct AuthConfig {
     pub access_token_ttl_seconds: u64,
     pub refresh_token_ttl_seconds: u64,
     pub open_signup: bool,
+}
+
+/// `[operations]`: the asynchronous-operation worker pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperationsConfig {
+    /// Workers on this instance (0: this instance only queues; others run the operations).
+    pub workers: usize,
+    /// How long finished operations (and their results) are kept.
+    pub retention_seconds: u64,
+    /// Lease of a running operation, renewed while it runs; an operation whose instance died is
+    /// retried after its lease runs out.
+    pub lease_seconds: u64,
+    /// Attempts before an operation interrupted by dying instances is marked failed.
+    pub max_attempts: u32,
+    /// Queued operations across the deployment beyond which submissions get `503`.
+    pub max_queued: u64,
+    /// How often idle workers look for operations queued by other instances.
+    pub poll_ms: u64,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            retention_seconds: 86_400,
+            lease_seconds: 30,
+            max_attempts: 2,
+            max_queued: 10_000,
+            poll_ms: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +170,8 @@ impl Default for Config {
             log_json: false,
             auth: AuthConfig::default(),
             email: EmailConfig::default(),
+            secret_key: None,
+            operations: OperationsConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
         }
@@ -209,6 +249,12 @@ impl Config {
         }
         if let Some(v) = get("TOLLGATE_LOG_JSON") {
             self.log_json = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("TOLLGATE_SECRET_KEY") {
+            self.secret_key = Some(Secret::new(v));
+        }
+        if let Some(v) = get("TOLLGATE_OPERATIONS_WORKERS") {
+            self.operations.workers = parse("TOLLGATE_OPERATIONS_WORKERS", v)?;
         }
         if let Some(v) = get("TOLLGATE_SMTP_URL") {
             self.email.smtp_url = Secret::new(v);

@@ -244,6 +244,25 @@ pub async fn create(
     if let Some(rl) = &body.rate_limit {
         validate_rate_limit(rl)?;
     }
+    if let Some(sub) = &body.subscription_id {
+        // A subscription-bound key (no user; models and limits from the plan).
+        if body.user_id.is_some() {
+            return Err(ApiError::validation(
+                "user_id",
+                "a key belongs to a user or to a subscription, not both",
+            ));
+        }
+        let spec = crate::subscriptions::api::SubscriptionKeySpec {
+            name,
+            expires_at: body.expires_at.clone(),
+            scopes: body.scopes.clone(),
+            rate_limit: body.rate_limit.clone(),
+        };
+        let out =
+            crate::subscriptions::api::create_subscription_key(&state, &caller, &meta, sub, spec)
+                .await?;
+        return Ok((StatusCode::CREATED, axum::Json(out)).into_response());
+    }
     let mut tx = state.store.begin().await?;
     let owner = match &body.user_id {
         Some(other) if Some(other.as_str()) != own_user(&caller) => {
@@ -257,12 +276,6 @@ pub async fn create(
             own_user(&caller).map(str::to_string)
         }
     };
-    if let Some(sub) = &body.subscription_id {
-        // Subscription-bound keys are issued through the subscription's credentials.
-        return Err(
-            ApiError::not_found("subscription").with_param(format!("subscription_id:{sub}"))
-        );
-    }
     let Some(owner) = owner else {
         return Err(ApiError::validation(
             "user_id",

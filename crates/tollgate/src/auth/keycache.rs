@@ -32,6 +32,8 @@ pub struct CachedKey {
     /// Set when the lookup matched the pre-rotation secret: valid until then.
     pub valid_until: Option<i64>,
     pub rate_limit: Option<KeyRateLimit>,
+    /// For a subscription-bound key: its subscription (models, status).
+    pub subscription: Option<std::sync::Arc<crate::subscriptions::SubscriptionAccess>>,
     pub epoch: u64,
     pub loaded: Instant,
 }
@@ -62,6 +64,12 @@ impl CachedKey {
         if !self.member {
             return Err(ApiError::auth_invalid(
                 "The key's owner is no longer a member of the tenant",
+            ));
+        }
+        if self.subscription.as_ref().is_some_and(|s| !s.is_active()) {
+            return Err(ApiError::new(
+                ErrorCode::SubscriptionInactive,
+                "The key's subscription is not active",
             ));
         }
         Ok(())
@@ -187,6 +195,7 @@ mod tests {
             revoked_at: None,
             valid_until: None,
             rate_limit: None,
+            subscription: None,
             epoch,
             loaded: Instant::now(),
         })

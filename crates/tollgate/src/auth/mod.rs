@@ -79,6 +79,8 @@ pub struct Principal {
     pub allowed_models: Option<Arc<std::collections::HashSet<String>>>,
     /// Request binding carried by an app JWT, checked against the body by the handler.
     pub binding: Option<Arc<binding::Binding>>,
+    /// The end user, for accounting only (SPEC §2.6): the `sub` of an app JWT.
+    pub end_user: Option<Arc<str>>,
     /// Keeps the request registered for in-flight revocation while the principal lives.
     pub live: LiveGuard,
 }
@@ -209,6 +211,8 @@ pub struct Auth {
     /// Bumped by every invalidation; cache entries loaded under an older epoch are reloaded.
     epoch: AtomicU64,
     last_used: keycache::LastUsed,
+    /// App-JWT and subscription verification state (`crate::subscriptions`).
+    pub subscriptions: crate::subscriptions::SubscriptionAuth,
 }
 
 impl std::fmt::Debug for Auth {
@@ -245,6 +249,7 @@ impl Auth {
             hub: Arc::new(RevocationHub::default()),
             epoch: AtomicU64::new(1),
             last_used: keycache::LastUsed::default(),
+            subscriptions: crate::subscriptions::SubscriptionAuth::new(cache_ttl),
         }
     }
 
@@ -345,8 +350,12 @@ impl Auth {
                 permissions: entry.permissions,
                 platform_admin: entry.platform_admin,
                 rate_limit: entry.rate_limit.clone(),
-                allowed_models: None,
+                allowed_models: entry
+                    .subscription
+                    .as_ref()
+                    .map(|s| s.allowed_models.clone()),
                 binding: None,
+                end_user: None,
                 live,
             });
         }
@@ -375,6 +384,17 @@ impl Auth {
             // Subscription-bound keys take their permissions from the plan.
             None => (Some(subscription_key_permissions()), false),
         };
+        // A subscription-bound key takes its models and its status from the subscription.
+        let subscription = match &rec.subscription_id {
+            Some(sub) => Some(
+                crate::subscriptions::key_access(self, sub, epoch)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::auth_invalid("The key's subscription no longer exists")
+                    })?,
+            ),
+            None => None,
+        };
         let permissions = member_perms.map(|p| match &rec.scopes {
             Some(scopes) => {
                 p.intersect(PermSet::parse(scopes.iter().map(String::as_str)).unwrap_or_default())
@@ -396,6 +416,7 @@ impl Auth {
                 Matched::Previous => Some(rec.prev_valid_until.unwrap_or(0)),
             },
             rate_limit: rec.rate_limit.clone(),
+            subscription,
             epoch,
             loaded: std::time::Instant::now(),
         });
@@ -411,7 +432,7 @@ impl Auth {
         self.cache.remove_id(target);
         match kind {
             Kind::Credential | Kind::Subject => {
-                let reason = if target.starts_with("sub") {
+                let reason = if jwt::is_subscription_id(target) {
                     revocation::CutReason::SubscriptionInactive
                 } else {
                     revocation::CutReason::Revoked

@@ -399,8 +399,15 @@ pub async fn embeddings(State(state): State<AppState>, caller: Caller, body: Raw
 pub async fn image_generations(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: RawJson,
 ) -> Response {
+    // `Prefer: respond-async`: queue an operation instead (crate::subscriptions::operations).
+    if crate::subscriptions::operations::wants_async(&headers) {
+        return crate::subscriptions::operations::submit(&state, caller, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     forward(&state, caller, Endpoint::Images, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)

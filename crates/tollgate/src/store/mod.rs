@@ -12,6 +12,7 @@ pub mod audit;
 pub mod invalidations;
 pub mod keys;
 pub mod migrate;
+pub mod subscriptions;
 pub mod tenants;
 
 pub use audit::{AuditEvent, AuditRecord};

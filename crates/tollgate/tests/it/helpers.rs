@@ -277,6 +277,14 @@ impl TestApp {
         other
     }
 
+    /// Stops the server gracefully and waits for it, keeping the database (for a restart).
+    pub async fn stop(&mut self) {
+        self.state.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn shutdown(mut self) {
         self.state.shutdown.cancel();

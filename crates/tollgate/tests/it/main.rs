@@ -11,8 +11,13 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod app_jwt;
 mod errors;
 mod keys;
+mod operations;
 mod ops;
 mod proxy;
+#[allow(dead_code)]
+mod subs;
+mod subscriptions;
 mod users;

@@ -1,0 +1,972 @@
+//! Management routes for products, plans, subscriptions and their credentials (SPEC §4.2).
+//! Everything is tenant-scoped: another tenant's object is `404`. Every mutation writes its audit
+//! event in the same transaction; changes that take access away also write an invalidation (so
+//! every instance cuts in-flight requests) and apply it locally after the commit.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::keys::{self, Alg};
+use super::{DEFAULT_MAX_TOKEN_LIFETIME, LARGEST_MAX_TOKEN_LIFETIME};
+use crate::app::AppState;
+use crate::auth::middleware::{Caller, guard};
+use crate::auth::{AuthLevel, PermSet, Permission};
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Json, Meta};
+use crate::store::audit::{AuditEvent, RequestMeta, append};
+use crate::store::invalidations::{self, Kind};
+use crate::store::keys::KeyRateLimit;
+use crate::store::subscriptions::{
+    self as store, Credential, Plan, PlanLimits, Product, Status, Subscription,
+};
+use crate::store::{StoreError, Tx};
+use crate::util::{new_id, now_ms, random_base62};
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    use AuthLevel::Required;
+    let any = || guard(state, Required, None);
+    let perm = |p| guard(state, Required, Some(p));
+    Router::new()
+        .route("/products", get(list_products).route_layer(any()))
+        .route(
+            "/products",
+            post(create_product).route_layer(perm(Permission::ProductsWrite)),
+        )
+        .route("/products/{id}", get(get_product).route_layer(any()))
+        .route("/plans", get(list_plans).route_layer(any()))
+        .route(
+            "/plans",
+            post(create_plan).route_layer(perm(Permission::ProductsWrite)),
+        )
+        .route("/plans/{id}", get(get_plan).route_layer(any()))
+        .route(
+            "/subscriptions",
+            get(list_subscriptions).route_layer(perm(Permission::SubscriptionsRead)),
+        )
+        .route(
+            "/subscriptions",
+            post(create_subscription).route_layer(perm(Permission::SubscriptionsWrite)),
+        )
+        .route(
+            "/subscriptions/{id}",
+            get(get_subscription).route_layer(perm(Permission::SubscriptionsRead)),
+        )
+        .route(
+            "/subscriptions/{id}",
+            delete(cancel_subscription)
+                .patch(patch_subscription)
+                .route_layer(perm(Permission::SubscriptionsWrite)),
+        )
+        .route(
+            "/subscriptions/{id}/credentials",
+            get(list_credentials).route_layer(perm(Permission::SubscriptionsRead)),
+        )
+        .route(
+            "/subscriptions/{id}/credentials",
+            post(create_credential).route_layer(perm(Permission::SubscriptionsWrite)),
+        )
+        .route(
+            "/subscriptions/{id}/credentials/{cred}",
+            delete(revoke_credential).route_layer(perm(Permission::SubscriptionsWrite)),
+        )
+}
+
+fn commit_err(e: sqlx::Error) -> ApiError {
+    StoreError::from(e).into()
+}
+
+async fn commit(tx: Tx) -> ApiResult<()> {
+    tx.commit().await.map_err(commit_err)
+}
+
+/// Products and plans are readable by any member of the tenant (not by a subscription's own
+/// credentials, which only see their models through `/v1/models`).
+fn require_member(caller: &Caller) -> ApiResult<()> {
+    if caller.subscription_id.is_some() && caller.user_id.is_none() {
+        return Err(ApiError::permission_denied(
+            "A subscription's credential cannot read the tenant's catalogue",
+        ));
+    }
+    Ok(())
+}
+
+fn list(data: Vec<Value>) -> Response {
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn created(v: Value) -> Response {
+    (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+async fn conn(state: &AppState) -> ApiResult<sqlx::pool::PoolConnection<sqlx::Any>> {
+    state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| StoreError::from(e).into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Products
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub models: Vec<String>,
+}
+
+async fn create_product(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Json(body): Json<CreateProduct>,
+) -> ApiResult<Response> {
+    let name = crate::api::keys::validate_name(&body.name)?;
+    let description = body.description.unwrap_or_default();
+    if description.chars().count() > 2000 {
+        return Err(ApiError::validation(
+            "description",
+            "description is at most 2000 characters",
+        ));
+    }
+    if body.models.is_empty() {
+        return Err(ApiError::validation(
+            "models",
+            "a product lists at least one model",
+        ));
+    }
+    let mut models: Vec<String> = Vec::new();
+    for m in &body.models {
+        if state.proxy.route(m).is_none() {
+            return Err(ApiError::validation(
+                "models",
+                format!("the model {m:?} is not configured on this gateway"),
+            ));
+        }
+        if !models.contains(m) {
+            models.push(m.clone());
+        }
+    }
+    let product = Product {
+        id: new_id("prod"),
+        tenant_id: caller.tenant_id.to_string(),
+        name,
+        description,
+        models,
+        created_at: now_ms(),
+    };
+    let mut tx = state.store.begin().await?;
+    store::insert_product(&mut tx, &product)
+        .await
+        .map_err(|e| conflict_as(e, "A product with that name already exists"))?;
+    append(
+        &mut tx,
+        AuditEvent::new(
+            product.tenant_id.clone(),
+            caller.actor(),
+            "product.created",
+            &meta,
+        )
+        .target("product", product.id.clone())
+        .details(json!({"name": product.name, "models": product.models})),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok(created(product.to_api()))
+}
+
+fn conflict_as(e: StoreError, msg: &str) -> ApiError {
+    match e {
+        StoreError::Conflict(_) => ApiError::conflict(msg),
+        other => other.into(),
+    }
+}
+
+async fn list_products(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    require_member(&caller)?;
+    let data = store::list_products(state.store.pool(), &caller.tenant_id)
+        .await?
+        .iter()
+        .map(Product::to_api)
+        .collect();
+    Ok(list(data))
+}
+
+async fn get_product(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    require_member(&caller)?;
+    let mut c = conn(&state).await?;
+    let p = store::get_product(&mut c, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("product"))?;
+    let plans: Vec<Value> = store::list_plans(state.store.pool(), &caller.tenant_id, Some(&id))
+        .await?
+        .iter()
+        .map(Plan::to_api)
+        .collect();
+    let mut out = p.to_api();
+    out["plans"] = Value::Array(plans);
+    Ok(axum::Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlan {
+    pub product_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub limits: PlanLimits,
+}
+
+fn validate_limits(l: &PlanLimits) -> ApiResult<()> {
+    let all = [
+        ("requests_per_minute", l.requests_per_minute),
+        ("tokens_per_minute", l.tokens_per_minute),
+        ("concurrent_requests", l.concurrent_requests),
+        ("requests_per_day", l.requests_per_day),
+        ("tokens_per_month", l.tokens_per_month),
+    ];
+    for (name, v) in all {
+        if v == Some(0) {
+            return Err(ApiError::validation(
+                "limits",
+                format!("limits.{name} must be positive (omit it for no limit)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn create_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Json(body): Json<CreatePlan>,
+) -> ApiResult<Response> {
+    let name = crate::api::keys::validate_name(&body.name)?;
+    validate_limits(&body.limits)?;
+    let mut tx = state.store.begin().await?;
+    let product = store::get_product(&mut tx, &caller.tenant_id, &body.product_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("product").with_param("product_id"))?;
+    let plan = Plan {
+        id: new_id("plan"),
+        tenant_id: caller.tenant_id.to_string(),
+        product_id: product.id.clone(),
+        name,
+        limits: body.limits,
+        created_at: now_ms(),
+    };
+    store::insert_plan(&mut tx, &plan)
+        .await
+        .map_err(|e| conflict_as(e, "This product already has a plan with that name"))?;
+    append(
+        &mut tx,
+        AuditEvent::new(
+            plan.tenant_id.clone(),
+            caller.actor(),
+            "plan.created",
+            &meta,
+        )
+        .target("plan", plan.id.clone())
+        .details(json!({"name": plan.name, "product_id": plan.product_id, "limits": plan.limits})),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok(created(plan.to_api()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PlanQuery {
+    #[serde(default)]
+    pub product_id: Option<String>,
+}
+
+async fn list_plans(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PlanQuery>,
+) -> ApiResult<Response> {
+    require_member(&caller)?;
+    let data = store::list_plans(
+        state.store.pool(),
+        &caller.tenant_id,
+        q.product_id.as_deref(),
+    )
+    .await?
+    .iter()
+    .map(Plan::to_api)
+    .collect();
+    Ok(list(data))
+}
+
+async fn get_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    require_member(&caller)?;
+    let mut c = conn(&state).await?;
+    let p = store::get_plan(&mut c, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan"))?;
+    Ok(axum::Json(p.to_api()).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions
+
+/// A new subscription id: 24 lowercase hex characters (96 random bits).
+pub fn new_subscription_id() -> ApiResult<String> {
+    let mut b = [0u8; 12];
+    crate::crypto::random_bytes(&mut b).map_err(ApiError::internal)?;
+    Ok(hex::encode(b))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscription {
+    pub plan_id: String,
+    /// The subscriber (default: the caller); must be a member of the tenant.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub max_token_lifetime_seconds: Option<i64>,
+    #[serde(default)]
+    pub single_use_tokens: Option<bool>,
+}
+
+fn validate_lifetime(v: i64) -> ApiResult<i64> {
+    if !(1..=LARGEST_MAX_TOKEN_LIFETIME).contains(&v) {
+        return Err(ApiError::validation(
+            "max_token_lifetime_seconds",
+            format!("max_token_lifetime_seconds must be 1 to {LARGEST_MAX_TOKEN_LIFETIME}"),
+        ));
+    }
+    Ok(v)
+}
+
+async fn subscription_api(state: &AppState, s: &Subscription) -> ApiResult<Value> {
+    let mut out = s.to_api();
+    let mut c = conn(state).await?;
+    if let Some(plan) = store::get_plan(&mut c, &s.tenant_id, &s.plan_id).await? {
+        out["product_id"] = Value::String(plan.product_id);
+    }
+    Ok(out)
+}
+
+async fn create_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Json(body): Json<CreateSubscription>,
+) -> ApiResult<Response> {
+    let lifetime = validate_lifetime(
+        body.max_token_lifetime_seconds
+            .unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME),
+    )?;
+    let user_id = match body.user_id {
+        Some(u) => {
+            crate::store::tenants::resolve_permissions(state.store.pool(), &caller.tenant_id, &u)
+                .await?
+                .ok_or_else(|| ApiError::not_found("user").with_param("user_id"))?;
+            Some(u)
+        }
+        None => caller.user_id.as_deref().map(str::to_string),
+    };
+    let mut tx = state.store.begin().await?;
+    let plan = store::get_plan(&mut tx, &caller.tenant_id, &body.plan_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan").with_param("plan_id"))?;
+    let now = now_ms();
+    let sub = Subscription {
+        id: new_subscription_id()?,
+        tenant_id: caller.tenant_id.to_string(),
+        plan_id: plan.id.clone(),
+        user_id,
+        status: Status::Active,
+        max_token_lifetime_seconds: lifetime,
+        single_use_tokens: body.single_use_tokens.unwrap_or(false),
+        created_at: now,
+        updated_at: now,
+        cancelled_at: None,
+    };
+    store::insert_subscription(&mut tx, &sub).await?;
+    append(
+        &mut tx,
+        AuditEvent::new(
+            sub.tenant_id.clone(),
+            caller.actor(),
+            "subscription.created",
+            &meta,
+        )
+        .target("subscription", sub.id.clone())
+        .details(
+            json!({"plan_id": sub.plan_id, "product_id": plan.product_id,
+            "user_id": sub.user_id, "max_token_lifetime_seconds": lifetime,
+            "single_use_tokens": sub.single_use_tokens}),
+        ),
+    )
+    .await?;
+    commit(tx).await?;
+    let mut out = sub.to_api();
+    out["product_id"] = Value::String(plan.product_id);
+    Ok(created(out))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionQuery {
+    #[serde(default)]
+    pub plan_id: Option<String>,
+}
+
+async fn list_subscriptions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SubscriptionQuery>,
+) -> ApiResult<Response> {
+    let subs =
+        store::list_subscriptions(state.store.pool(), &caller.tenant_id, q.plan_id.as_deref())
+            .await?;
+    Ok(list(subs.iter().map(Subscription::to_api).collect()))
+}
+
+async fn load_subscription(
+    conn: &mut crate::store::Conn,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<Subscription> {
+    store::get_subscription(conn, &caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+async fn credentials_api(state: &AppState, s: &Subscription) -> ApiResult<Vec<Value>> {
+    let mut out: Vec<Value> = store::list_credentials(state.store.pool(), &s.id, true)
+        .await?
+        .iter()
+        .map(Credential::to_api)
+        .collect();
+    let mut c = conn(state).await?;
+    for key_id in store::subscription_key_ids(state.store.pool(), &s.tenant_id, &s.id).await? {
+        if let Some(k) = crate::store::keys::get(&mut c, &s.tenant_id, &key_id).await? {
+            let mut v = k.to_api();
+            v["type"] = "api_key".into();
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+async fn get_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut c = conn(&state).await?;
+    let s = load_subscription(&mut c, &caller, &id).await?;
+    drop(c);
+    let mut out = subscription_api(&state, &s).await?;
+    out["credentials"] = Value::Array(credentials_api(&state, &s).await?);
+    Ok(axum::Json(out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSubscription {
+    /// `active` or `suspended` (cancelling is `DELETE`).
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub max_token_lifetime_seconds: Option<i64>,
+    #[serde(default)]
+    pub single_use_tokens: Option<bool>,
+}
+
+fn inactive_error() -> Value {
+    crate::error::ApiError::new(
+        crate::error::ErrorCode::SubscriptionInactive,
+        "The subscription was cancelled or suspended",
+    )
+    .body()["error"]
+        .clone()
+}
+
+async fn patch_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Json(body): Json<PatchSubscription>,
+) -> ApiResult<Response> {
+    let new_status = match body.status.as_deref() {
+        None => None,
+        Some("active") => Some(Status::Active),
+        Some("suspended") => Some(Status::Suspended),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "status",
+                "status must be \"active\" or \"suspended\" (DELETE cancels)",
+            ));
+        }
+    };
+    let lifetime = body
+        .max_token_lifetime_seconds
+        .map(validate_lifetime)
+        .transpose()?;
+    let mut tx = state.store.begin().await?;
+    let mut s = load_subscription(&mut tx, &caller, &id).await?;
+    if s.status == Status::Cancelled {
+        return Err(ApiError::conflict("A cancelled subscription cannot change"));
+    }
+    let mut changed = Vec::new();
+    let mut cut = false;
+    if let Some(st) = new_status
+        && st != s.status
+    {
+        cut = st == Status::Suspended;
+        s.status = st;
+        changed.push("status");
+    }
+    if let Some(l) = lifetime
+        && l != s.max_token_lifetime_seconds
+    {
+        s.max_token_lifetime_seconds = l;
+        changed.push("max_token_lifetime_seconds");
+    }
+    if let Some(b) = body.single_use_tokens
+        && b != s.single_use_tokens
+    {
+        s.single_use_tokens = b;
+        changed.push("single_use_tokens");
+    }
+    let kind = if cut {
+        Kind::Subject
+    } else {
+        Kind::Permissions
+    };
+    if !changed.is_empty() {
+        s.updated_at = now_ms();
+        store::update_subscription(&mut tx, &s).await?;
+        if cut {
+            store::cancel_queued_operations(&mut tx, &s.id, &inactive_error(), s.updated_at)
+                .await?;
+        }
+        append(
+            &mut tx,
+            AuditEvent::new(
+                s.tenant_id.clone(),
+                caller.actor(),
+                if cut {
+                    "subscription.suspended"
+                } else {
+                    "subscription.updated"
+                },
+                &meta,
+            )
+            .target("subscription", s.id.clone())
+            .details(json!({"changed": changed, "status": s.status.as_str()})),
+        )
+        .await?;
+        invalidations::publish(&mut tx, kind, &s.id).await?;
+    }
+    commit(tx).await?;
+    if !changed.is_empty() {
+        state.auth.invalidate(kind, &s.id);
+    }
+    Ok(axum::Json(subscription_api(&state, &s).await?).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{id}`: cancels (idempotent). Its keys and credentials stop working
+/// at once on every instance, in-flight requests included, and its queued operations are
+/// cancelled.
+async fn cancel_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut tx = state.store.begin().await?;
+    let mut s = load_subscription(&mut tx, &caller, &id).await?;
+    let changed = s.status != Status::Cancelled;
+    if changed {
+        let now = now_ms();
+        s.status = Status::Cancelled;
+        s.cancelled_at = Some(now);
+        s.updated_at = now;
+        store::update_subscription(&mut tx, &s).await?;
+        let ops = store::cancel_queued_operations(&mut tx, &s.id, &inactive_error(), now).await?;
+        append(
+            &mut tx,
+            AuditEvent::new(
+                s.tenant_id.clone(),
+                caller.actor(),
+                "subscription.cancelled",
+                &meta,
+            )
+            .target("subscription", s.id.clone())
+            .details(json!({"plan_id": s.plan_id, "cancelled_operations": ops})),
+        )
+        .await?;
+        invalidations::publish(&mut tx, Kind::Subject, &s.id).await?;
+    }
+    commit(tx).await?;
+    if changed {
+        state.auth.invalidate(Kind::Subject, &s.id);
+    }
+    Ok(axum::Json(subscription_api(&state, &s).await?).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredential {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `jwt_public_key`: `RS256`, `ES256` or `EdDSA`.
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// `jwt_public_key`: PEM or JWK (a JSON object or its text).
+    #[serde(default)]
+    pub public_key: Option<Value>,
+    /// JWT credentials: the `kid` tokens will carry (default: generated, or the JWK's).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `api_key`: a display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `api_key`: optional expiry (RFC 3339).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+fn validate_kid(kid: &str) -> ApiResult<String> {
+    if kid.is_empty()
+        || kid.len() > 64
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(ApiError::validation(
+            "kid",
+            "kid must be 1-64 characters of A-Z a-z 0-9 - _ . :",
+        ));
+    }
+    Ok(kid.to_string())
+}
+
+async fn create_credential(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Json(body): Json<CreateCredential>,
+) -> ApiResult<Response> {
+    match body.kind.as_str() {
+        "api_key" => {
+            let name = body
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("subscription {id}"));
+            let out = create_subscription_key(
+                &state,
+                &caller,
+                &meta,
+                &id,
+                SubscriptionKeySpec {
+                    name,
+                    expires_at: body.expires_at.clone(),
+                    scopes: None,
+                    rate_limit: None,
+                },
+            )
+            .await?;
+            Ok(created(out))
+        }
+        "jwt_hs256" | "jwt_public_key" => {
+            create_jwt_credential(&state, &caller, &meta, &id, body).await
+        }
+        other => Err(ApiError::validation(
+            "type",
+            format!("unknown credential type {other:?}; use api_key, jwt_hs256 or jwt_public_key"),
+        )),
+    }
+}
+
+async fn create_jwt_credential(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    sub_id: &str,
+    body: CreateCredential,
+) -> ApiResult<Response> {
+    let cred_id = new_id("cred");
+    let (alg, material, format, secret, jwk_kid) = if body.kind == "jwt_hs256" {
+        if body.alg.as_deref().is_some_and(|a| a != "HS256") || body.public_key.is_some() {
+            return Err(ApiError::validation(
+                "type",
+                "jwt_hs256 credentials are generated by Tollgate: send only type (and kid)",
+            ));
+        }
+        let secret = keys::generate_hs256_secret().map_err(ApiError::internal)?;
+        let sealed = state
+            .auth
+            .subscriptions
+            .secrets()?
+            .seal(secret.as_bytes(), &cred_id)
+            .map_err(ApiError::internal)?;
+        (Alg::Hs256, sealed, "generated", Some(secret), None)
+    } else {
+        let alg = body
+            .alg
+            .as_deref()
+            .and_then(Alg::parse)
+            .filter(|a| *a != Alg::Hs256)
+            .ok_or_else(|| ApiError::validation("alg", "alg must be RS256, ES256 or EdDSA"))?;
+        let text = match &body.public_key {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            _ => {
+                return Err(ApiError::validation(
+                    "public_key",
+                    "public_key (PEM text or a JWK) is required",
+                ));
+            }
+        };
+        let key = keys::parse_public_key(alg, &text)
+            .map_err(|msg| ApiError::validation("public_key", msg))?;
+        (
+            alg,
+            URL_SAFE_NO_PAD.encode(&key.material),
+            key.format,
+            None,
+            key.jwk_kid,
+        )
+    };
+    let kid = match body.kid.or(jwk_kid) {
+        Some(k) => validate_kid(&k)?,
+        None => random_base62(16),
+    };
+    let mut tx = state.store.begin().await?;
+    let s = load_subscription(&mut tx, caller, sub_id).await?;
+    if s.status == Status::Cancelled {
+        return Err(ApiError::conflict(
+            "A cancelled subscription cannot get new credentials",
+        ));
+    }
+    let cred = Credential {
+        id: cred_id,
+        tenant_id: s.tenant_id.clone(),
+        subscription_id: s.id.clone(),
+        kind: body.kind.clone(),
+        kid,
+        alg: alg.as_str().to_string(),
+        key_material: material,
+        key_format: format.to_string(),
+        created_at: now_ms(),
+        created_by: caller.user_id.as_deref().map(str::to_string),
+        revoked_at: None,
+    };
+    store::insert_credential(&mut tx, &cred)
+        .await
+        .map_err(|e| {
+            conflict_as(
+                e,
+                "This subscription already has a credential with that kid",
+            )
+        })?;
+    append(
+        &mut tx,
+        AuditEvent::new(
+            s.tenant_id.clone(),
+            caller.actor(),
+            "subscription.credential_created",
+            meta,
+        )
+        .target("subscription_credential", cred.id.clone())
+        .details(
+            json!({"subscription_id": s.id, "type": cred.kind, "kid": cred.kid,
+            "alg": cred.alg, "key_format": cred.key_format}),
+        ),
+    )
+    .await?;
+    // Cached verifications of this subscription must see the new kid.
+    invalidations::publish(&mut tx, Kind::Permissions, &s.id).await?;
+    commit(tx).await?;
+    state.auth.invalidate(Kind::Permissions, &s.id);
+    let mut out = cred.to_api();
+    if let Some(secret) = secret {
+        out["secret"] = Value::String(secret);
+    }
+    Ok(created(out))
+}
+
+/// Settings of a subscription-bound API key.
+pub struct SubscriptionKeySpec {
+    pub name: String,
+    pub expires_at: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_limit: Option<KeyRateLimit>,
+}
+
+/// Creates an API key bound to a subscription of the caller's tenant (its models and limits come
+/// from the plan). Used by `POST /v1/subscriptions/{id}/credentials {"type": "api_key"}` and
+/// `POST /v1/api-keys {"subscription_id": ...}`. Needs `subscriptions:write`.
+pub async fn create_subscription_key(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    sub_id: &str,
+    spec: SubscriptionKeySpec,
+) -> ApiResult<Value> {
+    caller.require(Permission::SubscriptionsWrite)?;
+    let name = crate::api::keys::validate_name(&spec.name)?;
+    let expires_at = match spec.expires_at.as_deref() {
+        None => None,
+        Some(s) => {
+            let at = crate::util::parse_rfc3339(s).ok_or_else(|| {
+                ApiError::validation("expires_at", "expires_at must be an RFC 3339 time")
+            })?;
+            if at <= now_ms() {
+                return Err(ApiError::validation(
+                    "expires_at",
+                    "expires_at must be in the future",
+                ));
+            }
+            Some(at)
+        }
+    };
+    if let Some(scopes) = &spec.scopes {
+        let set = PermSet::parse(scopes.iter().map(String::as_str))
+            .map_err(|bad| ApiError::validation("scopes", format!("unknown permission {bad:?}")))?;
+        if !set.is_subset_of(crate::auth::subscription_key_permissions()) {
+            return Err(ApiError::validation(
+                "scopes",
+                "a subscription key's scopes can only narrow models:read, chat:write, \
+                 embeddings:write, images:write, operations:read",
+            ));
+        }
+    }
+    if let Some(rl) = &spec.rate_limit
+        && (rl.requests_per_minute == Some(0) || rl.tokens_per_minute == Some(0))
+    {
+        return Err(ApiError::validation(
+            "rate_limit",
+            "rate limits must be positive",
+        ));
+    }
+    let mut tx = state.store.begin().await?;
+    let s = load_subscription(&mut tx, caller, sub_id)
+        .await
+        .map_err(|e| e.with_param("subscription_id"))?;
+    if s.status == Status::Cancelled {
+        return Err(ApiError::conflict(
+            "A cancelled subscription cannot get new credentials",
+        ));
+    }
+    let key_spec = crate::api::keys::NewKeySpec {
+        tenant_id: s.tenant_id.clone(),
+        user_id: None,
+        subscription_id: Some(s.id.clone()),
+        name,
+        expires_at,
+        scopes: spec.scopes,
+        rate_limit: spec.rate_limit,
+        created_by: caller.user_id.as_deref().map(str::to_string),
+    };
+    let (rec, secret) = crate::api::keys::create_key(
+        &mut tx,
+        state.auth.key_prefix(),
+        key_spec,
+        caller.actor(),
+        meta,
+    )
+    .await?;
+    commit(tx).await?;
+    let mut out = crate::api::keys::created_json(&rec, secret);
+    out["type"] = "api_key".into();
+    Ok(out)
+}
+
+async fn list_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut c = conn(&state).await?;
+    let s = load_subscription(&mut c, &caller, &id).await?;
+    drop(c);
+    Ok(list(credentials_api(&state, &s).await?))
+}
+
+/// Revokes one credential of a subscription: a JWT credential (`cred_…`) or a bound API key
+/// (`key_…`). Requests in flight with it are cut.
+async fn revoke_credential(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Path((id, cred_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let mut tx = state.store.begin().await?;
+    let s = load_subscription(&mut tx, &caller, &id).await?;
+    if let Some(key) = crate::store::keys::get(&mut tx, &s.tenant_id, &cred_id).await?
+        && key.subscription_id.as_deref() == Some(s.id.as_str())
+    {
+        let (rec, changed) =
+            crate::api::keys::revoke_key(&mut tx, &s.tenant_id, &cred_id, caller.actor(), &meta)
+                .await?;
+        commit(tx).await?;
+        if changed {
+            state.auth.invalidate(Kind::Credential, &cred_id);
+        }
+        let mut out = rec.to_api();
+        out["type"] = "api_key".into();
+        return Ok(axum::Json(out).into_response());
+    }
+    let Some(_) = store::get_credential(&mut tx, &s.tenant_id, &s.id, &cred_id).await? else {
+        return Err(ApiError::not_found("credential"));
+    };
+    let changed = store::revoke_credential(&mut tx, &s.tenant_id, &cred_id, now_ms()).await?;
+    if changed {
+        append(
+            &mut tx,
+            AuditEvent::new(
+                s.tenant_id.clone(),
+                caller.actor(),
+                "subscription.credential_revoked",
+                &meta,
+            )
+            .target("subscription_credential", cred_id.clone())
+            .details(json!({"subscription_id": s.id})),
+        )
+        .await?;
+        invalidations::publish(&mut tx, Kind::Credential, &cred_id).await?;
+    }
+    let cred = store::get_credential(&mut tx, &s.tenant_id, &s.id, &cred_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("credential"))?;
+    commit(tx).await?;
+    if changed {
+        state.auth.invalidate(Kind::Credential, &cred_id);
+    }
+    Ok(axum::Json(cred.to_api()).into_response())
+}
