@@ -209,6 +209,8 @@ pub struct Auth {
     /// Bumped by every invalidation; cache entries loaded under an older epoch are reloaded.
     epoch: AtomicU64,
     last_used: keycache::LastUsed,
+    /// The identity service's state: signing keys, token and JWKS caches, login throttle.
+    pub identity: crate::identity::IdentityState,
 }
 
 impl std::fmt::Debug for Auth {
@@ -245,6 +247,7 @@ impl Auth {
             hub: Arc::new(RevocationHub::default()),
             epoch: AtomicU64::new(1),
             last_used: keycache::LastUsed::default(),
+            identity: crate::identity::IdentityState::default(),
         }
     }
 
