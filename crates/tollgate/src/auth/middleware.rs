@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 /// Builds the guard layer for one route.
+#[allow(clippy::type_complexity)]
 pub fn guard(
     state: &AppState,
     level: AuthLevel,

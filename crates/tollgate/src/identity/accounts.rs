@@ -1,4 +1,6 @@
 //! Accounts (SPEC §4.3): sign-up with email verification, password reset by emailed token.
+//! Sign-up creates the user, a personal tenant they own and a public "Console" OAuth client
+//! (redirect `<public_url>/console/callback`) through which they sign in once verified.
 //! Tokens are random, single-use, stored as SHA-256 only, and expire (verification 24 h, reset
 //! 1 h). A signed-up user cannot log in until the email is verified. Security events without a
 //! single tenant (email verified, password reset) are recorded on every tenant chain the user
@@ -88,6 +90,20 @@ pub async fn signup(
     tenants::add_membership(&mut tx, &tenant.id, &user.id).await?;
     tenants::set_member_roles(&mut tx, &tenant.id, &user.id, &["owner".to_string()]).await?;
     idstore::mark_signup_pending(&mut tx, &user.id).await?;
+    // A public client for the console, so the new owner can sign in to their tenant.
+    let console = idstore::OAuthClient {
+        id: crate::util::new_id("cli"),
+        tenant_id: tenant.id.clone(),
+        name: "Console".into(),
+        redirect_uris: vec![format!("{}/console/callback", state.config.public_url)],
+        confidential: false,
+        secret_hash: None,
+        roles: Vec::new(),
+        created_at: now_ms(),
+        created_by: Some(user.id.clone()),
+        revoked_at: None,
+    };
+    idstore::insert_client(&mut tx, &console).await?;
     idstore::insert_email_token(
         &mut tx,
         &secret_hash(&token),
@@ -111,7 +127,7 @@ pub async fn signup(
         &mut tx,
         AuditEvent::new(tenant.id.clone(), actor, "user.signed_up", &meta)
             .target("user", user.id.clone())
-            .details(json!({"email": user.email})),
+            .details(json!({"email": user.email, "console_client_id": console.id})),
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -136,6 +152,7 @@ pub async fn signup(
         axum::Json(json!({
             "user_id": user.id, "email": user.email, "email_verified": false,
             "tenant_id": tenant.id, "tenant_name": tenant.name,
+            "console_client_id": console.id,
         })),
     )
         .into_response())

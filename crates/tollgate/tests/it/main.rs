@@ -12,3 +12,10 @@
 mod helpers;
 
 mod keys;
+
+// Identity (issue 3).
+mod forged_tokens;
+mod identity;
+mod oauth_flow;
+#[allow(dead_code)]
+mod oauth_support;
