@@ -682,7 +682,7 @@ pub async fn token(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonTokenBody {
     pub code: String,
@@ -719,7 +719,19 @@ pub async fn json_token(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+/// Bodies carrying codes, verifiers, secrets or refresh tokens print none of them.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "(***)"))
+            }
+        }
+    )*};
+}
+redacted_debug!(JsonTokenBody, RefreshBody, LogoutBody, TokenResponse);
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     pub refresh_token: String,
@@ -765,7 +777,7 @@ fn parse_json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| OAuthError::invalid_request(format!("Invalid request body: {e}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutBody {
     #[serde(default)]
@@ -1115,6 +1127,37 @@ mod tests {
         assert!(!valid_verifier("short"));
         assert!(!valid_verifier(&"a".repeat(129)));
         assert!(!valid_verifier(&format!("{}!", "a".repeat(43))));
+    }
+
+    #[test]
+    fn secret_bodies_do_not_debug_print() {
+        let b = JsonTokenBody {
+            code: "the-code".into(),
+            code_verifier: Some("the-verifier".into()),
+            redirect_uri: "https://x".into(),
+            client_id: "cli".into(),
+            client_secret: Some("the-secret".into()),
+        };
+        let r = RefreshBody {
+            refresh_token: "the-refresh".into(),
+            client_id: None,
+        };
+        let t = TokenResponse {
+            access_token: "the-access".into(),
+            expires_in: 1,
+            refresh_token: Some("the-refresh".into()),
+            scope: String::new(),
+        };
+        let all = format!("{b:?}{r:?}{t:?}");
+        for s in [
+            "the-code",
+            "the-verifier",
+            "the-secret",
+            "the-refresh",
+            "the-access",
+        ] {
+            assert!(!all.contains(s), "{all}");
+        }
     }
 
     #[test]

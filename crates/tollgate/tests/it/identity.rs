@@ -776,8 +776,79 @@ async fn signing_key_rotation_keeps_old_tokens_valid(app: TestApp) {
             .iter()
             .any(|e| e.action == "signing_key.rotated")
     );
-    // A second instance on the same store (same encryption secret) verifies both.
-    let _ = json!({});
+
+    // The CLI rotates too (same store, same data_dir and so the same encryption key file).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["signing-keys", "rotate", "--database", &app.db_url])
+        .env("TOLLGATE_DATA_DIR", &app.state.config.data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli_kid = printed["kid"].as_str().unwrap().to_string();
+    app.state.auth.identity.keys.forget_signer().await;
+    let newest = get_token().await;
+    assert_eq!(header(&newest)["kid"], cli_kid.as_str());
+    for t in [&old, &new, &newest] {
+        assert_eq!(app.get("/v1/me", t).await.status(), StatusCode::OK);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["signing-keys", "list", "--database", &app.db_url])
+        .env("TOLLGATE_DATA_DIR", &app.state.config.data_dir)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(!listed.contains("private"));
+}
+
+/// ES256 selected in the configuration, and the key-encryption key taken from the configured
+/// secret (no `signing.key` file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_with_a_configured_secret() {
+    let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(|c| {
+        c.auth.signing_alg = "ES256".into();
+        c.auth.signing_key_secret = Some(tollgate::config::Secret::new(
+            "a long configured secret value",
+        ));
+    }))
+    .await
+    .unwrap();
+    assert!(!app.state.config.data_dir.join("signing.key").exists());
+    assert!(!format!("{:?}", app.state.config).contains("a long configured secret value"));
+    let (id, secret) = service_account(&app, &app.owner_key, &["developer"]).await;
+    let res = form_post(
+        &app,
+        "/oauth/token",
+        Some((&id, &secret)),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    let t: Value = res.json().await.unwrap();
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(header(token)["alg"], "ES256");
+    assert_eq!(app.get("/v1/me", token).await.status(), StatusCode::OK);
+    let jwks: Value = app
+        .get("/.well-known/jwks.json", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+    assert!(jwks["keys"][0].get("d").is_none());
+    let d: Value = app
+        .get("/.well-known/openid-configuration", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["id_token_signing_alg_values_supported"], json!(["ES256"]));
 }
 
 /// A JWKS server on a real socket, counting fetches.
