@@ -47,6 +47,8 @@ struct IssuerKeys {
 pub struct JwksCache {
     entries: tokio::sync::Mutex<HashMap<String, IssuerKeys>>,
     http: OnceLock<reqwest::Client>,
+    /// Override of [`REFETCH_MIN`] in milliseconds (0 = the default); for tests.
+    refetch_min_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -56,6 +58,24 @@ impl std::fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
+    /// Changes the minimum interval between refetches triggered by unknown kids (tests use a
+    /// short one to see the refetch happen without waiting a minute).
+    pub fn set_refetch_min(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.refetch_min_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn refetch_min(&self) -> Duration {
+        match self
+            .refetch_min_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => REFETCH_MIN,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {
             reqwest::Client::builder()
@@ -109,7 +129,7 @@ impl JwksCache {
             {
                 return Ok(Some(k.clone()));
             }
-            if e.fetched_at.elapsed() < REFETCH_MIN {
+            if e.fetched_at.elapsed() < self.refetch_min() {
                 return Ok(e.keys.get(kid).cloned());
             }
         }

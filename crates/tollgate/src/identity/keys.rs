@@ -399,11 +399,20 @@ impl KeyRing {
     }
 
     /// Makes sure a signing key exists (first start) and loads it. Called when the app starts.
+    /// Never fatal: an instance that cannot decrypt the current key (another instance's
+    /// `signing.key`, a changed `signing_key_secret`) still verifies tokens with the published
+    /// public keys, logs the problem loudly, and answers `server_error` when asked to issue one.
     pub async fn ensure(&self, store: &Store, cfg: &Config) -> anyhow::Result<()> {
-        self.signer(store, cfg)
-            .await
-            .map(|_| ())
-            .map_err(|e| anyhow::anyhow!("signing keys: {}", e.message))
+        if let Err(e) = self.signer(store, cfg).await {
+            tracing::error!(
+                error = %e.message,
+                "cannot load the platform signing key: this instance verifies tokens but cannot \
+                 issue them; configure the same auth.signing_key_secret on every instance, or \
+                 run `tollgate signing-keys rotate`"
+            );
+        }
+        self.reload_verifiers(store.pool()).await?;
+        Ok(())
     }
 
     /// The current signing key (generated if the store has none).

@@ -509,27 +509,26 @@ async fn audit_failure(
     reason: &str,
     meta: &RequestMeta,
 ) -> Result<(), StoreError> {
-    let mut tx = state.store.begin().await?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            authz.client.tenant_id.clone(),
-            Actor {
-                kind: if user_id.is_some() {
-                    "user"
-                } else {
-                    "anonymous"
-                },
-                id: user_id.clone(),
+    let mut ev = AuditEvent::new(
+        authz.client.tenant_id.clone(),
+        Actor {
+            kind: if user_id.is_some() {
+                "user"
+            } else {
+                "anonymous"
             },
-            "auth.login_failed",
-            meta,
-        )
-        .target("user", user_id.unwrap_or_default())
-        .outcome("failure")
-        .details(json!({"email": email, "reason": reason, "client_id": authz.client.id})),
+            id: user_id.clone(),
+        },
+        "auth.login_failed",
+        meta,
     )
-    .await?;
+    .outcome("failure")
+    .details(json!({"email": email, "reason": reason, "client_id": authz.client.id}));
+    if let Some(u) = user_id {
+        ev = ev.target("user", u);
+    }
+    let mut tx = state.store.begin().await?;
+    append(&mut tx, ev).await?;
     tx.commit().await?;
     Ok(())
 }

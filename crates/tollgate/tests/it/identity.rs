@@ -25,6 +25,7 @@ store_tests!(
     logout_revoke_and_introspect,
     permissions_follow_current_roles,
     signing_key_rotation_keeps_old_tokens_valid,
+    tokens_verify_and_revoke_across_instances,
     external_idp_tokens,
     signup_verify_and_reset_through_the_outbox
 );
@@ -851,6 +852,45 @@ async fn es256_with_a_configured_secret() {
     assert_eq!(d["id_token_signing_alg_values_supported"], json!(["ES256"]));
 }
 
+/// A second gateway instance on the same store verifies platform tokens with the published
+/// public keys, and a logout on the first instance reaches it through the invalidation log.
+async fn tokens_verify_and_revoke_across_instances(app: TestApp) {
+    set_owner_password(&app).await;
+    let client_id = public_client(&app).await;
+    let t = login(&app, &client_id, OWNER_EMAIL, PASSWORD).await;
+    let access = t["access_token"].as_str().unwrap().to_string();
+    let other = app.second_instance().await;
+    assert_eq!(other.get("/v1/me", &access).await.status(), StatusCode::OK);
+    let jwks1: Value = app
+        .get("/.well-known/jwks.json", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jwks2: Value = other
+        .get("/.well-known/jwks.json", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks1, jwks2);
+    let res = app
+        .req(reqwest::Method::POST, "/v1/auth/logout", &access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let revoked = eventually(std::time::Duration::from_secs(2), || async {
+        other.get("/v1/me", &access).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        revoked,
+        "the second instance rejects the logged-out token within 2 s"
+    );
+    other.shutdown().await;
+}
+
 /// A JWKS server on a real socket, counting fetches.
 async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new().route(
@@ -945,6 +985,35 @@ async fn external_idp_tokens(app: TestApp) {
         hits.load(Ordering::SeqCst),
         1,
         "at most one refetch per minute"
+    );
+    // Once the refetch interval has passed, the unknown kid triggers one refetch (shortened here
+    // so the test need not wait a minute), and another unknown kid right after triggers none.
+    app.state
+        .auth
+        .identity
+        .external
+        .set_refetch_min(std::time::Duration::from_millis(200));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let me: Value = app.get("/v1/me", &t2).await.json().await.unwrap();
+    assert_eq!(me["user_id"], app.owner_id, "{me}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let t3 = sign_rs256(&k2, "k3", &claims(OWNER_EMAIL));
+    expect_error(
+        app.get("/v1/me", &t3).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
+    expect_error(
+        app.get("/v1/me", &t3).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID",
+    )
+    .await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "no second refetch within the interval"
     );
     // Wrong audience, wrong signature, alg confusion with the IdP's public key.
     let mut wrong = claims(OWNER_EMAIL);
