@@ -1129,6 +1129,81 @@ mod tests {
         assert!(!valid_verifier(&format!("{}!", "a".repeat(43))));
     }
 
+    fn code_row(challenge: Option<&str>, expires_at: i64) -> AuthCode {
+        AuthCode {
+            code_hash: "h".into(),
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            user_id: "u".into(),
+            redirect_uri: "https://app.example/cb".into(),
+            code_challenge: challenge.map(str::to_string),
+            scope: String::new(),
+            created_at: 0,
+            expires_at,
+            used_at: None,
+            family_id: None,
+        }
+    }
+
+    fn client(confidential: bool) -> OAuthClient {
+        OAuthClient {
+            id: "c".into(),
+            tenant_id: "t".into(),
+            name: "n".into(),
+            redirect_uris: vec![],
+            confidential,
+            secret_hash: None,
+            roles: vec![],
+            created_at: 0,
+            created_by: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn code_checks() {
+        let v = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let ch = Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        let cb = Some("https://app.example/cb");
+        let now = 1_000_000;
+        let public = client(false);
+        // Good.
+        assert!(check_code(&code_row(ch, now + 1), Some(v), cb, &public, now).is_ok());
+        // Expired (a code lives CODE_TTL_MS).
+        let e = check_code(&code_row(ch, now), Some(v), cb, &public, now).unwrap_err();
+        assert!(e.description.contains("expired"));
+        // redirect_uri must match exactly.
+        assert!(
+            check_code(
+                &code_row(ch, now + 1),
+                Some(v),
+                Some("https://app.example/cb/"),
+                &public,
+                now
+            )
+            .is_err()
+        );
+        assert!(check_code(&code_row(ch, now + 1), Some(v), None, &public, now).is_err());
+        // PKCE: missing, wrong, malformed verifier; a verifier without a stored challenge.
+        assert!(check_code(&code_row(ch, now + 1), None, cb, &public, now).is_err());
+        assert!(
+            check_code(
+                &code_row(ch, now + 1),
+                Some(&v.replace('d', "e")),
+                cb,
+                &public,
+                now
+            )
+            .is_err()
+        );
+        assert!(check_code(&code_row(ch, now + 1), Some("short"), cb, &public, now).is_err());
+        let e = check_code(&code_row(None, now + 1), Some(v), cb, &client(true), now).unwrap_err();
+        assert_eq!(e.error, "invalid_grant");
+        // No PKCE at all: only for confidential clients.
+        assert!(check_code(&code_row(None, now + 1), None, cb, &client(true), now).is_ok());
+        assert!(check_code(&code_row(None, now + 1), None, cb, &public, now).is_err());
+    }
+
     #[test]
     fn secret_bodies_do_not_debug_print() {
         let b = JsonTokenBody {

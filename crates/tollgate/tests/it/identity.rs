@@ -1231,3 +1231,83 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
 }
+
+/// A minimal SMTP server on a real socket that records the DATA of each message.
+async fn fake_smtp(messages: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let cmd = line.to_ascii_uppercase();
+                    if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                        w.write_all(b"250-fake\r\n250 8BITMIME\r\n").await.unwrap();
+                    } else if cmd.starts_with("DATA") {
+                        w.write_all(b"354 go ahead\r\n").await.unwrap();
+                        let mut data = String::new();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            if l == "." {
+                                break;
+                            }
+                            data.push_str(&l);
+                            data.push('\n');
+                        }
+                        messages.lock().unwrap().push(data);
+                        w.write_all(b"250 queued\r\n").await.unwrap();
+                    } else if cmd.starts_with("QUIT") {
+                        w.write_all(b"221 bye\r\n").await.unwrap();
+                        return;
+                    } else {
+                        w.write_all(b"250 OK\r\n").await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// With `email.smtp_url` set, the verification email goes over SMTP (and not to the outbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_email_over_smtp() {
+    let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = fake_smtp(messages.clone()).await;
+    let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(move |c| {
+        c.email.smtp_url = tollgate::config::Secret::new(format!("smtp://127.0.0.1:{port}"));
+    }))
+    .await
+    .unwrap();
+    let res = app
+        .post(
+            "/v1/auth/signup",
+            "",
+            json!({"email": "smtp.user@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let got = eventually(std::time::Duration::from_secs(5), || async {
+        !messages.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(got, "a message reached the SMTP server");
+    let msg = messages.lock().unwrap()[0]
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(msg.contains("To: smtp.user@example.com"), "{msg}");
+    let token = token_after(&msg, "verify-email?token=");
+    assert!(token.len() >= 40, "{msg}");
+    assert!(!app.state.config.data_dir.join("outbox").exists());
+    let res = app
+        .get(&format!("/v1/auth/verify-email?token={token}"), "")
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}

@@ -19,3 +19,4 @@ mod identity;
 mod oauth_flow;
 #[allow(dead_code)]
 mod oauth_support;
+mod vectors;
