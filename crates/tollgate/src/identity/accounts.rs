@@ -6,7 +6,7 @@
 //! single tenant (email verified, password reset) are recorded on every tenant chain the user
 //! belongs to.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -79,7 +79,7 @@ pub async fn signup(
         ));
     }
     let user = tenants::create_user(&mut tx, &email, &name, Some(hash), false).await?;
-    let mut tenant_name = format!("{email}'s workspace");
+    let mut tenant_name: String = format!("{email}'s workspace").chars().take(80).collect();
     if tenants::find_tenant_by_name(&mut tx, &tenant_name)
         .await?
         .is_some()
@@ -186,7 +186,6 @@ async fn audit_user_event(
     Ok(())
 }
 
-#[derive(Deserialize)]
 pub struct TokenQuery {
     pub token: String,
 }
@@ -209,8 +208,14 @@ pub async fn verify_email(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
+    let q = TokenQuery {
+        token: url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| ApiError::validation("token", "token is required"))?,
+    };
     let now = now_ms();
     let mut tx = state.store.begin().await?;
     let Some(user_id) =

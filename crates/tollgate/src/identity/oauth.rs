@@ -351,6 +351,23 @@ pub async fn grant_authorization_code(
             .await?
         {
             revoked = Some(fam.id);
+        } else {
+            append(
+                &mut tx,
+                AuditEvent::new(
+                    row.tenant_id.clone(),
+                    Actor {
+                        kind: "oauth_client",
+                        id: Some(client.id.clone()),
+                    },
+                    "auth.code_reused",
+                    meta,
+                )
+                .target("user", row.user_id.clone())
+                .outcome("failure")
+                .details(json!({"session_revoked": false})),
+            )
+            .await?;
         }
         tx.commit().await?;
         if let Some(fid) = revoked {
@@ -361,19 +378,36 @@ pub async fn grant_authorization_code(
         ));
     }
     // From here the code is spent whatever the outcome.
-    let failure = check_code(&row, verifier, redirect_uri, client, now);
-    if let Err(e) = failure {
-        tx.commit().await?;
-        return Err(e);
-    }
-    if tenants::get_member(&mut tx, &row.tenant_id, &row.user_id)
-        .await?
-        .is_none()
+    let mut failure = check_code(&row, verifier, redirect_uri, client, now).err();
+    if failure.is_none()
+        && tenants::get_member(&mut tx, &row.tenant_id, &row.user_id)
+            .await?
+            .is_none()
     {
-        tx.commit().await?;
-        return Err(OAuthError::invalid_grant(
+        failure = Some(OAuthError::invalid_grant(
             "The user is no longer a member of this tenant",
         ));
+    }
+    if let Some(e) = failure {
+        // The code is spent; the failed exchange (a PKCE mismatch may be an attack) is recorded.
+        append(
+            &mut tx,
+            AuditEvent::new(
+                row.tenant_id.clone(),
+                Actor {
+                    kind: "oauth_client",
+                    id: Some(client.id.clone()),
+                },
+                "auth.code_exchange_failed",
+                meta,
+            )
+            .target("user", row.user_id.clone())
+            .outcome("failure")
+            .details(json!({"reason": e.description})),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(e);
     }
     let fam = Family {
         id: new_id("ses"),
@@ -521,21 +555,38 @@ pub async fn grant_refresh_token(
             "The refresh token was already used; the session has been revoked",
         ));
     }
-    if rt.expires_at <= now {
-        tx.commit().await?;
-        return Err(OAuthError::invalid_grant("The refresh token expired"));
-    }
-    if fam_client.revoked_at.is_some() {
-        return Err(OAuthError::invalid_grant("The client was revoked"));
-    }
-    if tenants::get_member(&mut tx, &fam.tenant_id, &fam.user_id)
+    let failure = if rt.expires_at <= now {
+        Some("The refresh token expired")
+    } else if fam_client.revoked_at.is_some() {
+        Some("The client was revoked")
+    } else if tenants::get_member(&mut tx, &fam.tenant_id, &fam.user_id)
         .await?
         .is_none()
     {
+        Some("The user is no longer a member of this tenant")
+    } else {
+        None
+    };
+    if let Some(reason) = failure {
+        // The token is spent; record why the refresh failed.
+        append(
+            &mut tx,
+            AuditEvent::new(
+                fam.tenant_id.clone(),
+                Actor {
+                    kind: "user",
+                    id: Some(fam.user_id.clone()),
+                },
+                "auth.refresh_failed",
+                meta,
+            )
+            .target("session", fam.id.clone())
+            .outcome("failure")
+            .details(json!({"reason": reason})),
+        )
+        .await?;
         tx.commit().await?;
-        return Err(OAuthError::invalid_grant(
-            "The user is no longer a member of this tenant",
-        ));
+        return Err(OAuthError::invalid_grant(reason));
     }
     let (refresh, rec) = new_refresh(&fam.id, state.config.auth.refresh_token_ttl_seconds);
     idstore::insert_refresh(&mut tx, &rec).await?;
@@ -1010,7 +1061,7 @@ pub async fn jwks(State(state): State<AppState>) -> ApiResult<Response> {
     let mut res = axum::Json(doc).into_response();
     res.headers_mut().insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
+        HeaderValue::from_static("public, max-age=60"),
     );
     Ok(res)
 }

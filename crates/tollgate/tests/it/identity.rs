@@ -397,6 +397,14 @@ async fn pkce_rules(app: TestApp) {
         "invalid_grant",
     )
     .await;
+    let failed: Vec<_> = audit_events(&app, &app.tenant_id)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "auth.code_exchange_failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "each failed exchange is audited");
+    let events = audit_events(&app, &app.tenant_id).await;
+    assert!(events.iter().any(|e| e.action == "auth.code_reused"));
     // Codes are single-use: a replay fails and revokes what the first exchange produced.
     let code = login_code(
         &app,
@@ -1140,6 +1148,8 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert!(res.text().await.unwrap().contains("verify your email"));
 
+    let res = app.get("/v1/auth/verify-email", "").await;
+    expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
     // Verify (the link is single-use).
     let res = app
         .get(&format!("/v1/auth/verify-email?token={token}"), "")
