@@ -51,6 +51,7 @@ fn invalid_grant<RE: std::error::Error + 'static>(
 
 store_tests!(
     code_pkce_refresh_and_reuse_lockout,
+    reuse_cuts_a_live_stream,
     service_account_chats_for_an_end_user,
     init_password_stdin_then_login
 );
@@ -205,6 +206,14 @@ async fn service_account_chats_for_an_end_user(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    // The gateway's token is never forwarded upstream; the provider sees its own key.
+    let recorded = app.upstream.requests();
+    let last = recorded.last().unwrap();
+    assert_eq!(
+        last.header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    assert!(!format!("{:?}", recorded).contains(&token));
 
     // The service account has the developer role's permissions, whatever end-user id it sends.
     let me: Value = app
@@ -385,4 +394,49 @@ async fn init_password_stdin_then_login(app: TestApp) {
     assert_eq!(me["user_id"], app.owner_id);
     assert_eq!(me["platform_admin"], true);
     let _ = json!({});
+}
+
+/// Replaying a spent refresh token revokes the family *and cuts its in-flight requests*: a
+/// streaming chat using the family's access token ends with an SSE error, and the upstream call
+/// is cancelled.
+async fn reuse_cuts_a_live_stream(app: TestApp) {
+    set_owner_password(&app).await;
+    let client_id = public_client(&app).await;
+    let t = login(&app, &client_id, OWNER_EMAIL, PASSWORD).await;
+    let access = t["access_token"].as_str().unwrap().to_string();
+    let rt1 = t["refresh_token"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let mut res = app
+        .chat(
+            &access,
+            json!({"model": "fake-model", "stream": true, "messages": [{"role": "user", "content": "Hi"}],
+                "fake": {"chunks": 200, "chunk_delay_ms": 20}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // Rotate once, then replay the spent token.
+    let r = app
+        .post("/v1/auth/refresh", "", json!({"refresh_token": rt1}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .post("/v1/auth/refresh", "", json!({"refresh_token": rt1}))
+        .await;
+    expect_oauth_error(r, StatusCode::BAD_REQUEST, "invalid_grant").await;
+    let mut rest = String::new();
+    while let Some(c) = res.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(rest.contains("AUTH_REVOKED"), "{rest}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the stream was cut early"
+    );
+    assert!(
+        app.upstream
+            .wait_cancelled(1, std::time::Duration::from_secs(5))
+            .await
+    );
 }
