@@ -13,26 +13,24 @@ use super::{AuthLevel, Permission, Principal, failure_reason};
 use crate::app::AppState;
 use crate::error::ApiError;
 
+type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
 /// Builds the guard layer for one route.
+// The layer type names the closure type; there is no simpler spelling that keeps it nameable.
 #[allow(clippy::type_complexity)]
 pub fn guard(
     state: &AppState,
     level: AuthLevel,
     permission: Option<Permission>,
 ) -> axum::middleware::FromFnLayer<
-    impl Fn(State<AppState>, Request, Next) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
-    + Clone
-    + Send
-    + Sync
-    + 'static,
+    impl Fn(State<AppState>, Request, Next) -> BoxedResponse + Clone + Send + Sync + 'static,
     AppState,
     (State<AppState>, Request),
 > {
     from_fn_with_state(
         state.clone(),
         move |State(state): State<AppState>, req: Request, next: Next| {
-            Box::pin(async move { run(state, level, permission, req, next).await })
-                as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
+            Box::pin(async move { run(state, level, permission, req, next).await }) as BoxedResponse
         },
     )
 }

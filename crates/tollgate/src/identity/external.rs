@@ -268,19 +268,15 @@ pub async fn verify(auth: &Auth, token: &str, issuer: &str) -> Result<Principal,
             }
             continue;
         }
-        return Ok(Principal {
-            tenant_id: reg.tenant_id.as_str().into(),
-            user_id: user_id.clone(),
-            subscription_id: None,
-            credential_type: CredentialType::ExternalJwt,
-            credential_id: Some(subject.clone()),
+        return Ok(crate::identity::principal(
+            reg.tenant_id.as_str().into(),
+            user_id.clone(),
+            CredentialType::ExternalJwt,
+            Some(subject.clone()),
             permissions,
             platform_admin,
-            rate_limit: None,
-            allowed_models: None,
-            binding: None,
             live,
-        });
+        ));
     }
 }
 

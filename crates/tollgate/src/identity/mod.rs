@@ -96,6 +96,32 @@ impl IdentityState {
     }
 }
 
+/// The one place the identity service builds a [`Principal`] (platform and external JWTs).
+/// JWT principals carry no per-key rate limit, model list or binding.
+pub(crate) fn principal(
+    tenant_id: std::sync::Arc<str>,
+    user_id: Option<std::sync::Arc<str>>,
+    credential_type: crate::auth::CredentialType,
+    credential_id: Option<std::sync::Arc<str>>,
+    permissions: crate::auth::PermSet,
+    platform_admin: bool,
+    live: crate::auth::revocation::LiveGuard,
+) -> Principal {
+    Principal {
+        tenant_id,
+        user_id,
+        subscription_id: None,
+        credential_type,
+        credential_id,
+        permissions,
+        platform_admin,
+        rate_limit: None,
+        allowed_models: None,
+        binding: None,
+        live,
+    }
+}
+
 /// Verifies a platform JWT (issued by this gateway).
 pub async fn verify_platform_jwt(
     auth: &crate::auth::Auth,

@@ -275,19 +275,15 @@ pub async fn verify_platform(auth: &Auth, token: &str) -> Result<Principal, ApiE
             continue;
         }
         let credential_id = entry.sid.clone().or_else(|| Some(entry.client_id.clone()));
-        return Ok(Principal {
-            tenant_id: entry.tenant_id.clone(),
-            user_id: entry.user_id.clone(),
-            subscription_id: None,
-            credential_type: CredentialType::PlatformJwt,
+        return Ok(crate::identity::principal(
+            entry.tenant_id.clone(),
+            entry.user_id.clone(),
+            CredentialType::PlatformJwt,
             credential_id,
-            permissions: entry.permissions,
-            platform_admin: entry.platform_admin,
-            rate_limit: None,
-            allowed_models: None,
-            binding: None,
+            entry.permissions,
+            entry.platform_admin,
             live,
-        });
+        ));
     }
 }
 
