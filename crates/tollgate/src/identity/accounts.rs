@@ -48,6 +48,23 @@ fn new_email_token() -> String {
     random_base62(43)
 }
 
+/// Requests that send an email are limited per target address and per client address (the same
+/// windows as failed logins), so the gateway cannot be used to flood a mailbox.
+fn email_quota(state: &AppState, email: &str, meta: &RequestMeta) -> ApiResult<()> {
+    let ip = meta.ip.as_deref().unwrap_or("unknown");
+    let t = &state.auth.identity.email_throttle;
+    if let Err(wait) = t.check(email, ip) {
+        let mut e = ApiError::new(
+            crate::error::ErrorCode::RateLimited,
+            "Too many emails requested; try again later",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    t.fail(email, ip);
+    Ok(())
+}
+
 /// `POST /v1/auth/signup`: an unverified user, a personal tenant they own, a verification email.
 pub async fn signup(
     State(state): State<AppState>,
@@ -60,6 +77,8 @@ pub async fn signup(
         ));
     }
     let email = crate::api::users::validate_email(&body.email)?;
+    crate::passwords::validate(&body.password)?;
+    email_quota(&state, &email, &meta)?;
     let hash = crate::passwords::hash(&body.password).await?;
     let name = body
         .name
@@ -259,6 +278,7 @@ pub async fn password_reset(
     let Ok(email) = crate::api::users::validate_email(&body.email) else {
         return Ok(accepted());
     };
+    email_quota(&state, &email, &meta)?;
     let token = new_email_token();
     let mut tx = state.store.begin().await?;
     let Some(user) = tenants::find_user_by_email(&mut tx, &email).await? else {

@@ -41,6 +41,8 @@ pub struct IdentityState {
     pub tokens: tokens::TokenCache,
     pub external: external::JwksCache,
     pub throttle: throttle::LoginThrottle,
+    /// Sign-ups and password-reset requests (each sends an email) per address and per client.
+    pub email_throttle: throttle::LoginThrottle,
     mailer: OnceLock<email::Mailer>,
     dummy_hash: tokio::sync::OnceCell<String>,
     last_prune: AtomicI64,

@@ -1240,6 +1240,19 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         )
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
+    // Emails are rate limited per address: past 5 requests for one address in the window (so far
+    // 2 sign-ups and 1 reset) the next is refused, whether or not the address exists.
+    for _ in 0..2 {
+        let res = app
+            .post("/v1/auth/password-reset", "", json!({"email": email}))
+            .await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+    let res = app
+        .post("/v1/auth/password-reset", "", json!({"email": email}))
+        .await;
+    assert!(res.headers().contains_key(reqwest::header::RETRY_AFTER));
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
 }
 
 /// A minimal SMTP server on a real socket that records the DATA of each message.
