@@ -168,7 +168,7 @@ fn see_other(location: &str) -> Response {
     res
 }
 
-fn error_response(e: AuthzError) -> Response {
+fn error_response(app: &AppState, e: AuthzError) -> Response {
     match e {
         AuthzError::Page(status, msg) => {
             html(status, &page_html("Cannot sign in", None, Some(&msg), None))
@@ -177,15 +177,17 @@ fn error_response(e: AuthzError) -> Response {
             redirect_uri,
             error,
             description,
-            state,
+            state: st,
         } => {
             let mut p = vec![
                 ("error", error),
                 ("error_description", description.as_str()),
             ];
-            if let Some(s) = &state {
+            if let Some(s) = &st {
                 p.push(("state", s.as_str()));
             }
+            // RFC 9207: the issuer, so a client talking to several servers can tell them apart.
+            p.push(("iss", app.config.public_url.as_str()));
             see_other(&with_params(&redirect_uri, &p))
         }
     }
@@ -328,7 +330,7 @@ fn login_page(
 pub async fn show(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
     match validate(&state, uri.query()).await {
         Ok(req) => login_page(&state, &req, uri.query(), StatusCode::OK, None, ""),
-        Err(e) => error_response(e),
+        Err(e) => error_response(&state, e),
     }
 }
 
@@ -344,7 +346,7 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
         .unwrap_or_else(|| "unknown".into());
     let authz = match validate(&state, query.as_deref()).await {
         Ok(r) => r,
-        Err(e) => return error_response(e),
+        Err(e) => return error_response(&state, e),
     };
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return html(
@@ -393,6 +395,7 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
                     if let Some(s) = &authz.state {
                         p.push(("state", s.as_str()));
                     }
+                    p.push(("iss", state.config.public_url.as_str()));
                     see_other(&with_params(&authz.redirect_uri, &p))
                 }
                 Err(e) => {

@@ -1050,7 +1050,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [alg],
         "access_token_signing_alg_values_supported": [alg],
-        "authorization_response_iss_parameter_supported": false,
+        "authorization_response_iss_parameter_supported": true,
     }))
     .into_response()
 }

@@ -77,6 +77,7 @@ async fn code_pkce_refresh_and_reuse_lockout(app: TestApp) {
     let (base, params) = location_params(&res);
     assert_eq!(base, REDIRECT);
     assert_eq!(params["state"], *csrf.secret(), "state round-trips");
+    assert_eq!(params["iss"], app.state.config.public_url, "RFC 9207 iss");
     let code = params["code"].clone();
 
     // The library exchanges the code with its PKCE verifier.
