@@ -65,22 +65,22 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    pub access_token_ttl_seconds: u64,
-    pub refresh_token_ttl_seconds: u64,
-    pub open_signup: bool,
     /// Platform JWT algorithm: `RS256` (default) or `ES256`.
     pub signing_alg: String,
     /// Encrypts the stored signing keys (any string; 32 random bytes, base64, recommended). Unset:
     /// a random key kept in `<data_dir>/signing.key` (mode 0600). Env `TOLLGATE_SIGNING_KEY_SECRET`.
     pub signing_key_secret: Option<Secret>,
+    pub access_token_ttl_seconds: u64,
+    pub refresh_token_ttl_seconds: u64,
+    pub open_signup: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmailConfig {
     pub smtp_url: Secret,
-    /// Sender address of verification and password-reset emails.
-    pub from: String,
+    /// Sender of verification and password-reset emails (default `Tollgate <no-reply@tollgate.local>`).
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -153,15 +153,6 @@ impl Default for AuthConfig {
             open_signup: true,
             signing_alg: "RS256".into(),
             signing_key_secret: None,
-        }
-    }
-}
-
-impl Default for EmailConfig {
-    fn default() -> Self {
-        Self {
-            smtp_url: Secret::default(),
-            from: "Tollgate <no-reply@tollgate.local>".into(),
         }
     }
 }

@@ -11,6 +11,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use crate::config::Config;
 use crate::error::ApiError;
 
+pub const DEFAULT_FROM: &str = "Tollgate <no-reply@tollgate.local>";
+
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
     Outbox(PathBuf),
@@ -41,6 +43,8 @@ impl Mailer {
         let from: Mailbox = cfg
             .email
             .from
+            .as_deref()
+            .unwrap_or(DEFAULT_FROM)
             .parse()
             .map_err(|e| anyhow::anyhow!("email.from is not an address: {e}"))?;
         let transport = if cfg.email.smtp_url.is_empty() {
