@@ -220,21 +220,24 @@ pub async fn verify(auth: &Auth, token: &str, issuer: &str) -> Result<Principal,
         )));
     };
     let pool = auth.store().pool();
-    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
-    let member = if reg.claim == "email" {
-        match tenants::find_user_by_email(&mut conn, who).await? {
-            Some(u) => tenants::resolve_permissions(pool, &reg.tenant_id, &u.id)
-                .await?
-                .map(|p| (u, p)),
-            None => None,
-        }
+    // One connection at a time: never hold one while waiting for another from the pool.
+    let user = if reg.claim == "email" {
+        let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+        tenants::find_user_by_email(&mut conn, who).await?
     } else {
         None
+    };
+    let member = match user {
+        Some(u) => tenants::resolve_permissions(pool, &reg.tenant_id, &u.id)
+            .await?
+            .map(|p| (u, p)),
+        None => None,
     };
     let (user_id, permissions, platform_admin) = match member {
         Some((u, p)) => (Some(Arc::<str>::from(u.id.as_str())), p, u.platform_admin),
         None => match &reg.default_role {
             Some(role) => {
+                let mut conn = pool.acquire().await.map_err(StoreError::from)?;
                 let p = crate::identity::tokens::role_permissions(
                     &mut conn,
                     &reg.tenant_id,
@@ -250,7 +253,6 @@ pub async fn verify(auth: &Auth, token: &str, issuer: &str) -> Result<Principal,
             }
         },
     };
-    drop(conn);
     let subject: Arc<str> = format!("{}:{who}", reg.id).into();
     loop {
         let epoch = auth.epoch();

@@ -424,11 +424,13 @@ impl KeyRing {
             return Ok(s.clone());
         }
         let kek = self.kek(cfg)?;
-        let mut conn = store.pool().acquire().await.map_err(StoreError::from)?;
-        let signer = match idstore::current_signing_key(&mut conn).await? {
+        let current = {
+            let mut conn = store.pool().acquire().await.map_err(StoreError::from)?;
+            idstore::current_signing_key(&mut conn).await?
+        };
+        let signer = match current {
             Some(row) => Arc::new(open_row(&row, kek).map_err(ApiError::internal)?),
             None => {
-                drop(conn);
                 let alg = SigAlg::parse(&cfg.auth.signing_alg).unwrap_or(SigAlg::Rs256);
                 Arc::new(create_key(store, kek, alg, Actor::system(), None).await?)
             }

@@ -339,7 +339,7 @@ pub async fn grant_authorization_code(
         // RFC 6749 §4.1.2: a replayed code revokes what it produced.
         let mut revoked = None;
         if let Some(fid) = &row.family_id
-            && let Some(fam) = idstore::get_family(state.store.pool(), fid).await?
+            && let Some(fam) = idstore::get_family(&mut *tx, fid).await?
             && revoke_family_tx(
                 &mut tx,
                 &fam,
@@ -524,7 +524,7 @@ pub async fn grant_refresh_token(
         }
         Some(c) => c.clone(),
         None => {
-            let c = idstore::find_client(state.store.pool(), &fam.client_id)
+            let c = idstore::find_client(&mut *tx, &fam.client_id)
                 .await?
                 .ok_or_else(|| OAuthError::invalid_grant("The token's client is gone"))?;
             if c.confidential {

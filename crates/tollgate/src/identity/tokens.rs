@@ -205,7 +205,7 @@ async fn load(auth: &Auth, c: &AccessClaims, epoch: u64) -> Result<Arc<Cached>, 
     if client.revoked_at.is_some() {
         return Err(revoked("The token's OAuth client was revoked"));
     }
-    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    // One connection at a time: never hold one while waiting for another from the pool.
     let (user_id, perms, platform_admin) = match &c.sid {
         Some(sid) => {
             let fam = idstore::get_family(pool, sid)
@@ -220,6 +220,7 @@ async fn load(auth: &Auth, c: &AccessClaims, epoch: u64) -> Result<Arc<Cached>, 
             let perms = tenants::resolve_permissions(pool, &c.tid, &c.sub)
                 .await?
                 .ok_or_else(|| revoked("The user is no longer a member of this tenant"))?;
+            let mut conn = pool.acquire().await.map_err(StoreError::from)?;
             let admin = tenants::get_user(&mut conn, &c.sub)
                 .await?
                 .is_some_and(|u| u.platform_admin);
@@ -231,6 +232,7 @@ async fn load(auth: &Auth, c: &AccessClaims, epoch: u64) -> Result<Arc<Cached>, 
                     "The token's subject is not its client",
                 ));
             }
+            let mut conn = pool.acquire().await.map_err(StoreError::from)?;
             let perms = role_permissions(&mut conn, &c.tid, &client.roles).await?;
             (None, perms, false)
         }

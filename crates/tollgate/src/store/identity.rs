@@ -182,12 +182,16 @@ pub async fn insert_client(conn: &mut Conn, c: &OAuthClient) -> StoreResult<()> 
     Ok(())
 }
 
-/// A client by id, in any tenant (the token endpoint learns the tenant from the client).
-pub async fn find_client(pool: &AnyPool, id: &str) -> StoreResult<Option<OAuthClient>> {
+/// A client by id, in any tenant (the token endpoint learns the tenant from the client). Takes
+/// the pool or a connection (inside a transaction, so no second connection is needed).
+pub async fn find_client<'e, E>(ex: E, id: &str) -> StoreResult<Option<OAuthClient>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let sql = format!("SELECT {CLIENT_COLS} FROM oauth_clients WHERE id = $1");
     let r = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id.to_string())
-        .fetch_optional(pool)
+        .fetch_optional(ex)
         .await?;
     Ok(r.as_ref().map(client_row).transpose()?)
 }
@@ -365,12 +369,16 @@ pub async fn insert_family(conn: &mut Conn, f: &Family) -> StoreResult<()> {
     Ok(())
 }
 
-pub async fn get_family(pool: &AnyPool, id: &str) -> StoreResult<Option<Family>> {
+/// A family by id; takes the pool or a connection.
+pub async fn get_family<'e, E>(ex: E, id: &str) -> StoreResult<Option<Family>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let r = sqlx::query(
         "SELECT id, tenant_id, user_id, client_id, scope, created_at, revoked_at FROM token_families WHERE id = $1",
     )
     .bind(id.to_string())
-    .fetch_optional(pool)
+    .fetch_optional(ex)
     .await?;
     Ok(r.as_ref().map(family_row).transpose()?)
 }
