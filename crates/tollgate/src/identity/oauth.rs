@@ -224,6 +224,7 @@ pub async fn authenticate_client(
     state: &AppState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
+    meta: &RequestMeta,
 ) -> OAuthResult<OAuthClient> {
     let basic = basic_credentials(headers)?;
     let used_basic = basic.is_some();
@@ -260,6 +261,24 @@ pub async fn authenticate_client(
     match (&client.secret_hash, secret.filter(|s| !s.is_empty())) {
         (Some(hash), Some(secret)) => {
             if !bool::from(secret_hash(&secret).as_bytes().ct_eq(hash.as_bytes())) {
+                // A wrong secret for a real service account is a failed login: audited.
+                let mut tx = state.store.begin().await?;
+                append(
+                    &mut tx,
+                    AuditEvent::new(
+                        client.tenant_id.clone(),
+                        Actor {
+                            kind: "anonymous",
+                            id: None,
+                        },
+                        "auth.client_auth_failed",
+                        meta,
+                    )
+                    .target("oauth_client", client.id.clone())
+                    .outcome("failure"),
+                )
+                .await?;
+                tx.commit().await?;
                 return Err(fail("Client authentication failed"));
             }
         }
@@ -695,7 +714,7 @@ pub async fn token(
         .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
     match grant_type.as_str() {
         "authorization_code" => {
-            let client = authenticate_client(&state, &headers, &form).await?;
+            let client = authenticate_client(&state, &headers, &form, &meta).await?;
             let code = form
                 .get("code")
                 .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
@@ -710,14 +729,14 @@ pub async fn token(
             .await
         }
         "refresh_token" => {
-            let client = authenticate_client(&state, &headers, &form).await?;
+            let client = authenticate_client(&state, &headers, &form, &meta).await?;
             let rt = form
                 .get("refresh_token")
                 .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
             grant_refresh_token(&state, Some(&client), rt, &meta).await
         }
         "client_credentials" => {
-            let client = authenticate_client(&state, &headers, &form).await?;
+            let client = authenticate_client(&state, &headers, &form, &meta).await?;
             grant_client_credentials(
                 &state,
                 &client,
@@ -758,7 +777,7 @@ pub async fn json_token(
     if let Some(s) = &body.client_secret {
         form.insert("client_secret".to_string(), s.clone());
     }
-    let client = authenticate_client(&state, &headers, &form).await?;
+    let client = authenticate_client(&state, &headers, &form, &meta).await?;
     grant_authorization_code(
         &state,
         &client,
@@ -906,7 +925,7 @@ pub async fn revoke(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = parse_form(&headers, &body)?;
-    let client = authenticate_client(&state, &headers, &form).await?;
+    let client = authenticate_client(&state, &headers, &form, &meta).await?;
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
@@ -972,11 +991,12 @@ pub async fn revoke(
 /// of their own tenant; anything else is `{"active": false}`.
 pub async fn introspect(
     State(state): State<AppState>,
+    Meta(meta): Meta,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = parse_form(&headers, &body)?;
-    let client = authenticate_client(&state, &headers, &form).await?;
+    let client = authenticate_client(&state, &headers, &form, &meta).await?;
     if !client.confidential {
         return Err(OAuthError::invalid_client(
             "Only confidential clients may introspect tokens",

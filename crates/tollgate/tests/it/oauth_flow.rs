@@ -286,6 +286,12 @@ async fn service_account_chats_for_an_end_user(app: TestApp) {
             .unwrap()
             .starts_with("Basic")
     );
+    assert!(
+        audit_events(&app, &app.tenant_id)
+            .await
+            .iter()
+            .any(|e| e.action == "auth.client_auth_failed" && e.target["id"] == id.as_str())
+    );
     let public = public_client(&app).await;
     let res = form_post(
         &app,
