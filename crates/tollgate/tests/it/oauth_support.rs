@@ -137,13 +137,22 @@ pub async fn open_login_page(app: &TestApp, url: &str) -> LoginForm {
             .unwrap()
             .starts_with("text/html")
     );
-    let cookie = res.headers()[reqwest::header::SET_COOKIE]
+    let set_cookie = res.headers()[reqwest::header::SET_COOKIE]
         .to_str()
         .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
         .to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
     let html = res.text().await.unwrap();
     assert!(html.contains("name=\"email\"") && html.contains("name=\"password\""));
     let csrf = between(&html, "name=\"csrf_token\" value=\"", "\"")
