@@ -106,6 +106,22 @@ pub async fn retire_signing_keys(
     Ok(kids.into_iter().map(|k| k.0).collect())
 }
 
+/// Sets the JWKS expiry of every retired key but `keep` (operators shortening an overlap; tests).
+pub async fn expire_retired_signing_keys(
+    conn: &mut Conn,
+    keep: &str,
+    expires_at: i64,
+) -> StoreResult<u64> {
+    let r = sqlx::query(
+        "UPDATE signing_keys SET expires_at = $2 WHERE retired_at IS NOT NULL AND kid <> $1",
+    )
+    .bind(keep.to_string())
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 // ---- OAuth clients ---------------------------------------------------------------------------
 
 /// A registered OAuth client. `secret_hash` (SHA-256 hex) is never returned by the API.

@@ -814,6 +814,34 @@ async fn signing_key_rotation_keeps_old_tokens_valid(app: TestApp) {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     assert!(!listed.contains("private"));
+
+    // When the overlap has passed (simulated: the retired keys' expiry moved to the past), the
+    // retired keys leave the JWKS; the current one stays.
+    let mut tx = app.state.store.begin().await.unwrap();
+    let now = tollgate::util::now_ms();
+    expire_retired_keys(&mut tx, &cli_kid, now).await;
+    tx.commit().await.unwrap();
+    let jwks: Value = app
+        .get("/.well-known/jwks.json", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, vec![cli_kid.as_str()]);
+}
+
+/// Moves the expiry of every retired key (all but `keep`) to just before `now`, through the
+/// store's own rotation function.
+async fn expire_retired_keys(tx: &mut tollgate::store::Tx, keep: &str, now: i64) {
+    tollgate::store::identity::expire_retired_signing_keys(tx, keep, now - 1)
+        .await
+        .unwrap();
 }
 
 /// ES256 selected in the configuration, and the key-encryption key taken from the configured
