@@ -98,6 +98,8 @@ CREATE TABLE external_issuers (
     audience TEXT NOT NULL,
     claim TEXT NOT NULL,
     default_role TEXT,
+    -- The registering admin's permissions: an external token never gets more (no escalation).
+    max_permissions TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     UNIQUE (issuer, audience)
 );

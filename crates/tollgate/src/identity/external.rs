@@ -5,7 +5,9 @@
 //!
 //! Mapping: with `claim = "email"` the token's email is matched to a member of the tenant, whose
 //! current roles apply; otherwise (or when the email is not a member) the issuer's
-//! `default_role` applies, and without one the token is refused.
+//! `default_role` applies, and without one the token is refused. Whatever the mapping, an external
+//! token never does more than the admin who registered the issuer could (their permissions are
+//! stored as its ceiling), and never carries platform-owner powers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -233,8 +235,11 @@ pub async fn verify(auth: &Auth, token: &str, issuer: &str) -> Result<Principal,
             .map(|p| (u, p)),
         None => None,
     };
-    let (user_id, permissions, platform_admin) = match member {
-        Some((u, p)) => (Some(Arc::<str>::from(u.id.as_str())), p, u.platform_admin),
+    // Never more than the admin who registered the issuer holds, and never platform powers:
+    // whoever controls an IdP's keys must not be able to escalate through it.
+    let platform_admin = false;
+    let (user_id, permissions) = match member {
+        Some((u, p)) => (Some(Arc::<str>::from(u.id.as_str())), p),
         None => match &reg.default_role {
             Some(role) => {
                 let mut conn = pool.acquire().await.map_err(StoreError::from)?;
@@ -244,7 +249,7 @@ pub async fn verify(auth: &Auth, token: &str, issuer: &str) -> Result<Principal,
                     std::slice::from_ref(role),
                 )
                 .await?;
-                (None, p, false)
+                (None, p)
             }
             None => {
                 return Err(ApiError::auth_invalid(
@@ -253,6 +258,7 @@ pub async fn verify(auth: &Auth, token: &str, issuer: &str) -> Result<Principal,
             }
         },
     };
+    let permissions = permissions.intersect(reg.max_permissions);
     let subject: Arc<str> = format!("{}:{who}", reg.id).into();
     loop {
         let epoch = auth.epoch();
@@ -350,6 +356,7 @@ pub async fn create(
         audience: body.audience.trim().to_string(),
         claim,
         default_role,
+        max_permissions: caller.permissions,
         created_at: now_ms(),
     };
     idstore::insert_issuer(&mut tx, &reg).await?;

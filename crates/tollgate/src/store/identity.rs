@@ -635,6 +635,8 @@ pub struct ExternalIssuer {
     /// The claim naming the user: `email` (matched to a member's email) or `sub`.
     pub claim: String,
     pub default_role: Option<String>,
+    /// Ceiling on what its tokens may do: the registering admin's permissions.
+    pub max_permissions: crate::auth::PermSet,
     pub created_at: i64,
 }
 
@@ -643,13 +645,14 @@ impl ExternalIssuer {
         json!({
             "id": self.id, "object": "identity_provider", "issuer": self.issuer,
             "jwks_url": self.jwks_url, "audience": self.audience, "claim": self.claim,
-            "default_role": self.default_role, "created_at": rfc3339(self.created_at),
+            "default_role": self.default_role, "max_permissions": self.max_permissions,
+            "created_at": rfc3339(self.created_at),
         })
     }
 }
 
 const ISSUER_COLS: &str =
-    "id, tenant_id, issuer, jwks_url, audience, claim, default_role, created_at";
+    "id, tenant_id, issuer, jwks_url, audience, claim, default_role, max_permissions, created_at";
 
 fn issuer_row(r: &sqlx::any::AnyRow) -> Result<ExternalIssuer, sqlx::Error> {
     Ok(ExternalIssuer {
@@ -660,14 +663,22 @@ fn issuer_row(r: &sqlx::any::AnyRow) -> Result<ExternalIssuer, sqlx::Error> {
         audience: r.try_get("audience")?,
         claim: r.try_get("claim")?,
         default_role: r.try_get("default_role")?,
+        max_permissions: {
+            let names: Vec<String> =
+                super::json_col(r.try_get("max_permissions")?).unwrap_or_default();
+            names
+                .iter()
+                .filter_map(|n| crate::auth::PermSet::parse([n.as_str()]).ok())
+                .fold(crate::auth::PermSet::EMPTY, crate::auth::PermSet::union)
+        },
         created_at: r.try_get("created_at")?,
     })
 }
 
 pub async fn insert_issuer(conn: &mut Conn, i: &ExternalIssuer) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO external_issuers (id, tenant_id, issuer, jwks_url, audience, claim, default_role, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO external_issuers (id, tenant_id, issuer, jwks_url, audience, claim, default_role, max_permissions, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(i.id.clone())
     .bind(i.tenant_id.clone())
@@ -676,6 +687,7 @@ pub async fn insert_issuer(conn: &mut Conn, i: &ExternalIssuer) -> StoreResult<(
     .bind(i.audience.clone())
     .bind(i.claim.clone())
     .bind(i.default_role.clone())
+    .bind(json!(i.max_permissions).to_string())
     .bind(i.created_at)
     .execute(conn)
     .await

@@ -1076,6 +1076,56 @@ async fn external_idp_tokens(app: TestApp) {
     )
     .await;
 
+    // No escalation through an IdP: external tokens never carry platform-owner powers, and an
+    // issuer registered by a narrower admin caps what its tokens can do, even for the owner's email.
+    let me: Value = app
+        .get("/v1/me", &sign_rs256(&k1, "k1", &claims(OWNER_EMAIL)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["platform_admin"], false);
+    let res = app
+        .post(
+            "/v1/roles",
+            &app.owner_key,
+            json!({"name": "idp-admin", "permissions": ["tenant:admin", "models:read"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let (_, narrow_key) = app.add_user("idp.admin@example.com", &["idp-admin"]).await;
+    let res = app
+        .post(
+            "/v1/identity-providers",
+            &narrow_key,
+            json!({"issuer": issuer, "jwks_url": jwks_url, "audience": "narrow", "claim": "email"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let mut narrow_claims = claims(OWNER_EMAIL);
+    narrow_claims["aud"] = json!("narrow");
+    let me: Value = app
+        .get("/v1/me", &sign_rs256(&k1, "k1", &narrow_claims))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user_id"], app.owner_id);
+    assert_eq!(
+        me["permissions"],
+        json!(["models:read", "tenant:admin"]),
+        "{me}"
+    );
+    // A default role above the registering admin's permissions is refused.
+    let res = app
+        .post(
+            "/v1/identity-providers",
+            &narrow_key,
+            json!({"issuer": "https://other-idp.example.com", "jwks_url": jwks_url, "audience": "x", "default_role": "owner"}),
+        )
+        .await;
+    expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
+
     // Another tenant cannot delete it; deleting it makes its tokens invalid.
     let (_, other_key) = app.other_tenant("globex").await;
     let path = format!("/v1/identity-providers/{}", reg["id"].as_str().unwrap());
