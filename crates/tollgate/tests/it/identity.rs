@@ -1033,6 +1033,12 @@ async fn external_idp_tokens(app: TestApp) {
     let me: Value = app.get("/v1/me", &t2).await.json().await.unwrap();
     assert_eq!(me["user_id"], app.owner_id, "{me}");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Back to the one-minute interval: the next unknown kid right away refetches nothing.
+    app.state
+        .auth
+        .identity
+        .external
+        .set_refetch_min(tollgate::identity::external::REFETCH_MIN);
     let t3 = sign_rs256(&k2, "k3", &claims(OWNER_EMAIL));
     expect_error(
         app.get("/v1/me", &t3).await,

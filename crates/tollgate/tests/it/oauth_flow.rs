@@ -417,7 +417,7 @@ async fn reuse_cuts_a_live_stream(app: TestApp) {
         .chat(
             &access,
             json!({"model": "fake-model", "stream": true, "messages": [{"role": "user", "content": "Hi"}],
-                "fake": {"chunks": 200, "chunk_delay_ms": 20}}),
+                "fake": {"chunks": 500, "chunk_delay_ms": 20}}),
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -437,8 +437,9 @@ async fn reuse_cuts_a_live_stream(app: TestApp) {
         rest.push_str(&String::from_utf8_lossy(&c));
     }
     assert!(rest.contains("AUTH_REVOKED"), "{rest}");
+    // The stream would run 10 s; it was cut as soon as the family was revoked.
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(3),
+        started.elapsed() < std::time::Duration::from_secs(6),
         "the stream was cut early"
     );
     assert!(
