@@ -177,6 +177,12 @@ async fn code_pkce_refresh_and_reuse_lockout(app: TestApp) {
     ] {
         assert!(!all.contains(s));
     }
+    // Every chain, the platform chain included, still verifies.
+    let checked = tollgate::store::audit::verify(app.state.store.pool())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(checked > 5);
 }
 
 async fn service_account_chats_for_an_end_user(app: TestApp) {
