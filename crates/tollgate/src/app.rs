@@ -42,7 +42,15 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         let store = Store::connect(config.database_url.expose()).await?;
-        Self::with_store(config, store)
+        let state = Self::with_store(config, store)?;
+        // Platform JWT signing key: generated on first start, loaded otherwise.
+        state
+            .auth
+            .identity
+            .keys
+            .ensure(&state.store, &state.config)
+            .await?;
+        Ok(state)
     }
 
     pub fn with_store(config: Config, store: Store) -> anyhow::Result<Self> {
@@ -181,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", ai.clone().merge(management_routes(&state)))
         .nest("/api/v1", ai.clone())
         .nest("/api/v2", ai)
+        .merge(crate::identity::routes(&state))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

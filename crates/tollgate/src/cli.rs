@@ -88,6 +88,26 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Platform JWT signing keys (public parts only are printed).
+    SigningKeys {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: SigningKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// Create a new signing key; the previous one stops signing and stays in the JWKS until the
+    /// tokens it signed have expired. Running instances switch within a minute.
+    Rotate {
+        /// RS256 or ES256 (default: `auth.signing_alg`).
+        #[arg(long)]
+        alg: Option<String>,
+    },
+    /// List the published keys (kid, alg, created, retired, leaves the JWKS at).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +239,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             store.close().await;
             res
         }
+        Command::SigningKeys { common, command } => {
+            let config = load_config(&common, Overrides::default())?;
+            init_logging(config.log_json);
+            let store = Store::connect(config.database_url.expose()).await?;
+            let res = signing_keys_command(&store, &config, command).await;
+            store.close().await;
+            res
+        }
         Command::Audit { common, command } => {
             let config = load_config(&common, Overrides::default())?;
             init_logging(config.log_json);
@@ -321,6 +349,33 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
             Ok(0)
         }
     }
+}
+
+async fn signing_keys_command(
+    store: &Store,
+    config: &Config,
+    command: SigningKeysCommand,
+) -> anyhow::Result<i32> {
+    use crate::identity::keys;
+    match command {
+        SigningKeysCommand::Rotate { alg } => {
+            let alg = match alg.as_deref() {
+                None => None,
+                Some(a) => Some(
+                    keys::SigAlg::parse(a)
+                        .ok_or_else(|| anyhow::anyhow!("--alg must be RS256 or ES256"))?,
+                ),
+            };
+            let kid = keys::rotate(store, config, alg).await?;
+            out(&json!({"status": "rotated", "kid": kid}).to_string())?;
+        }
+        SigningKeysCommand::List => {
+            for k in keys::list(store).await? {
+                out(&k.to_string())?;
+            }
+        }
+    }
+    Ok(0)
 }
 
 async fn audit_command(store: &Store, command: AuditCommand) -> anyhow::Result<i32> {

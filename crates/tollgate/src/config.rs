@@ -71,6 +71,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Platform JWT algorithm: `RS256` (default) or `ES256`.
+    pub signing_alg: String,
+    /// Encrypts the stored signing keys (any string; 32 random bytes, base64, recommended). Unset:
+    /// a random key kept in `<data_dir>/signing.key` (mode 0600). Env `TOLLGATE_SIGNING_KEY_SECRET`.
+    pub signing_key_secret: Option<Secret>,
     pub access_token_ttl_seconds: u64,
     pub refresh_token_ttl_seconds: u64,
     pub open_signup: bool,
@@ -112,6 +117,8 @@ impl Default for OperationsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct EmailConfig {
     pub smtp_url: Secret,
+    /// Sender of verification and password-reset emails (default `Tollgate <no-reply@tollgate.local>`).
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -184,6 +191,8 @@ impl Default for AuthConfig {
             access_token_ttl_seconds: 3600,
             refresh_token_ttl_seconds: 2_592_000,
             open_signup: true,
+            signing_alg: "RS256".into(),
+            signing_key_secret: None,
         }
     }
 }
@@ -259,6 +268,9 @@ impl Config {
         if let Some(v) = get("TOLLGATE_SMTP_URL") {
             self.email.smtp_url = Secret::new(v);
         }
+        if let Some(v) = get("TOLLGATE_SIGNING_KEY_SECRET") {
+            self.auth.signing_key_secret = Some(Secret::new(v));
+        }
         Ok(())
     }
 
@@ -279,6 +291,12 @@ impl Config {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             anyhow::bail!("key_prefix must be 2-8 lowercase letters or digits, got {p:?}");
+        }
+        if !matches!(self.auth.signing_alg.as_str(), "RS256" | "ES256") {
+            anyhow::bail!(
+                "auth.signing_alg must be RS256 or ES256, got {:?}",
+                self.auth.signing_alg
+            );
         }
         if self.max_body_bytes < 1024 {
             anyhow::bail!("max_body_bytes must be at least 1024");

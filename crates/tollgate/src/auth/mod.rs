@@ -208,6 +208,8 @@ pub struct Auth {
     public_url: String,
     cache: KeyCache,
     hub: Arc<RevocationHub>,
+    /// The identity service's state: signing keys, token and JWKS caches, login throttle.
+    pub identity: crate::identity::IdentityState,
     /// Bumped by every invalidation; cache entries loaded under an older epoch are reloaded.
     epoch: AtomicU64,
     last_used: keycache::LastUsed,
@@ -247,6 +249,7 @@ impl Auth {
             public_url,
             cache: KeyCache::new(cache_ttl),
             hub: Arc::new(RevocationHub::default()),
+            identity: crate::identity::IdentityState::default(),
             epoch: AtomicU64::new(1),
             last_used: keycache::LastUsed::default(),
             subscriptions: crate::subscriptions::SubscriptionAuth::new(cache_ttl),

@@ -21,3 +21,11 @@ mod proxy;
 mod subs;
 mod subscriptions;
 mod users;
+
+// Identity (issue 3).
+mod forged_tokens;
+mod identity;
+mod oauth_flow;
+#[allow(dead_code)]
+mod oauth_support;
+mod vectors;

@@ -1,0 +1,370 @@
+//! Accounts (SPEC §4.3): sign-up with email verification, password reset by emailed token.
+//! Sign-up creates the user, a personal tenant they own and a public "Console" OAuth client
+//! (redirect `<public_url>/console/callback`) through which they sign in once verified.
+//! Tokens are random, single-use, stored as SHA-256 only, and expire (verification 24 h, reset
+//! 1 h). A signed-up user cannot log in until the email is verified. Security events without a
+//! single tenant (email verified, password reset) are recorded on every tenant chain the user
+//! belongs to.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Json, Meta};
+use crate::identity::oauth::secret_hash;
+use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
+use crate::store::identity as idstore;
+use crate::store::invalidations::{self, Kind};
+use crate::store::{StoreError, tenants};
+use crate::util::{now_ms, random_base62};
+
+const VERIFY_TTL_MS: i64 = 24 * 3_600_000;
+const RESET_TTL_MS: i64 = 3_600_000;
+pub const PURPOSE_VERIFY: &str = "verify_email";
+pub const PURPOSE_RESET: &str = "password_reset";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupBody {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for SignupBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignupBody")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_email_token() -> String {
+    random_base62(43)
+}
+
+/// Requests that send an email are limited per target address and per client address (the same
+/// windows as failed logins), so the gateway cannot be used to flood a mailbox.
+fn email_quota(state: &AppState, email: &str, meta: &RequestMeta) -> ApiResult<()> {
+    let ip = meta.ip.as_deref().unwrap_or("unknown");
+    let t = &state.auth.identity.email_throttle;
+    if let Err(wait) = t.check(email, ip) {
+        let mut e = ApiError::new(
+            crate::error::ErrorCode::RateLimited,
+            "Too many emails requested; try again later",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    t.fail(email, ip);
+    Ok(())
+}
+
+/// `POST /v1/auth/signup`: an unverified user, a personal tenant they own, a verification email.
+pub async fn signup(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    Json(body): Json<SignupBody>,
+) -> ApiResult<Response> {
+    if !state.config.auth.open_signup {
+        return Err(ApiError::permission_denied(
+            "Sign-up is closed on this gateway",
+        ));
+    }
+    let email = crate::api::users::validate_email(&body.email)?;
+    crate::passwords::validate(&body.password)?;
+    email_quota(&state, &email, &meta)?;
+    let hash = crate::passwords::hash(&body.password).await?;
+    let name = body
+        .name
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let token = new_email_token();
+    let mut tx = state.store.begin().await?;
+    if tenants::find_user_by_email(&mut tx, &email)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict(
+            "An account with that email already exists",
+        ));
+    }
+    let user = tenants::create_user(&mut tx, &email, &name, Some(hash), false).await?;
+    let mut tenant_name: String = format!("{email}'s workspace").chars().take(80).collect();
+    if tenants::find_tenant_by_name(&mut tx, &tenant_name)
+        .await?
+        .is_some()
+    {
+        tenant_name = format!("{tenant_name} ({})", &user.id);
+    }
+    let tenant = tenants::create_tenant(&mut tx, &tenant_name).await?;
+    tenants::add_membership(&mut tx, &tenant.id, &user.id).await?;
+    tenants::set_member_roles(&mut tx, &tenant.id, &user.id, &["owner".to_string()]).await?;
+    idstore::mark_signup_pending(&mut tx, &user.id).await?;
+    // A public client for the console, so the new owner can sign in to their tenant.
+    let console = idstore::OAuthClient {
+        id: crate::util::new_id("cli"),
+        tenant_id: tenant.id.clone(),
+        name: "Console".into(),
+        redirect_uris: vec![format!("{}/console/callback", state.config.public_url)],
+        confidential: false,
+        secret_hash: None,
+        roles: Vec::new(),
+        created_at: now_ms(),
+        created_by: Some(user.id.clone()),
+        revoked_at: None,
+    };
+    idstore::insert_client(&mut tx, &console).await?;
+    idstore::insert_email_token(
+        &mut tx,
+        &secret_hash(&token),
+        &user.id,
+        PURPOSE_VERIFY,
+        now_ms() + VERIFY_TTL_MS,
+    )
+    .await?;
+    let actor = Actor {
+        kind: "user",
+        id: Some(user.id.clone()),
+    };
+    append(
+        &mut tx,
+        AuditEvent::new(tenant.id.clone(), actor.clone(), "tenant.created", &meta)
+            .target("tenant", tenant.id.clone())
+            .details(json!({"name": tenant.name, "signup": true})),
+    )
+    .await?;
+    append(
+        &mut tx,
+        AuditEvent::new(tenant.id.clone(), actor, "user.signed_up", &meta)
+            .target("user", user.id.clone())
+            .details(json!({"email": user.email, "console_client_id": console.id})),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let link = format!(
+        "{}/v1/auth/verify-email?token={token}",
+        state.config.public_url
+    );
+    let text = format!(
+        "Welcome to Tollgate.\n\nPlease confirm your email address by opening this link (valid for 24 hours):\n\n{link}\n\nIf you did not sign up, ignore this message.\n"
+    );
+    if let Err(e) = state
+        .auth
+        .identity
+        .mailer(&state.config)?
+        .send(&user.email, "Verify your email address", text)
+        .await
+    {
+        tracing::error!(error = %e, user = %user.id, "could not send the verification email");
+    }
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "user_id": user.id, "email": user.email, "email_verified": false,
+            "tenant_id": tenant.id, "tenant_name": tenant.name,
+            "console_client_id": console.id,
+        })),
+    )
+        .into_response())
+}
+
+/// Appends one event per tenant the user belongs to.
+async fn audit_user_event(
+    tx: &mut crate::store::Tx,
+    user_id: &str,
+    action: &'static str,
+    meta: &RequestMeta,
+    details: serde_json::Value,
+) -> Result<(), StoreError> {
+    for tenant_id in idstore::user_tenant_ids(tx, user_id).await? {
+        append(
+            tx,
+            AuditEvent::new(
+                tenant_id,
+                Actor {
+                    kind: "user",
+                    id: Some(user_id.to_string()),
+                },
+                action,
+                meta,
+            )
+            .target("user", user_id)
+            .details(details.clone()),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub struct TokenQuery {
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenQuery(***)")
+    }
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// `GET /v1/auth/verify-email?token=`.
+pub async fn verify_email(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let q = TokenQuery {
+        token: url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| ApiError::validation("token", "token is required"))?,
+    };
+    let now = now_ms();
+    let mut tx = state.store.begin().await?;
+    let Some(user_id) =
+        idstore::spend_email_token(&mut tx, &secret_hash(&q.token), PURPOSE_VERIFY, now).await?
+    else {
+        return Err(ApiError::validation(
+            "token",
+            "The verification link is invalid, used or expired",
+        ));
+    };
+    idstore::mark_email_verified(&mut tx, &user_id, now).await?;
+    audit_user_event(&mut tx, &user_id, "auth.email_verified", &meta, json!({})).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    if wants_html(&headers) {
+        let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Email verified · Tollgate</title></head><body><h1>Email verified</h1><p>You can now sign in.</p></body></html>";
+        return Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response());
+    }
+    Ok(axum::Json(json!({"user_id": user_id, "email_verified": true})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequestBody {
+    pub email: String,
+}
+
+/// `POST /v1/auth/password-reset`: always `202` (it does not reveal whether the email exists);
+/// a reset token is emailed when it does.
+pub async fn password_reset(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    Json(body): Json<ResetRequestBody>,
+) -> ApiResult<Response> {
+    let accepted = || {
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"status": "sent_if_registered"})),
+        )
+            .into_response()
+    };
+    let Ok(email) = crate::api::users::validate_email(&body.email) else {
+        return Ok(accepted());
+    };
+    email_quota(&state, &email, &meta)?;
+    let token = new_email_token();
+    let mut tx = state.store.begin().await?;
+    let Some(user) = tenants::find_user_by_email(&mut tx, &email).await? else {
+        return Ok(accepted());
+    };
+    idstore::insert_email_token(
+        &mut tx,
+        &secret_hash(&token),
+        &user.id,
+        PURPOSE_RESET,
+        now_ms() + RESET_TTL_MS,
+    )
+    .await?;
+    audit_user_event(
+        &mut tx,
+        &user.id,
+        "auth.password_reset_requested",
+        &meta,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let text = format!(
+        "A password reset was requested for your Tollgate account.\n\nReset token (valid for 1 hour):\n\n{token}\n\nSend it with your new password to {}/v1/auth/password-reset/confirm as {{\"token\": \"...\", \"password\": \"...\"}}.\nIf you did not ask for this, ignore this message; your password is unchanged.\n",
+        state.config.public_url
+    );
+    if let Err(e) = state
+        .auth
+        .identity
+        .mailer(&state.config)?
+        .send(&user.email, "Reset your password", text)
+        .await
+    {
+        tracing::error!(error = %e, user = %user.id, "could not send the password reset email");
+    }
+    Ok(accepted())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetConfirmBody {
+    pub token: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ResetConfirmBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetConfirmBody(***)")
+    }
+}
+
+/// `POST /v1/auth/password-reset/confirm`: sets the new password, proves the email (verifies it)
+/// and revokes every session of the user.
+pub async fn password_reset_confirm(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    Json(body): Json<ResetConfirmBody>,
+) -> ApiResult<Response> {
+    let hash = crate::passwords::hash(&body.password).await?;
+    let now = now_ms();
+    let mut tx = state.store.begin().await?;
+    let Some(user_id) =
+        idstore::spend_email_token(&mut tx, &secret_hash(&body.token), PURPOSE_RESET, now).await?
+    else {
+        return Err(ApiError::validation(
+            "token",
+            "The reset token is invalid, used or expired",
+        ));
+    };
+    tenants::set_password_hash(&mut tx, &user_id, &hash).await?;
+    idstore::mark_email_verified(&mut tx, &user_id, now).await?;
+    let families = idstore::revoke_user_families(&mut tx, &user_id, "password_reset", now).await?;
+    for (fid, _) in &families {
+        invalidations::publish(&mut tx, Kind::Credential, fid).await?;
+    }
+    audit_user_event(
+        &mut tx,
+        &user_id,
+        "auth.password_reset",
+        &meta,
+        json!({"sessions_revoked": families.len()}),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    for (fid, _) in &families {
+        state.auth.invalidate(Kind::Credential, fid);
+    }
+    Ok(axum::Json(json!({"status": "password_changed"})).into_response())
+}

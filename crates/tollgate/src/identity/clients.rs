@@ -1,0 +1,221 @@
+//! OAuth clients of a tenant (SPEC §4.2, `tenant:admin`): public clients (browser and native
+//! apps, PKCE, exact redirect URIs) and confidential clients, which are also service accounts
+//! (client credentials → a token carrying the client's roles). The secret is shown once.
+//! Another tenant's client is `404`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::middleware::Caller;
+use crate::auth::permissions::builtin_role;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{Json, Meta};
+use crate::identity::oauth::secret_hash;
+use crate::store::audit::{AuditEvent, append};
+use crate::store::identity::{self as idstore, OAuthClient};
+use crate::store::invalidations::{self, Kind};
+use crate::store::{Conn, StoreError, tenants};
+use crate::util::{new_id, now_ms, random_base62};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClientBody {
+    pub name: String,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub confidential: bool,
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+/// Redirect URIs must be absolute, without a fragment; plain `http` only for loopback hosts
+/// (RFC 8252 §7.3); private-use schemes (`com.example.app:/cb`) for native apps.
+pub fn validate_redirect_uri(s: &str) -> ApiResult<()> {
+    let bad = |why: &str| ApiError::validation("redirect_uris", format!("{s:?}: {why}"));
+    let u = url::Url::parse(s).map_err(|_| bad("not an absolute URL"))?;
+    if u.fragment().is_some() {
+        return Err(bad("must not contain a fragment"));
+    }
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" => match u.host_str() {
+            Some("localhost" | "127.0.0.1" | "[::1]") => Ok(()),
+            _ => Err(bad(
+                "http is only allowed for loopback redirect URIs; use https",
+            )),
+        },
+        scheme if scheme.contains('.') => Ok(()),
+        _ => Err(bad(
+            "use https, a loopback http URI, or a private-use scheme like com.example.app",
+        )),
+    }
+}
+
+async fn role_names(conn: &mut Conn, tenant_id: &str, ids: &[String]) -> ApiResult<Vec<String>> {
+    let mut names = Vec::new();
+    for id in ids {
+        if builtin_role(id).is_some() {
+            names.push(id.clone());
+        } else if let Some(r) = tenants::get_role(conn, tenant_id, id).await? {
+            names.push(r.name);
+        }
+    }
+    Ok(names)
+}
+
+async fn to_api(conn: &mut Conn, c: &OAuthClient) -> ApiResult<Value> {
+    let names = role_names(conn, &c.tenant_id, &c.roles).await?;
+    Ok(c.to_api(&names))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Json(body): Json<CreateClientBody>,
+) -> ApiResult<Response> {
+    let name = crate::api::keys::validate_name(&body.name)?;
+    if body.redirect_uris.len() > 20 {
+        return Err(ApiError::validation(
+            "redirect_uris",
+            "at most 20 redirect URIs",
+        ));
+    }
+    for u in &body.redirect_uris {
+        validate_redirect_uri(u)?;
+    }
+    if !body.confidential && body.redirect_uris.is_empty() {
+        return Err(ApiError::validation(
+            "redirect_uris",
+            "a public client needs at least one redirect URI",
+        ));
+    }
+    if !body.confidential && body.roles.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(ApiError::validation(
+            "roles",
+            "only confidential clients (service accounts) have roles",
+        ));
+    }
+    let mut tx = state.store.begin().await?;
+    let (role_ids, perms) = crate::api::users::resolve_roles(
+        &mut tx,
+        &caller.tenant_id,
+        body.roles.as_deref().unwrap_or_default(),
+    )
+    .await?;
+    if !perms.is_subset_of(caller.permissions) {
+        return Err(ApiError::permission_denied(
+            "You cannot give a service account permissions you do not hold",
+        ));
+    }
+    let secret = body
+        .confidential
+        .then(|| format!("tgcs_{}", random_base62(43)));
+    let client = OAuthClient {
+        id: new_id("cli"),
+        tenant_id: caller.tenant_id.to_string(),
+        name,
+        redirect_uris: body.redirect_uris.clone(),
+        confidential: body.confidential,
+        secret_hash: secret.as_deref().map(secret_hash),
+        roles: role_ids,
+        created_at: now_ms(),
+        created_by: caller.user_id.as_deref().map(str::to_string),
+        revoked_at: None,
+    };
+    idstore::insert_client(&mut tx, &client).await?;
+    let mut out = to_api(&mut tx, &client).await?;
+    append(
+        &mut tx,
+        AuditEvent::new(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            "oauth_client.created",
+            &meta,
+        )
+        .target("oauth_client", client.id.clone())
+        .details(
+            json!({"name": client.name, "confidential": client.confidential,
+                "redirect_uris": client.redirect_uris, "roles": out["roles"]}),
+        ),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    if let Some(s) = secret {
+        out["client_secret"] = json!(s);
+    }
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let clients = idstore::list_clients(state.store.pool(), &caller.tenant_id).await?;
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
+    let mut data = Vec::new();
+    for c in &clients {
+        data.push(to_api(&mut conn, c).await?);
+    }
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
+    let c = idstore::get_client(&mut conn, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("OAuth client"))?;
+    Ok(axum::Json(to_api(&mut conn, &c).await?).into_response())
+}
+
+/// Revokes a client: its tokens (service-account tokens and users' sessions through it) stop
+/// working at once, in-flight requests included. Idempotent.
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut tx = state.store.begin().await?;
+    let changed = idstore::revoke_client(&mut tx, &caller.tenant_id, &id, now_ms()).await?;
+    let c = idstore::get_client(&mut tx, &caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("OAuth client"))?;
+    if changed {
+        append(
+            &mut tx,
+            AuditEvent::new(
+                caller.tenant_id.to_string(),
+                caller.actor(),
+                "oauth_client.revoked",
+                &meta,
+            )
+            .target("oauth_client", id.clone())
+            .details(json!({"name": c.name})),
+        )
+        .await?;
+        invalidations::publish(&mut tx, Kind::Credential, &id).await?;
+    }
+    let out = to_api(&mut tx, &c).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    if changed {
+        state.auth.invalidate(Kind::Credential, &id);
+    }
+    Ok(axum::Json(out).into_response())
+}
