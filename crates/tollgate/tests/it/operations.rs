@@ -384,14 +384,16 @@ async fn queued_operations_of_a_cancelled_subscription_are_cancelled(db: Db) {
 }
 
 async fn finished_operations_are_pruned_after_retention(db: Db) {
-    let mut opts = Opts::new(db).edit(|c| c.operations.retention_seconds = 0);
+    // One second, not zero: with zero the background pruner may remove the operation between
+    // its completion and the poll that is meant to see it.
+    let mut opts = Opts::new(db).edit(|c| c.operations.retention_seconds = 1);
     opts.share_db = None;
     let app = TestApp::spawn_with(opts).await.expect("app");
     let sub = subscribe(&app, &["fake-image"]).await;
     let key = sub_api_key(&app, &sub.id).await;
     let p = submit(&app, &key, image_body("x")).await;
     poll(&app, &p, &sub.id).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     tollgate::subscriptions::operations::prune(&app.state).await;
     let res = get_as_subscription(&app, &p, &sub.id).await;
     expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
