@@ -75,6 +75,12 @@ pub struct Principal {
     pub platform_admin: bool,
     /// Per-key rate limit settings, if any.
     pub rate_limit: Option<KeyRateLimit>,
+    /// The plan's limits for a subscription credential (requests/tokens per minute, concurrency,
+    /// quotas); `None` = no plan. Enforced per subscription by `crate::limits`.
+    pub plan_limits: Option<Arc<crate::limits::PlanLimits>>,
+    /// The end user a verifier vouches for (an app JWT's `sub`, SPEC §2.6). For accounting
+    /// only: it never grants anything.
+    pub end_user: Option<Arc<str>>,
     /// Models this caller may use; `None` = every configured model.
     pub allowed_models: Option<Arc<std::collections::HashSet<String>>>,
     /// Request binding carried by an app JWT, checked against the body by the handler.
@@ -345,6 +351,8 @@ impl Auth {
                 permissions: entry.permissions,
                 platform_admin: entry.platform_admin,
                 rate_limit: entry.rate_limit.clone(),
+                plan_limits: None,
+                end_user: None,
                 allowed_models: None,
                 binding: None,
                 live,

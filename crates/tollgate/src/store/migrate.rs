@@ -23,7 +23,10 @@ macro_rules! migration {
     };
 }
 
-const MIGRATIONS: &[Migration] = &[migration!(1, "0001_foundation")];
+const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_foundation"),
+    migration!(4, "0004_limits"),
+];
 
 const ADVISORY_LOCK_ID: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 

@@ -13,6 +13,7 @@ pub mod invalidations;
 pub mod keys;
 pub mod migrate;
 pub mod tenants;
+pub mod usage;
 
 pub use audit::{AuditEvent, AuditRecord};
 
