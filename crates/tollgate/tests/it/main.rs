@@ -11,8 +11,14 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod alerts;
+mod audit;
 mod errors;
 mod keys;
+mod limits;
 mod ops;
 mod proxy;
+mod quotas;
+mod redis;
+mod usage;
 mod users;
