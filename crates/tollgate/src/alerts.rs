@@ -170,7 +170,10 @@ pub async fn raise(state: &AppState, s: Spike) {
                 .await;
             match res {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = r.status().as_u16(), "alert webhook refused the alert"),
+                Ok(r) => tracing::warn!(
+                    status = r.status().as_u16(),
+                    "alert webhook refused the alert"
+                ),
                 Err(e) => tracing::warn!(error = %e, "alert webhook unreachable"),
             }
         });
@@ -199,7 +202,11 @@ mod tests {
         // Ten minutes at 10 requests per minute: baseline 10, no alert.
         for m in 0..10 {
             for i in 0..10 {
-                assert_eq!(d.observe_one(&t, &k, T0 + m * 60_000 + i), None, "minute {m}");
+                assert_eq!(
+                    d.observe_one(&t, &k, T0 + m * 60_000 + i),
+                    None,
+                    "minute {m}"
+                );
             }
         }
         // Next minute: 30 is not over 3 × 10, the 31st is; once only.

@@ -342,7 +342,7 @@ impl Config {
         if self.usage.queue_capacity < 16 || self.usage.batch_size == 0 {
             anyhow::bail!("usage.queue_capacity must be at least 16 and usage.batch_size positive");
         }
-        if !(self.alerts.spike_multiple > 1.0) {
+        if self.alerts.spike_multiple.is_nan() || self.alerts.spike_multiple <= 1.0 {
             anyhow::bail!("alerts.spike_multiple must be greater than 1");
         }
         if let Some(url) = &self.alerts.webhook_url

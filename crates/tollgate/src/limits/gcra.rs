@@ -155,7 +155,10 @@ mod tests {
                 tat = o.new_tat;
             }
             if limit <= 2000 {
-                assert!(!gcra(tat, NOW, limit, MINUTE_MS, 1).allowed, "limit {limit}");
+                assert!(
+                    !gcra(tat, NOW, limit, MINUTE_MS, 1).allowed,
+                    "limit {limit}"
+                );
             }
         }
     }

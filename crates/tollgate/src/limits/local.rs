@@ -115,7 +115,9 @@ impl LocalLimiter {
             // Report what is left without this request's cost.
             for (j, s) in states.iter_mut().enumerate() {
                 if pending.iter().any(|(p, _)| *p == j) {
-                    s.remaining = s.remaining.saturating_add(checks[j].cost.min(checks[j].limit));
+                    s.remaining = s
+                        .remaining
+                        .saturating_add(checks[j].cost.min(checks[j].limit));
                     s.remaining = s.remaining.min(checks[j].limit);
                 }
             }

@@ -64,7 +64,11 @@ pub fn estimate_tokens(body: &Value, chat: bool, default_max_tokens: u64) -> (u6
         None if chat => default_max_tokens,
         None => 0,
     };
-    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
     (prompt, prompt + completion.saturating_mul(n))
 }
 

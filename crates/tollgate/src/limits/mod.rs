@@ -231,6 +231,8 @@ struct LimitMetrics {
 }
 
 type SeedCell = Arc<tokio::sync::OnceCell<i64>>;
+/// (scope, dimension, period start) → usage recorded in the store when first seen.
+type Seeds = HashMap<(Arc<str>, Dim, i64), SeedCell>;
 
 /// The limiter service (one per app).
 pub struct Limits {
@@ -239,7 +241,7 @@ pub struct Limits {
     local: LocalLimiter,
     redis: Option<redis::RedisLimiter>,
     redis_ok: AtomicBool,
-    seeds: Mutex<HashMap<(Arc<str>, Dim, i64), SeedCell>>,
+    seeds: Mutex<Seeds>,
     metrics: LimitMetrics,
     instance: String,
     next: AtomicU64,
@@ -346,11 +348,25 @@ impl Limits {
         if p.credential_type == CredentialType::ApiKey
             && let Some(key) = &p.credential_id
         {
-            let own = p.rate_limit.as_ref().map(LimitSet::from).unwrap_or_default();
-            add(ScopeKind::Key, key, format!("k:{key}"), self.cfg.key.tighten(own));
+            let own = p
+                .rate_limit
+                .as_ref()
+                .map(LimitSet::from)
+                .unwrap_or_default();
+            add(
+                ScopeKind::Key,
+                key,
+                format!("k:{key}"),
+                self.cfg.key.tighten(own),
+            );
         }
         if let Some(user) = &p.user_id {
-            add(ScopeKind::User, user, format!("u:{tenant}:{user}"), self.cfg.user);
+            add(
+                ScopeKind::User,
+                user,
+                format!("u:{tenant}:{user}"),
+                self.cfg.user,
+            );
         }
         if let (Some(sub), Some(plan)) = (&p.subscription_id, &p.plan_limits) {
             add(ScopeKind::Subscription, sub, format!("s:{sub}"), **plan);
@@ -361,7 +377,12 @@ impl Limits {
             .get(&**tenant)
             .copied()
             .unwrap_or(self.cfg.tenant);
-        add(ScopeKind::Tenant, tenant, format!("t:{tenant}"), tenant_limits);
+        add(
+            ScopeKind::Tenant,
+            tenant,
+            format!("t:{tenant}"),
+            tenant_limits,
+        );
         checks
     }
 
@@ -386,8 +407,7 @@ impl Limits {
             };
             let loaded = cell
                 .get_or_try_init(|| async {
-                    crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start)
-                        .await
+                    crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start).await
                 })
                 .await;
             match loaded {

@@ -192,9 +192,18 @@ fn dim_code(d: Dim) -> &'static str {
 impl RedisLimiter {
     /// Creates the client without connecting: the gateway starts (on the local limiter) even
     /// when Redis is down, and switches over once it answers.
-    pub fn new(url: &str, prefix: &str, timeout: Duration, lease: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("invalid redis_url: {}", crate::store::redact_url(&e.to_string())))?;
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        lease: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid redis_url: {}",
+                crate::store::redact_url(&e.to_string())
+            )
+        })?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(timeout))
@@ -257,7 +266,9 @@ impl RedisLimiter {
             })
             .collect();
         Ok(Decision {
-            denied: usize::try_from(reply[0]).ok().and_then(|i| i.checked_sub(1)),
+            denied: usize::try_from(reply[0])
+                .ok()
+                .and_then(|i| i.checked_sub(1)),
             retry_ms: reply[1] as f64,
             states,
         })
@@ -314,7 +325,11 @@ impl RedisLimiter {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("PING");
         matches!(
-            tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), cmd.query_async::<String>(&mut conn)).await,
+            tokio::time::timeout(
+                self.timeout.max(Duration::from_millis(500)),
+                cmd.query_async::<String>(&mut conn)
+            )
+            .await,
             Ok(Ok(_))
         )
     }

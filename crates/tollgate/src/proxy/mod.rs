@@ -527,15 +527,17 @@ async fn forward(
             let usage = Usage::from_json(&parsed);
             tracing::debug!(?usage, "completed");
             meter.set_usage(usage);
-            Ok(meter.respond((
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response()))
+            Ok(meter.respond(
+                (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    body,
+                )
+                    .into_response(),
+            ))
         }
         ReplyBody::Full(body) => Ok(meter.respond(map_upstream_error(
             provider,

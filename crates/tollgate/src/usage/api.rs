@@ -24,7 +24,10 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>>
             .or_else(|| s.parse::<i64>().ok().map(|secs| secs * 1000))
             .map(Some)
             .ok_or_else(|| {
-                ApiError::validation(name, format!("{name} must be an RFC 3339 time or Unix seconds"))
+                ApiError::validation(
+                    name,
+                    format!("{name} must be an RFC 3339 time or Unix seconds"),
+                )
             }),
     }
 }
@@ -71,7 +74,9 @@ pub async fn get_usage(
     if (to - from) / bucket_ms > MAX_BUCKETS {
         return Err(ApiError::validation(
             "granularity",
-            format!("at most {MAX_BUCKETS} buckets per query; use a coarser granularity or a shorter range"),
+            format!(
+                "at most {MAX_BUCKETS} buckets per query; use a coarser granularity or a shorter range"
+            ),
         ));
     }
     let all = caller.has(Permission::UsersRead) || caller.has(Permission::KeysAdmin);
@@ -81,7 +86,11 @@ pub async fn get_usage(
         match &caller.user_id {
             Some(u) => Some(u.to_string()),
             // A caller without a user (a subscription credential) has no "own" usage here.
-            None => return Err(ApiError::permission_denied("This credential has no own usage to read")),
+            None => {
+                return Err(ApiError::permission_denied(
+                    "This credential has no own usage to read",
+                ));
+            }
         }
     };
     let query = UsageQuery {

@@ -135,13 +135,20 @@ impl Usage {
             Some(p) => {
                 p.send(record);
             }
-            None => tracing::warn!(model = %record.model, "usage record not written (shutting down)"),
+            None => {
+                tracing::warn!(model = %record.model, "usage record not written (shutting down)")
+            }
         }
     }
 
     /// Starts the writer (once).
     pub fn start(&self, state: AppState) {
-        let Some(rx) = self.rx.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+        let Some(rx) = self
+            .rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return;
         };
         let stop = self.stop.clone();
@@ -228,7 +235,9 @@ async fn writer(state: AppState, mut rx: mpsc::Receiver<UsageRecord>, stop: Canc
             while let Ok(r) = rx.try_recv() {
                 batch.push(r);
             }
-            if !batch.is_empty() && let Err(e) = write(&state, &batch).await {
+            if !batch.is_empty()
+                && let Err(e) = write(&state, &batch).await
+            {
                 tracing::error!(error = %e, lost = batch.len(), "could not write usage records at shutdown");
             }
             return;

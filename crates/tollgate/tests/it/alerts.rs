@@ -48,7 +48,10 @@ async fn a_usage_spike_is_audited_and_posted_to_the_webhook() {
     // A brand-new key has no baseline: the floor (5 per minute) applies. Stay in one minute.
     let minute = tollgate::util::now_ms() / 60_000;
     for _ in 0..8 {
-        assert_eq!(app.chat(key, chat_body("mock-chat")).await.status(), StatusCode::OK);
+        assert_eq!(
+            app.chat(key, chat_body("mock-chat")).await.status(),
+            StatusCode::OK
+        );
     }
     if tollgate::util::now_ms() / 60_000 != minute {
         eprintln!("skipped: the burst straddled a minute boundary");

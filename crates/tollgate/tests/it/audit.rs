@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use crate::store_tests;
 
-store_tests!(audit_events_filter_and_paginate, tampering_is_found_by_audit_verify);
+store_tests!(
+    audit_events_filter_and_paginate,
+    tampering_is_found_by_audit_verify
+);
 
 async fn events(app: &TestApp, key: &str, query: &str) -> Value {
     let res = app.get(&format!("/v1/audit-events?{query}"), key).await;
@@ -75,7 +78,12 @@ async fn audit_events_filter_and_paginate(app: TestApp) {
     let future = tollgate::util::rfc3339(tollgate::util::now_ms() + 60_000);
     let page = events(&app, &app.owner_key, &format!("from={future}")).await;
     assert_eq!(page["data"].as_array().unwrap().len(), 0);
-    let page = events(&app, &app.owner_key, &format!("to={future}&action=api_key.created")).await;
+    let page = events(
+        &app,
+        &app.owner_key,
+        &format!("to={future}&action=api_key.created"),
+    )
+    .await;
     assert_eq!(page["data"].as_array().unwrap().len(), 6);
 
     // No secret in any event.
@@ -137,11 +145,23 @@ async fn tampering_is_found_by_audit_verify(app: TestApp) {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(lines.len() as u64, checked);
-    let (code, out) = tollgate(&["audit", "export", "--tenant", &app.tenant_id], &app.db_url);
+    let (code, out) = tollgate(
+        &["audit", "export", "--tenant", &app.tenant_id],
+        &app.db_url,
+    );
     assert_eq!(code, 0);
-    let mine: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(mine.iter().all(|e| e["tenant_id"] == app.tenant_id.as_str()));
-    assert!(mine.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    let mine: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        mine.iter()
+            .all(|e| e["tenant_id"] == app.tenant_id.as_str())
+    );
+    assert!(
+        mine.windows(2)
+            .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64())
+    );
 
     // Someone edits two events directly in the database: the first broken link is named.
     let victim = &mine[2];

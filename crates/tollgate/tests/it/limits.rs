@@ -57,7 +57,10 @@ async fn key_request_limit_with_headers_on_json_sse_and_429(app: TestApp) {
     // Streams carry the headers too (they are sent before the first event).
     let res = app.chat(&key, stream_body()).await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(header(&res, "content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(
+        header(&res, "content-type").as_deref(),
+        Some("text/event-stream")
+    );
     assert_rate_headers(&res, 3, 1);
     let text = read_all(res).await;
     assert!(text.contains("[DONE]"));
@@ -74,7 +77,10 @@ async fn key_request_limit_with_headers_on_json_sse_and_429(app: TestApp) {
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("API key"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("API key"),
         "{body}"
     );
 
@@ -91,7 +97,10 @@ async fn token_limit_reconciles_with_reported_usage(app: TestApp) {
                       "messages": [{"role": "user", "content": "Hello"}]});
     let res = app.chat(&key, body.clone()).await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(header(&res, "x-ratelimit-limit-tokens").as_deref(), Some("1000"));
+    assert_eq!(
+        header(&res, "x-ratelimit-limit-tokens").as_deref(),
+        Some("1000")
+    );
     let remaining: u64 = header(&res, "x-ratelimit-remaining-tokens")
         .unwrap()
         .parse()
@@ -102,7 +111,11 @@ async fn token_limit_reconciles_with_reported_usage(app: TestApp) {
     let mut stream = body.clone();
     stream["stream"] = json!(true);
     let res = app.chat(&key, stream).await;
-    assert_eq!(res.status(), StatusCode::OK, "reconciled after the JSON answer");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "reconciled after the JSON answer"
+    );
     read_all(res).await;
     let res = app.chat(&key, body.clone()).await;
     assert_eq!(res.status(), StatusCode::OK, "reconciled after the stream");
@@ -112,7 +125,12 @@ async fn token_limit_reconciles_with_reported_usage(app: TestApp) {
     assert_eq!(app.chat(&key, big.clone()).await.status(), StatusCode::OK);
     let res = app.chat(&key, big).await;
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("tokens per minute"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
 }
 
 async fn concurrency_limit_holds_while_a_stream_is_open(app: TestApp) {
@@ -126,7 +144,12 @@ async fn concurrency_limit_holds_while_a_stream_is_open(app: TestApp) {
     let retry = header(&second, "retry-after").unwrap();
     assert_eq!(retry, "1");
     let body = expect_error(second, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("concurrent"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("concurrent")
+    );
     // The slot is released when the stream ends.
     read_all(res).await;
     assert!(
@@ -174,26 +197,53 @@ async fn user_and_tenant_limits_from_config() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(app.chat(&key_a, chat_body("fake-model")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(&key_a, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
     let res = app.chat(&key_b, chat_body("fake-model")).await;
     assert_eq!(res.status(), StatusCode::OK);
     // The user's limit (2, none left) is tighter than the tenant's (3, one left).
-    assert_eq!(header(&res, "x-ratelimit-limit-requests").as_deref(), Some("2"));
-    assert_eq!(header(&res, "x-ratelimit-remaining-requests").as_deref(), Some("0"));
+    assert_eq!(
+        header(&res, "x-ratelimit-limit-requests").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
     let res = app.chat(&key_b, chat_body("fake-model")).await;
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("user"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("user"),
+        "{body}"
+    );
     // The owner has their own user budget; the denied request took nothing from the tenant's.
     let res = app.chat(&app.owner_key, chat_body("fake-model")).await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(header(&res, "x-ratelimit-limit-requests").as_deref(), Some("3"));
-    assert_eq!(header(&res, "x-ratelimit-remaining-requests").as_deref(), Some("0"));
+    assert_eq!(
+        header(&res, "x-ratelimit-limit-requests").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
     let res = app.chat(&app.owner_key, chat_body("fake-model")).await;
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("tenant"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tenant"),
+        "{body}"
+    );
     // Another tenant is not affected.
     let (_, other) = app.other_tenant("globex").await;
-    assert_eq!(app.chat(&other, chat_body("fake-model")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(&other, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
 }
 
 /// Key settings validate their limits.

@@ -18,13 +18,19 @@ store_tests!(
 );
 
 /// Fires `n` chat requests at once; returns the statuses and error codes.
-pub async fn burst(app: &TestApp, key: &str, n: usize) -> Vec<(StatusCode, Option<String>, Option<String>)> {
+pub async fn burst(
+    app: &TestApp,
+    key: &str,
+    n: usize,
+) -> Vec<(StatusCode, Option<String>, Option<String>)> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let req = app
             .req(reqwest::Method::POST, "/v1/chat/completions", key)
-            .json(&json!({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}],
-                          "fake": {"delay_ms": 50}}));
+            .json(
+                &json!({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}],
+                          "fake": {"delay_ms": 50}}),
+            );
         tasks.push(tokio::spawn(async move {
             let res = req.send().await.unwrap();
             let status = res.status();
@@ -57,10 +63,17 @@ async fn thirty_concurrent_requests_on_a_ten_per_day_quota(app: TestApp) {
         assert!((1..=86_400).contains(&retry));
     }
     let res = app.chat(&key, chat_body("fake-model")).await;
-    assert_eq!(header(&res, "ratelimit-policy").as_deref(), Some("\"requests-day\";q=10;w=86400"));
+    assert_eq!(
+        header(&res, "ratelimit-policy").as_deref(),
+        Some("\"requests-day\";q=10;w=86400")
+    );
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
     assert_eq!(body["error"]["type"], "insufficient_quota");
-    assert_eq!(app.upstream.started(), 10, "only admitted requests reach the upstream");
+    assert_eq!(
+        app.upstream.started(),
+        10,
+        "only admitted requests reach the upstream"
+    );
 }
 
 async fn a_stream_cut_by_the_client_settles_its_quota(app: TestApp) {
@@ -103,7 +116,8 @@ async fn a_stream_cut_by_the_client_settles_its_quota(app: TestApp) {
         .await
         .unwrap();
     assert!(
-        recs.iter().any(|r| r.3 == "client_closed" && r.2 == 200 && r.5 >= 2),
+        recs.iter()
+            .any(|r| r.3 == "client_closed" && r.2 == 200 && r.5 >= 2),
         "{recs:?}"
     );
 }
@@ -114,7 +128,10 @@ async fn failed_requests_are_refunded(app: TestApp) {
     failing["fake"] = json!({"status": 500});
     let res = app.chat(&key, failing).await;
     expect_error(res, StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR").await;
-    assert_eq!(app.chat(&key, chat_body("fake-model")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(&key, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
     let res = app.chat(&key, chat_body("fake-model")).await;
     expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
 }
@@ -122,7 +139,10 @@ async fn failed_requests_are_refunded(app: TestApp) {
 async fn quota_usage_survives_a_restart(app: TestApp) {
     let (_, key) = limited_key(&app, json!({"requests_per_day": 2})).await;
     for _ in 0..2 {
-        assert_eq!(app.chat(&key, chat_body("fake-model")).await.status(), StatusCode::OK);
+        assert_eq!(
+            app.chat(&key, chat_body("fake-model")).await.status(),
+            StatusCode::OK
+        );
     }
     assert!(wait_usage_records(&app, 2).await);
     // A fresh instance (no shared limiter state) seeds its counter from the recorded usage.

@@ -52,9 +52,13 @@ async fn two_instances_enforce_one_limit(db: Db) {
         let app = if i % 2 == 0 { &a } else { &b };
         let req = app
             .req(reqwest::Method::POST, "/v1/chat/completions", &key)
-            .json(&json!({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}],
-                          "fake": {"delay_ms": 30}}));
-        tasks.push(tokio::spawn(async move { req.send().await.unwrap().status() }));
+            .json(
+                &json!({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}],
+                          "fake": {"delay_ms": 30}}),
+            );
+        tasks.push(tokio::spawn(
+            async move { req.send().await.unwrap().status() },
+        ));
     }
     let mut statuses = Vec::new();
     for t in tasks {
@@ -65,7 +69,11 @@ async fn two_instances_enforce_one_limit(db: Db) {
         10,
         "{statuses:?}"
     );
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS));
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
 
     // Concurrency slots are shared too, and a stream cut by its client frees its slot.
     let (_, key) = limited_key(&a, json!({"concurrent_requests": 1})).await;
@@ -103,7 +111,11 @@ async fn two_instances_sharing_postgres_and_redis_enforce_one_limit() {
 
 async fn ready_limits(app: &TestApp) -> String {
     let res = app.get("/ready", "").await;
-    assert_eq!(res.status(), StatusCode::OK, "ready stays 200 on the fallback");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "ready stays 200 on the fallback"
+    );
     let v: Value = res.json().await.unwrap();
     v["limits"].as_str().unwrap_or_default().to_string()
 }
@@ -124,7 +136,10 @@ async fn redis_outage_falls_back_to_local_limits() {
     .unwrap();
     let (_, key) = limited_key(&app, json!({"requests_per_minute": 5})).await;
     for _ in 0..2 {
-        assert_eq!(app.chat(&key, chat_body("mock-chat")).await.status(), StatusCode::OK);
+        assert_eq!(
+            app.chat(&key, chat_body("mock-chat")).await.status(),
+            StatusCode::OK
+        );
     }
     assert_eq!(ready_limits(&app).await, "redis");
 
@@ -138,7 +153,10 @@ async fn redis_outage_falls_back_to_local_limits() {
             assert!(header(&res, "retry-after").is_some());
         }
     }
-    assert!(statuses.iter().all(|s| !s.is_server_error()), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| !s.is_server_error()),
+        "{statuses:?}"
+    );
     assert_eq!(
         statuses.iter().filter(|s| **s == StatusCode::OK).count(),
         5,

@@ -32,7 +32,11 @@ fn total(v: &Value, field: &str, group: &str, name: Option<&str>) -> i64 {
 async fn usage_grouped_by_end_user(app: TestApp) {
     let send = |end_user: Option<&'static str>, body: Value| {
         let mut req = app
-            .req(reqwest::Method::POST, "/v1/chat/completions", &app.owner_key)
+            .req(
+                reqwest::Method::POST,
+                "/v1/chat/completions",
+                &app.owner_key,
+            )
             .json(&body);
         if let Some(u) = end_user {
             req = req.header("x-end-user-id", u);
@@ -64,7 +68,10 @@ async fn usage_grouped_by_end_user(app: TestApp) {
     assert_eq!(total(&v, "requests", "end_user", Some("carol")), 1);
     assert_eq!(total(&v, "requests", "end_user", None), 1);
     assert_eq!(total(&v, "prompt_tokens", "end_user", Some("alice")), 20);
-    assert_eq!(total(&v, "completion_tokens", "end_user", Some("alice")), 10);
+    assert_eq!(
+        total(&v, "completion_tokens", "end_user", Some("alice")),
+        10
+    );
     // The stream's usage came from its usage chunk.
     assert_eq!(total(&v, "total_tokens", "end_user", Some("carol")), 15);
 
@@ -81,7 +88,9 @@ async fn usage_grouped_by_end_user(app: TestApp) {
     assert_eq!(total(&v, "requests", "model", Some("fake-model")), 4);
     assert_eq!(total(&v, "requests", "model", Some("mock-chat")), 1);
     let b = &v["data"][0];
-    assert!(b["start_time"].is_string() && b["end_time"].is_string() && b["avg_latency_ms"].is_number());
+    assert!(
+        b["start_time"].is_string() && b["end_time"].is_string() && b["avg_latency_ms"].is_number()
+    );
     // By key and by user.
     let v = usage(&app, &app.owner_key, "group_by=api_key,user").await;
     assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
@@ -100,9 +109,20 @@ async fn usage_grouped_by_end_user(app: TestApp) {
 async fn developers_see_only_their_own_usage(app: TestApp) {
     let (_, dev) = app.add_user("dev@example.com", &["developer"]).await;
     let (_, other) = app.add_user("other@example.com", &["developer"]).await;
-    assert_eq!(app.chat(&dev, chat_body("fake-model")).await.status(), StatusCode::OK);
-    assert_eq!(app.chat(&other, chat_body("fake-model")).await.status(), StatusCode::OK);
-    assert_eq!(app.chat(&app.owner_key, chat_body("fake-model")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.chat(&dev, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.chat(&other, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.chat(&app.owner_key, chat_body("fake-model"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     assert!(wait_usage_records(&app, 3).await);
     let mine = usage(&app, &dev, "group_by=user").await;
     assert_eq!(mine["scope"], "own");
@@ -133,7 +153,12 @@ async fn developers_see_only_their_own_usage(app: TestApp) {
 
 async fn usage_is_flushed_on_shutdown(app: TestApp) {
     for _ in 0..5 {
-        assert_eq!(app.chat(&app.owner_key, chat_body("mock-chat")).await.status(), StatusCode::OK);
+        assert_eq!(
+            app.chat(&app.owner_key, chat_body("mock-chat"))
+                .await
+                .status(),
+            StatusCode::OK
+        );
     }
     let metrics = app.get("/metrics", "").await.text().await.unwrap();
     assert!(metrics.contains("tollgate_usage_queue_depth"), "{metrics}");
