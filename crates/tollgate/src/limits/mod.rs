@@ -628,6 +628,100 @@ mod tests {
         assert_eq!(t.requests_per_day, Some(100));
     }
 
+    fn principal(plan: Option<PlanLimits>, end_user: Option<&str>) -> Principal {
+        let hub = Arc::new(crate::auth::revocation::RevocationHub::default());
+        Principal {
+            tenant_id: "ten_1".into(),
+            user_id: None,
+            subscription_id: Some("66ec1726e728c1405e5ebca2".into()),
+            credential_type: CredentialType::AppJwt,
+            credential_id: Some("cred_1".into()),
+            permissions: crate::auth::PermSet::EMPTY,
+            platform_admin: false,
+            rate_limit: None,
+            plan_limits: plan.map(Arc::new),
+            end_user: end_user.map(Into::into),
+            allowed_models: None,
+            binding: None,
+            live: hub.register(&[]),
+        }
+    }
+
+    async fn limits(cfg: crate::config::Config) -> (Limits, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut registry = Registry::default();
+        (Limits::new(&cfg, store, &mut registry).unwrap(), dir)
+    }
+
+    /// Per-subscription limits come from the plan the principal carries (the subscriptions
+    /// verifiers fill `plan_limits`); they apply to every credential of the subscription.
+    #[tokio::test]
+    async fn plan_limits_apply_per_subscription() {
+        let (l, _dir) = limits(crate::config::Config::default()).await;
+        let plan = PlanLimits {
+            requests_per_minute: Some(3),
+            tokens_per_minute: Some(10_000),
+            concurrent_requests: Some(5),
+            requests_per_day: Some(2),
+            tokens_per_month: Some(1_000_000),
+        };
+        let p = principal(Some(plan), Some("end-user-7"));
+        let checks = l.checks_for(&p, 100);
+        // App JWTs have no key scope; no user; the subscription's five limits; no tenant limits.
+        assert_eq!(checks.len(), 5);
+        assert!(
+            checks
+                .iter()
+                .all(|c| c.scope.kind == ScopeKind::Subscription
+                    && &*c.scope_key == "s:66ec1726e728c1405e5ebca2")
+        );
+        let tokens = checks.iter().find(|c| c.dim == Dim::Tokens).unwrap();
+        assert_eq!(tokens.cost, 100);
+        // Two requests a day, whichever credential of the subscription sends them.
+        let (r1, h) = l.decide(l.checks_for(&p, 100)).await.unwrap();
+        assert!(!h.is_empty());
+        let other = principal(Some(plan), None);
+        let (r2, _) = l.decide(l.checks_for(&other, 100)).await.unwrap();
+        let err = l.decide(l.checks_for(&p, 100)).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::QuotaExceeded);
+        assert!(err.message.contains("subscription"), "{}", err.message);
+        // A failed request is refunded at settlement.
+        let l = Arc::new(l);
+        l.settle(r2.unwrap(), false, Some(0));
+        l.settle(r1.unwrap(), true, Some(40));
+        assert!(l.decide(l.checks_for(&p, 100)).await.is_ok());
+        // Without a plan, nothing applies.
+        assert!(l.checks_for(&principal(None, None), 100).is_empty());
+    }
+
+    #[test]
+    fn the_end_user_comes_from_the_token_then_the_header_then_the_body() {
+        let body = serde_json::json!({"user": "from-body"});
+        let app_jwt = principal(None, Some("jwt-sub"));
+        assert_eq!(
+            meter::end_user(&app_jwt, Some("hdr"), &body).as_deref(),
+            Some("jwt-sub")
+        );
+        // For app JWTs the header is ignored.
+        let no_sub = principal(None, None);
+        assert_eq!(
+            meter::end_user(&no_sub, Some("hdr"), &body).as_deref(),
+            Some("from-body")
+        );
+        let mut key = principal(None, None);
+        key.credential_type = CredentialType::ApiKey;
+        assert_eq!(
+            meter::end_user(&key, Some("hdr"), &body).as_deref(),
+            Some("hdr")
+        );
+        assert_eq!(
+            meter::end_user(&key, None, &serde_json::json!({})).as_deref(),
+            None
+        );
+    }
+
     #[test]
     fn plan_limits_parse_from_the_plan_json() {
         let p: PlanLimits = serde_json::from_str(
