@@ -82,6 +82,11 @@ impl LimitSet {
         }
     }
 
+    /// No limit set.
+    pub fn is_unlimited(&self) -> bool {
+        self.dims().iter().all(|(_, l)| l.is_none_or(|v| v == 0))
+    }
+
     fn dims(&self) -> [(Dim, Option<u64>); 5] {
         [
             (Dim::Requests, self.requests_per_minute),
@@ -230,7 +235,10 @@ struct LimitMetrics {
     redis_errors: Counter,
 }
 
-type SeedCell = Arc<tokio::sync::OnceCell<i64>>;
+type SeedCell = Arc<tokio::sync::OnceCell<(i64, std::time::Instant)>>;
+/// How long a loaded seed is reused. Redis only uses a seed when it has no counter (first use,
+/// or after it lost its data), so a fresh-enough seed bounds what a Redis restart can forget.
+const SEED_TTL: Duration = Duration::from_secs(60);
 /// (scope, dimension, period start) → usage recorded in the store when first seen.
 type Seeds = HashMap<(Arc<str>, Dim, i64), SeedCell>;
 
@@ -322,8 +330,11 @@ impl Limits {
     pub fn checks_for(&self, p: &Principal, estimate: u64) -> Vec<Check> {
         let mut checks = Vec::new();
         let tenant = &p.tenant_id;
-        let mut add = |kind: ScopeKind, id: &Arc<str>, key: String, set: LimitSet| {
-            let scope_key: Arc<str> = key.into();
+        let mut add = |kind: ScopeKind, id: &Arc<str>, key: &dyn Fn() -> String, set: LimitSet| {
+            if set.is_unlimited() {
+                return;
+            }
+            let scope_key: Arc<str> = key().into();
             for (dim, limit) in set.dims() {
                 let Some(limit) = limit.filter(|l| *l > 0) else {
                     continue;
@@ -356,7 +367,7 @@ impl Limits {
             add(
                 ScopeKind::Key,
                 key,
-                format!("k:{key}"),
+                &|| format!("k:{key}"),
                 self.cfg.key.tighten(own),
             );
         }
@@ -364,12 +375,12 @@ impl Limits {
             add(
                 ScopeKind::User,
                 user,
-                format!("u:{tenant}:{user}"),
+                &|| format!("u:{tenant}:{user}"),
                 self.cfg.user,
             );
         }
         if let (Some(sub), Some(plan)) = (&p.subscription_id, &p.plan_limits) {
-            add(ScopeKind::Subscription, sub, format!("s:{sub}"), **plan);
+            add(ScopeKind::Subscription, sub, &|| format!("s:{sub}"), **plan);
         }
         let tenant_limits = self
             .cfg
@@ -380,7 +391,7 @@ impl Limits {
         add(
             ScopeKind::Tenant,
             tenant,
-            format!("t:{tenant}"),
+            &|| format!("t:{tenant}"),
             tenant_limits,
         );
         checks
@@ -400,18 +411,23 @@ impl Limits {
             }
             let cell = {
                 let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
-                seeds
+                let entry = seeds
                     .entry((c.scope_key.clone(), c.dim, start))
-                    .or_default()
-                    .clone()
+                    .or_default();
+                if entry.get().is_some_and(|(_, at)| at.elapsed() > SEED_TTL) {
+                    *entry = SeedCell::default();
+                }
+                entry.clone()
             };
             let loaded = cell
                 .get_or_try_init(|| async {
-                    crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start).await
+                    crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start)
+                        .await
+                        .map(|v| (v, std::time::Instant::now()))
                 })
                 .await;
             match loaded {
-                Ok(v) => out[i] = *v,
+                Ok((v, _)) => out[i] = *v,
                 Err(e) => tracing::warn!(error = %e, "could not load quota usage; counting from 0"),
             }
         }
