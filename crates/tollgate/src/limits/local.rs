@@ -15,11 +15,48 @@ struct RateCell {
     concurrent: u64,
 }
 
+/// The Fx hash (as in rustc): the keys are server-generated ids, so a fast non-keyed hash is
+/// fine here, and SipHash was a visible share of a decision.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+}
+
+type Fx = std::hash::BuildHasherDefault<FxHasher>;
+
 #[derive(Default)]
 struct State {
-    rates: HashMap<Arc<str>, RateCell>,
+    rates: HashMap<Arc<str>, RateCell, Fx>,
     /// (scope, dimension, period start) → units used.
-    quotas: HashMap<(Arc<str>, Dim, i64), i64>,
+    quotas: HashMap<(Arc<str>, Dim, i64), i64, Fx>,
+}
+
+/// Updates the rate cell of a scope, creating it on first use (no key clone when it exists).
+fn with_rate_cell(st: &mut State, key: &Arc<str>, f: impl FnOnce(&mut RateCell)) {
+    match st.rates.get_mut(key) {
+        Some(c) => f(c),
+        None => {
+            let mut c = RateCell::default();
+            f(&mut c);
+            st.rates.insert(key.clone(), c);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -37,8 +74,23 @@ impl LocalLimiter {
     /// Decides a request at `now_ms`. `seeds[i]` is the usage already recorded in the store for
     /// quota check `i` (used when this process has no counter for the period yet).
     pub fn decide(&self, checks: &[Check], seeds: &[i64], now_ms: i64) -> Decision {
-        let now = now_ms as f64;
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::decide_locked(&mut st, checks, seeds, now_ms)
+    }
+
+    /// The fast path: decides only if every quota check already has a counter for its period
+    /// (one lock, no seeds needed); `None` means "load seeds and call [`Self::decide`]".
+    pub fn try_decide(&self, checks: &[Check], now_ms: i64) -> Option<Decision> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let seeded = checks.iter().filter(|c| c.dim.is_quota()).all(|c| {
+            let (start, _) = c.dim.period().bounds(now_ms);
+            st.quotas.contains_key(&(c.scope_key.clone(), c.dim, start))
+        });
+        seeded.then(|| Self::decide_locked(&mut st, checks, &[], now_ms))
+    }
+
+    fn decide_locked(st: &mut State, checks: &[Check], seeds: &[i64], now_ms: i64) -> Decision {
+        let now = now_ms as f64;
         let mut states = Vec::with_capacity(checks.len());
         let mut denied: Option<(usize, f64)> = None;
         let deny = |i: usize, retry: f64, quota: bool, denied: &mut Option<(usize, f64)>| {
@@ -130,10 +182,10 @@ impl LocalLimiter {
         for (i, v) in pending {
             let c = &checks[i];
             match c.dim {
-                Dim::Requests => st.rates.entry(c.scope_key.clone()).or_default().req_tat = v,
-                Dim::Tokens => st.rates.entry(c.scope_key.clone()).or_default().tok_tat = v,
+                Dim::Requests => with_rate_cell(st, &c.scope_key, |r| r.req_tat = v),
+                Dim::Tokens => with_rate_cell(st, &c.scope_key, |r| r.tok_tat = v),
                 Dim::Concurrent => {
-                    st.rates.entry(c.scope_key.clone()).or_default().concurrent += c.cost;
+                    with_rate_cell(st, &c.scope_key, |r| r.concurrent += c.cost);
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
                     let key = (c.scope_key.clone(), c.dim, states[i].period_start);

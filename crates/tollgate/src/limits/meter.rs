@@ -172,15 +172,16 @@ fn outcome_of(code: crate::error::ErrorCode) -> &'static str {
 }
 
 impl Meter {
-    pub fn headers(&self) -> &RateHeaders {
-        &self.headers
+    /// Takes the rate-limit headers (for a streamed answer, whose head is built before the body).
+    pub fn take_headers(&mut self) -> RateHeaders {
+        std::mem::take(&mut self.headers)
     }
 
     /// A failed request: records the error's status, adds the rate-limit headers to it.
     pub fn fail(mut self, mut err: ApiError) -> ApiError {
         self.status = err.code.status().as_u16();
         self.outcome = Some(outcome_of(err.code));
-        err.headers.extend(self.headers.iter().cloned());
+        err.headers.extend(self.take_headers().into_vec());
         err
     }
 
@@ -195,7 +196,7 @@ impl Meter {
                 "upstream_error"
             });
         }
-        self.headers.apply(res.headers_mut());
+        self.take_headers().apply(res.headers_mut());
         res
     }
 

@@ -660,12 +660,12 @@ fn stream_response(
     upstream: ByteStream,
     client_wants_usage: bool,
     idle: Duration,
-    meter: Meter,
+    mut meter: Meter,
 ) -> Response {
     let token = caller.live.token().clone();
     let mut builder = Response::builder();
     if let Some(h) = builder.headers_mut() {
-        meter.headers().apply(h);
+        meter.take_headers().apply(h);
     }
     let st = StreamState {
         upstream,

@@ -172,7 +172,7 @@ impl Usage {
 
 async fn write(state: &AppState, batch: &[UsageRecord]) -> Result<(), crate::store::StoreError> {
     let mut tx = state.store.begin().await?;
-    crate::store::usage::write_batch(&mut tx, batch).await?;
+    crate::store::usage::write_batch(&mut tx, state.store.backend(), batch).await?;
     tx.commit().await?;
     Ok(())
 }
