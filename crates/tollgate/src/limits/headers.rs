@@ -44,7 +44,7 @@ fn write_duration(out: &mut String, ms: u64) {
     if frac != 0 {
         let mut f = frac;
         let mut digits = 3;
-        while f % 10 == 0 {
+        while f.is_multiple_of(10) {
             f /= 10;
             digits -= 1;
         }
