@@ -3,10 +3,10 @@
 //! unreachable (never "no limits"). No I/O: quota counters are seeded by the caller.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use super::gcra::{self, MINUTE_MS};
-use super::{Check, CheckState, Decision, Dim};
+use super::{Check, CheckState, Decision, Dim, ScopeRef};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct RateCell {
@@ -42,13 +42,13 @@ type Fx = std::hash::BuildHasherDefault<FxHasher>;
 
 #[derive(Default)]
 struct State {
-    rates: HashMap<Arc<str>, RateCell, Fx>,
+    rates: HashMap<ScopeRef, RateCell, Fx>,
     /// (scope, dimension, period start) → units used.
-    quotas: HashMap<(Arc<str>, Dim, i64), i64, Fx>,
+    quotas: HashMap<(ScopeRef, Dim, i64), i64, Fx>,
 }
 
 /// Updates the rate cell of a scope, creating it on first use (no key clone when it exists).
-fn with_rate_cell(st: &mut State, key: &Arc<str>, f: impl FnOnce(&mut RateCell)) {
+fn with_rate_cell(st: &mut State, key: &ScopeRef, f: impl FnOnce(&mut RateCell)) {
     match st.rates.get_mut(key) {
         Some(c) => f(c),
         None => {
@@ -84,7 +84,7 @@ impl LocalLimiter {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let seeded = checks.iter().filter(|c| c.dim.is_quota()).all(|c| {
             let (start, _) = c.dim.period().bounds(now_ms);
-            st.quotas.contains_key(&(c.scope_key.clone(), c.dim, start))
+            st.quotas.contains_key(&(c.scope.clone(), c.dim, start))
         });
         seeded.then(|| Self::decide_locked(&mut st, checks, &[], now_ms))
     }
@@ -111,7 +111,7 @@ impl LocalLimiter {
         for (i, c) in checks.iter().enumerate() {
             match c.dim {
                 Dim::Requests | Dim::Tokens => {
-                    let cell = st.rates.get(&c.scope_key).copied().unwrap_or_default();
+                    let cell = st.rates.get(&c.scope).copied().unwrap_or_default();
                     let tat = if c.dim == Dim::Requests {
                         cell.req_tat
                     } else {
@@ -130,7 +130,7 @@ impl LocalLimiter {
                     });
                 }
                 Dim::Concurrent => {
-                    let used = st.rates.get(&c.scope_key).map_or(0, |r| r.concurrent);
+                    let used = st.rates.get(&c.scope).map_or(0, |r| r.concurrent);
                     if used + c.cost > c.limit {
                         deny(i, 1000.0, false, &mut denied);
                     } else {
@@ -146,7 +146,7 @@ impl LocalLimiter {
                     let (start, end) = c.dim.period().bounds(now_ms);
                     let used = *st
                         .quotas
-                        .entry((c.scope_key.clone(), c.dim, start))
+                        .entry((c.scope.clone(), c.dim, start))
                         .or_insert(seeds.get(i).copied().unwrap_or(0));
                     let cost = c.cost as i64;
                     let limit = c.limit as i64;
@@ -182,13 +182,13 @@ impl LocalLimiter {
         for (i, v) in pending {
             let c = &checks[i];
             match c.dim {
-                Dim::Requests => with_rate_cell(st, &c.scope_key, |r| r.req_tat = v),
-                Dim::Tokens => with_rate_cell(st, &c.scope_key, |r| r.tok_tat = v),
+                Dim::Requests => with_rate_cell(st, &c.scope, |r| r.req_tat = v),
+                Dim::Tokens => with_rate_cell(st, &c.scope, |r| r.tok_tat = v),
                 Dim::Concurrent => {
-                    with_rate_cell(st, &c.scope_key, |r| r.concurrent += c.cost);
+                    with_rate_cell(st, &c.scope, |r| r.concurrent += c.cost);
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
-                    let key = (c.scope_key.clone(), c.dim, states[i].period_start);
+                    let key = (c.scope.clone(), c.dim, states[i].period_start);
                     *st.quotas.entry(key).or_insert(0) += c.cost as i64;
                 }
             }
@@ -211,21 +211,21 @@ impl LocalLimiter {
                 Dim::Requests => {}
                 Dim::Tokens => {
                     if delta != 0
-                        && let Some(cell) = st.rates.get_mut(&c.scope_key)
+                        && let Some(cell) = st.rates.get_mut(&c.scope)
                     {
                         cell.tok_tat =
                             gcra::gcra_adjust(cell.tok_tat, now, c.limit, MINUTE_MS, delta);
                     }
                 }
                 Dim::Concurrent => {
-                    if let Some(cell) = st.rates.get_mut(&c.scope_key) {
+                    if let Some(cell) = st.rates.get_mut(&c.scope) {
                         cell.concurrent = cell.concurrent.saturating_sub(c.cost);
                     }
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
                     let start = states.get(i).map_or(0, |s| s.period_start);
                     if delta != 0
-                        && let Some(used) = st.quotas.get_mut(&(c.scope_key.clone(), c.dim, start))
+                        && let Some(used) = st.quotas.get_mut(&(c.scope.clone(), c.dim, start))
                     {
                         *used = (*used + delta).max(0);
                     }
@@ -235,10 +235,9 @@ impl LocalLimiter {
     }
 
     /// Whether this process already counts a quota period (no seed needed).
-    pub fn has_quota(&self, scope_key: &Arc<str>, dim: Dim, period_start: i64) -> bool {
+    pub fn has_quota(&self, scope: &ScopeRef, dim: Dim, period_start: i64) -> bool {
         let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        st.quotas
-            .contains_key(&(scope_key.clone(), dim, period_start))
+        st.quotas.contains_key(&(scope.clone(), dim, period_start))
     }
 
     /// Drops idle rate cells and past quota periods.
@@ -271,7 +270,6 @@ mod tests {
                 tenant_id: "ten_1".into(),
                 id: scope.into(),
             },
-            scope_key: format!("k:{scope}").into(),
             dim,
             limit,
             cost,
@@ -334,7 +332,7 @@ mod tests {
         // Tomorrow starts from the new seed.
         assert!(l.decide(&checks, &[0], end + 1).denied.is_none());
         l.prune(end + 1);
-        assert!(!l.has_quota(&checks[0].scope_key, Dim::RequestsDay, end - gcra::DAY_MS));
+        assert!(!l.has_quota(&checks[0].scope, Dim::RequestsDay, end - gcra::DAY_MS));
     }
 
     #[test]

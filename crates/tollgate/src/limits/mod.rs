@@ -152,7 +152,7 @@ impl Dim {
 }
 
 /// Whose limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScopeKind {
     Key,
     User,
@@ -171,19 +171,30 @@ impl ScopeKind {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A scope; also the key of its counters (cloning it costs two reference counts, no allocation).
+/// Displayed as its globally unique name: `k:<key>`, `u:<tenant>:<user>`, `s:<sub>`, `t:<tenant>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScopeRef {
     pub kind: ScopeKind,
     pub tenant_id: Arc<str>,
     pub id: Arc<str>,
 }
 
+impl std::fmt::Display for ScopeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ScopeKind::Key => write!(f, "k:{}", self.id),
+            ScopeKind::User => write!(f, "u:{}:{}", self.tenant_id, self.id),
+            ScopeKind::Subscription => write!(f, "s:{}", self.id),
+            ScopeKind::Tenant => write!(f, "t:{}", self.id),
+        }
+    }
+}
+
 /// One limit to check for one request.
 #[derive(Debug, Clone)]
 pub struct Check {
     pub scope: ScopeRef,
-    /// Globally unique name of the scope (`k:<key>`, `u:<tenant>:<user>`, `s:<sub>`, `t:<tenant>`).
-    pub scope_key: Arc<str>,
     pub dim: Dim,
     pub limit: u64,
     /// Units this request reserves (1, or the token estimate).
@@ -240,7 +251,7 @@ type SeedCell = Arc<tokio::sync::OnceCell<(i64, std::time::Instant)>>;
 /// or after it lost its data), so a fresh-enough seed bounds what a Redis restart can forget.
 const SEED_TTL: Duration = Duration::from_secs(60);
 /// (scope, dimension, period start) → usage recorded in the store when first seen.
-type Seeds = HashMap<(Arc<str>, Dim, i64), SeedCell>;
+type Seeds = HashMap<(ScopeRef, Dim, i64), SeedCell>;
 
 /// The limiter service (one per app).
 pub struct Limits {
@@ -330,11 +341,15 @@ impl Limits {
     pub fn checks_for(&self, p: &Principal, estimate: u64) -> Vec<Check> {
         let mut checks = Vec::new();
         let tenant = &p.tenant_id;
-        let mut add = |kind: ScopeKind, id: &Arc<str>, key: &dyn Fn() -> String, set: LimitSet| {
+        let mut add = |kind: ScopeKind, id: &Arc<str>, set: LimitSet| {
             if set.is_unlimited() {
                 return;
             }
-            let scope_key: Arc<str> = key().into();
+            let scope = ScopeRef {
+                kind,
+                tenant_id: tenant.clone(),
+                id: id.clone(),
+            };
             for (dim, limit) in set.dims() {
                 let Some(limit) = limit.filter(|l| *l > 0) else {
                     continue;
@@ -344,12 +359,7 @@ impl Limits {
                     _ => 1,
                 };
                 checks.push(Check {
-                    scope: ScopeRef {
-                        kind,
-                        tenant_id: tenant.clone(),
-                        id: id.clone(),
-                    },
-                    scope_key: scope_key.clone(),
+                    scope: scope.clone(),
                     dim,
                     limit,
                     cost,
@@ -364,23 +374,13 @@ impl Limits {
                 .as_ref()
                 .map(LimitSet::from)
                 .unwrap_or_default();
-            add(
-                ScopeKind::Key,
-                key,
-                &|| format!("k:{key}"),
-                self.cfg.key.tighten(own),
-            );
+            add(ScopeKind::Key, key, self.cfg.key.tighten(own));
         }
         if let Some(user) = &p.user_id {
-            add(
-                ScopeKind::User,
-                user,
-                &|| format!("u:{tenant}:{user}"),
-                self.cfg.user,
-            );
+            add(ScopeKind::User, user, self.cfg.user);
         }
         if let (Some(sub), Some(plan)) = (&p.subscription_id, &p.plan_limits) {
-            add(ScopeKind::Subscription, sub, &|| format!("s:{sub}"), **plan);
+            add(ScopeKind::Subscription, sub, **plan);
         }
         let tenant_limits = self
             .cfg
@@ -388,12 +388,7 @@ impl Limits {
             .get(&**tenant)
             .copied()
             .unwrap_or(self.cfg.tenant);
-        add(
-            ScopeKind::Tenant,
-            tenant,
-            &|| format!("t:{tenant}"),
-            tenant_limits,
-        );
+        add(ScopeKind::Tenant, tenant, tenant_limits);
         checks
     }
 
@@ -406,14 +401,12 @@ impl Limits {
                 continue;
             }
             let (start, _) = c.dim.period().bounds(now_ms);
-            if !redis && self.local.has_quota(&c.scope_key, c.dim, start) {
+            if !redis && self.local.has_quota(&c.scope, c.dim, start) {
                 continue;
             }
             let cell = {
                 let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
-                let entry = seeds
-                    .entry((c.scope_key.clone(), c.dim, start))
-                    .or_default();
+                let entry = seeds.entry((c.scope.clone(), c.dim, start)).or_default();
                 if entry.get().is_some_and(|(_, at)| at.elapsed() > SEED_TTL) {
                     *entry = SeedCell::default();
                 }
@@ -693,7 +686,7 @@ mod tests {
             checks
                 .iter()
                 .all(|c| c.scope.kind == ScopeKind::Subscription
-                    && &*c.scope_key == "s:66ec1726e728c1405e5ebca2")
+                    && c.scope.to_string() == "s:66ec1726e728c1405e5ebca2")
         );
         let tokens = checks.iter().find(|c| c.dim == Dim::Tokens).unwrap();
         assert_eq!(tokens.cost, 100);

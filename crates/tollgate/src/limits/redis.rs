@@ -222,7 +222,7 @@ impl RedisLimiter {
     }
 
     fn key(&self, c: &Check) -> String {
-        format!("{}{}:{}", self.prefix, c.scope_key, c.dim.as_str())
+        format!("{}{}:{}", self.prefix, c.scope, c.dim.as_str())
     }
 
     async fn run<T: redis::FromRedisValue>(

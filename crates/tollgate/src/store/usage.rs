@@ -41,7 +41,7 @@ impl UsageRecord {
 const RECORD_COLS: usize = 14;
 const AGG_COLS: usize = 12;
 /// Rows per multi-row statement.
-const ROWS_PER_STATEMENT: usize = 64;
+const ROWS_PER_STATEMENT: usize = 256;
 
 /// `($1, $2, …), (…)` — or, on SQLite, anonymous `?`: its driver resolves each `$N` with a linear
 /// scan of the statement's parameters, which made binding quadratic in the batch size and the
