@@ -30,6 +30,10 @@ pub struct Inner {
     pub proxy: Proxy,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// Rate limits and quotas (local, or Redis with a local fallback).
+    pub limits: Arc<crate::limits::Limits>,
+    /// The usage queue and its batched writer.
+    pub usage: crate::usage::Usage,
 }
 
 impl std::ops::Deref for AppState {
@@ -62,13 +66,22 @@ impl AppState {
         );
         crate::subscriptions::configure(&auth, &config)?;
         let proxy = Proxy::from_config(&config)?;
+        let mut metrics = Metrics::default();
+        let limits = Arc::new(crate::limits::Limits::new(
+            &config,
+            store.clone(),
+            metrics.registry_mut(),
+        )?);
+        let usage = crate::usage::Usage::new(&config.usage, metrics.registry_mut());
         Ok(Self(Arc::new(Inner {
             config: Arc::new(config),
             store,
             auth,
             proxy,
-            metrics: Metrics::default(),
+            metrics,
             shutdown: CancellationToken::new(),
+            limits,
+            usage,
         })))
     }
 }
@@ -115,7 +128,7 @@ fn ai_routes(state: &AppState) -> Router<AppState> {
 
 /// Management routes (SPEC §4.2). Finer checks (own vs any key, platform owner) are in handlers.
 fn management_routes(state: &AppState) -> Router<AppState> {
-    use crate::api::{keys, tenants, users};
+    use crate::api::{audit, keys, tenants, users};
     use AuthLevel::{Optional, Required};
     let any = || guard(state, Required, None);
     let perm = |p| guard(state, Required, Some(p));
@@ -178,6 +191,14 @@ fn management_routes(state: &AppState) -> Router<AppState> {
             get(tenants::me).route_layer(guard(state, Optional, None)),
         )
         .merge(crate::subscriptions::routes(state))
+        .route(
+            "/usage",
+            get(crate::usage::api::get_usage).route_layer(perm(Permission::UsageRead)),
+        )
+        .route(
+            "/audit-events",
+            get(audit::list).route_layer(perm(Permission::AuditRead)),
+        )
 }
 
 pub fn router(state: AppState) -> Router {
@@ -260,6 +281,7 @@ impl Application {
             t.abort();
         }
         state.auth.flush_last_used().await;
+        state.usage.flush_and_stop().await;
         state.store.close().await;
         Ok(())
     }
@@ -268,6 +290,12 @@ impl Application {
 /// Background work that must never run on the request path.
 fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    // Usage records: the batched writer (stopped and drained by `run` on shutdown).
+    state.usage.start(state.clone());
+    // Limiter upkeep: pruning, and the way back from the local fallback to Redis.
+    tasks.push(tokio::spawn(
+        state.limits.clone().maintain(state.shutdown.clone()),
+    ));
     // Batched last_used_at writes.
     let s = state.clone();
     tasks.push(tokio::spawn(async move {

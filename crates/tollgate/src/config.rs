@@ -66,6 +66,96 @@ pub struct Config {
     pub operations: OperationsConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+    /// Rate limits and quotas per tenant, user and key (SPEC §7); see `limits`.
+    pub limits: LimitsConfig,
+    /// Usage metering (the batched writer behind `/v1/usage`).
+    pub usage: UsageConfig,
+    /// Spike alerts (`alert.usage_spike`).
+    pub alerts: AlertsConfig,
+}
+
+/// `[limits]`: ceilings that apply besides a key's own `rate_limit` and a subscription's plan.
+/// Every field of a limit set is optional; absent (or 0) = unlimited. The tightest limit applies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `[limits.tenant]`: applies to each tenant as a whole.
+    pub tenant: crate::limits::LimitSet,
+    /// `[limits.tenants."ten_…"]`: replaces `[limits.tenant]` for one tenant id.
+    pub tenants: std::collections::HashMap<String, crate::limits::LimitSet>,
+    /// `[limits.user]`: applies to each member (all of their keys and tokens) within a tenant.
+    pub user: crate::limits::LimitSet,
+    /// `[limits.key]`: default for every API key; a key's own `rate_limit` can only tighten it.
+    pub key: crate::limits::LimitSet,
+    /// Completion tokens assumed at admission when a request has no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// Prefix of every Redis key Tollgate writes (several deployments can share one Redis).
+    pub redis_prefix: String,
+    /// Deadline for one Redis decision; past it the local limiter decides.
+    pub redis_timeout_ms: u64,
+    /// How long a concurrency slot held in Redis survives an instance that died mid-request.
+    pub concurrency_lease_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            tenant: Default::default(),
+            tenants: Default::default(),
+            user: Default::default(),
+            key: Default::default(),
+            default_max_tokens: 256,
+            redis_prefix: "tollgate:".into(),
+            redis_timeout_ms: 250,
+            concurrency_lease_seconds: 900,
+        }
+    }
+}
+
+/// `[usage]`: the bounded queue between requests and the batched store writer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Records queued or reserved by in-flight requests; when full, new requests wait.
+    pub queue_capacity: usize,
+    /// Largest batch written in one transaction.
+    pub batch_size: usize,
+    /// How often the writer flushes.
+    pub flush_ms: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 65_536,
+            batch_size: 1000,
+            flush_ms: 250,
+        }
+    }
+}
+
+/// `[alerts]`: a key whose requests in one minute exceed `spike_multiple` × its trailing
+/// per-minute baseline (and at least `spike_min_requests`) raises `alert.usage_spike`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub spike_multiple: f64,
+    pub spike_min_requests: u64,
+    /// Length of the trailing baseline, in minutes.
+    pub baseline_minutes: u64,
+    /// Optional URL that receives each alert as a JSON POST.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            spike_multiple: 5.0,
+            spike_min_requests: 100,
+            baseline_minutes: 15,
+            webhook_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +271,9 @@ impl Default for Config {
             operations: OperationsConfig::default(),
             providers: Vec::new(),
             models: Vec::new(),
+            limits: LimitsConfig::default(),
+            usage: UsageConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -309,6 +402,17 @@ impl Config {
             if p.kind == ProviderKind::Openai && !p.base_url.starts_with("http") {
                 anyhow::bail!("provider {:?}: base_url must be an http(s) URL", p.name);
             }
+        }
+        if self.usage.queue_capacity < 16 || self.usage.batch_size == 0 {
+            anyhow::bail!("usage.queue_capacity must be at least 16 and usage.batch_size positive");
+        }
+        if self.alerts.spike_multiple.is_nan() || self.alerts.spike_multiple <= 1.0 {
+            anyhow::bail!("alerts.spike_multiple must be greater than 1");
+        }
+        if let Some(url) = &self.alerts.webhook_url
+            && !url.starts_with("http")
+        {
+            anyhow::bail!("alerts.webhook_url must be an http(s) URL");
         }
         let mut models = std::collections::HashSet::new();
         for m in &self.models {

@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line; everything else — building the app from a
 //! [`config::Config`], serving it, the CLI commands — lives here so tests can drive it on port 0.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -13,10 +14,12 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod passwords;
 pub mod proxy;
 pub mod store;
 pub mod subscriptions;
+pub mod usage;
 pub mod util;

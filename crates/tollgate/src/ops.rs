@@ -18,7 +18,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         return ApiError::unavailable("Shutting down").into_response();
     }
     if state.store.ping().await {
-        axum::Json(json!({"status": "ready", "store": "ok"})).into_response()
+        // "limits": local | redis | local-fallback (Redis configured but unreachable: still ready,
+        // limits enforced per instance).
+        axum::Json(json!({"status": "ready", "store": "ok", "limits": state.limits.mode()}))
+            .into_response()
     } else {
         let mut e = ApiError::unavailable("The store is unreachable");
         e.retry_after = Some(1);

@@ -117,7 +117,12 @@ fn validate_scopes(scopes: &[String], owner_perms: PermSet) -> ApiResult<()> {
 }
 
 fn validate_rate_limit(rl: &KeyRateLimit) -> ApiResult<()> {
-    if rl.requests_per_minute == Some(0) || rl.tokens_per_minute == Some(0) {
+    if rl.requests_per_minute == Some(0)
+        || rl.tokens_per_minute == Some(0)
+        || rl.concurrent_requests == Some(0)
+        || rl.requests_per_day == Some(0)
+        || rl.tokens_per_month == Some(0)
+    {
         return Err(ApiError::validation(
             "rate_limit",
             "rate limits must be positive",

@@ -75,12 +75,16 @@ pub struct Principal {
     pub platform_admin: bool,
     /// Per-key rate limit settings, if any.
     pub rate_limit: Option<KeyRateLimit>,
+    /// The plan's limits for a subscription credential (requests/tokens per minute, concurrency,
+    /// quotas); `None` = no plan. Enforced per subscription by `crate::limits`.
+    pub plan_limits: Option<Arc<crate::limits::PlanLimits>>,
+    /// The end user a verifier vouches for (an app JWT's `sub`, SPEC §2.6). For accounting
+    /// only: it never grants anything.
+    pub end_user: Option<Arc<str>>,
     /// Models this caller may use; `None` = every configured model.
     pub allowed_models: Option<Arc<std::collections::HashSet<String>>>,
     /// Request binding carried by an app JWT, checked against the body by the handler.
     pub binding: Option<Arc<binding::Binding>>,
-    /// The end user, for accounting only (SPEC §2.6): the `sub` of an app JWT.
-    pub end_user: Option<Arc<str>>,
     /// Keeps the request registered for in-flight revocation while the principal lives.
     pub live: LiveGuard,
 }
@@ -353,12 +357,13 @@ impl Auth {
                 permissions: entry.permissions,
                 platform_admin: entry.platform_admin,
                 rate_limit: entry.rate_limit.clone(),
+                plan_limits: entry.subscription.as_ref().map(|s| s.plan_limits.clone()),
+                end_user: None,
                 allowed_models: entry
                     .subscription
                     .as_ref()
                     .map(|s| s.allowed_models.clone()),
                 binding: None,
-                end_user: None,
                 live,
             });
         }

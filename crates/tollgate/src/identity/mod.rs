@@ -119,6 +119,7 @@ pub(crate) fn principal(
         platform_admin,
         rate_limit: None,
         allowed_models: None,
+        plan_limits: None,
         binding: None,
         end_user: None,
         live,

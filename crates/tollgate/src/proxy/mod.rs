@@ -21,6 +21,8 @@ use crate::auth::revocation::CutReason;
 use crate::config::{Config, ProviderKind, Secret};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::RawJson;
+use crate::limits::Meter;
+use crate::usage::RequestInfo;
 
 pub mod mock;
 pub mod sse;
@@ -383,15 +385,21 @@ pub fn model_allowed(caller: &Caller, model: &str) -> bool {
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
+    info: RequestInfo,
     body: RawJson,
 ) -> Response {
-    forward(&state, caller, Endpoint::Chat, body)
+    forward(&state, caller, Endpoint::Chat, body, info)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn embeddings(State(state): State<AppState>, caller: Caller, body: RawJson) -> Response {
-    forward(&state, caller, Endpoint::Embeddings, body)
+pub async fn embeddings(
+    State(state): State<AppState>,
+    caller: Caller,
+    info: RequestInfo,
+    body: RawJson,
+) -> Response {
+    forward(&state, caller, Endpoint::Embeddings, body, info)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -400,17 +408,47 @@ pub async fn image_generations(
     State(state): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
+    info: RequestInfo,
     body: RawJson,
 ) -> Response {
     // `Prefer: respond-async`: queue an operation instead (crate::subscriptions::operations).
     if crate::subscriptions::operations::wants_async(&headers) {
-        return crate::subscriptions::operations::submit(&state, caller, body)
+        return submit_async_images(&state, caller, body, info)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
-    forward(&state, caller, Endpoint::Images, body)
+    forward(&state, caller, Endpoint::Images, body, info)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An asynchronous image generation goes through the same admission as a synchronous one
+/// (limits, quotas, one usage record for the submission), then is queued as an operation.
+async fn submit_async_images(
+    state: &AppState,
+    caller: Caller,
+    body: RawJson,
+    info: RequestInfo,
+) -> Result<Response, ApiError> {
+    let model = body
+        .value
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let meter = crate::limits::admit(
+        state,
+        &caller,
+        Endpoint::Images.path(),
+        &model,
+        &body.value,
+        &info,
+    )
+    .await?;
+    match crate::subscriptions::operations::submit(state, caller, body).await {
+        Ok(res) => Ok(meter.respond(res)),
+        Err(e) => Err(meter.fail(e)),
+    }
 }
 
 /// Rewrites the body for the upstream: the public model name becomes the upstream one, and a
@@ -463,6 +501,7 @@ async fn forward(
     caller: Caller,
     endpoint: Endpoint,
     raw: RawJson,
+    info: RequestInfo,
 ) -> Result<Response, ApiError> {
     let model = match raw.value.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -495,6 +534,9 @@ async fn forward(
         Some(_) => return Err(ApiError::validation("stream", "stream must be a boolean")),
     };
     let (value, bytes, client_wants_usage) = prepare(raw, &route, stream)?;
+    // Limits and quotas (429s carry their headers); the meter settles when it drops.
+    let mut meter =
+        crate::limits::admit(state, &caller, endpoint.path(), &route.name, &value, &info).await?;
     let started = Instant::now();
     let token = caller.live.token().clone();
     // Dropping this future (client gone) drops the upstream request; a revocation cancels it.
@@ -502,7 +544,7 @@ async fn forward(
         biased;
         () = token.cancelled() => {
             state.metrics.streams_cut.get_or_create(&crate::metrics::ReasonLabels { reason: "revoked".into() }).inc();
-            return Err(cut_error(caller.live.reason()));
+            return Err(meter.fail(cut_error(caller.live.reason())));
         }
         r = state.proxy.send(&route, endpoint, &value, bytes) => r,
     };
@@ -513,7 +555,7 @@ async fn forward(
             state
                 .metrics
                 .upstream(provider, f.label(), started.elapsed().as_secs_f64());
-            return Err(f.to_api());
+            return Err(meter.fail(f.to_api()));
         }
     };
     let outcome = if reply.status.is_success() {
@@ -528,28 +570,31 @@ async fn forward(
         ReplyBody::Full(body) if reply.status.is_success() => {
             let Ok(usage) = Usage::from_body(&body) else {
                 tracing::warn!(provider, "upstream sent a body that is not a JSON object");
-                return Err(ApiError::new(
+                return Err(meter.fail(ApiError::new(
                     ErrorCode::UpstreamError,
                     "The upstream provider sent an invalid response",
-                ));
+                )));
             };
             tracing::debug!(?usage, "completed");
-            Ok((
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response())
+            meter.set_usage(usage);
+            Ok(meter.respond(
+                (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    body,
+                )
+                    .into_response(),
+            ))
         }
-        ReplyBody::Full(body) => Ok(map_upstream_error(
+        ReplyBody::Full(body) => Ok(meter.respond(map_upstream_error(
             provider,
             reply.status,
             &body,
             reply.retry_after,
-        )),
+        ))),
         ReplyBody::Stream(upstream) => {
             let idle = route.provider.timeout(state.proxy.timeout);
             Ok(stream_response(
@@ -558,6 +603,7 @@ async fn forward(
                 upstream,
                 client_wants_usage,
                 idle,
+                meter,
             ))
         }
     }
@@ -575,11 +621,14 @@ struct StreamState {
     saw_done: bool,
     done: bool,
     state: AppState,
+    /// Settles limits and writes the usage record when the stream ends or is dropped (client gone).
+    meter: Meter,
 }
 
 impl StreamState {
-    fn fail(&mut self, err: &ApiError, reason: &str) {
+    fn fail(&mut self, err: &ApiError, reason: &'static str) {
         self.done = true;
+        self.meter.stream_failed(reason);
         self.queue.push_back(sse::error_event(err));
         self.state
             .metrics
@@ -595,6 +644,7 @@ impl StreamState {
             match sse::classify(&ev) {
                 EventKind::UsageOnly(u) => {
                     self.usage = Some(u);
+                    self.meter.set_usage(Some(u));
                     if self.client_wants_usage {
                         self.queue.push_back(ev);
                     }
@@ -603,6 +653,8 @@ impl StreamState {
                     if u.is_some() {
                         self.usage = u;
                     }
+                    self.meter.set_usage(u);
+                    self.meter.chunk();
                     self.queue.push_back(ev);
                 }
                 EventKind::Done => {
@@ -620,6 +672,7 @@ impl StreamState {
             }
             if self.done {
                 tracing::debug!(usage = ?self.usage, "stream finished");
+                self.meter.stream_complete();
                 return None;
             }
             tokio::select! {
@@ -657,8 +710,13 @@ fn stream_response(
     upstream: ByteStream,
     client_wants_usage: bool,
     idle: Duration,
+    mut meter: Meter,
 ) -> Response {
     let token = caller.live.token().clone();
+    let mut builder = Response::builder();
+    if let Some(h) = builder.headers_mut() {
+        meter.take_headers().apply(h);
+    }
     let st = StreamState {
         upstream,
         splitter: EventSplitter::default(),
@@ -671,13 +729,14 @@ fn stream_response(
         saw_done: false,
         done: false,
         state: state.clone(),
+        meter,
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
         st.next_frame()
             .await
             .map(|frame| (Ok::<_, std::io::Error>(frame), st))
     });
-    Response::builder()
+    builder
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")

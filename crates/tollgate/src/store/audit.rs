@@ -237,35 +237,38 @@ pub async fn list(
 ) -> StoreResult<Vec<AuditRecord>> {
     let mut sql = format!("{SELECT} WHERE tenant_id = $1");
     let mut n = 1;
+    // Each clause names its placeholder; `{}` in `c` is replaced by `$n`.
     let mut clause = |sql: &mut String, c: &str| {
         n += 1;
-        sql.push_str(&format!(" AND {c} ${n}"));
+        sql.push_str(" AND ");
+        sql.push_str(&c.replace("{}", &format!("${n}")));
     };
     if f.actor.is_some() {
-        clause(&mut sql, "actor_id =");
-    }
-    if let Some(a) = &f.action {
+        // An actor id, or an actor type such as `system` (no id).
         clause(
             &mut sql,
-            if a.ends_with('*') {
-                "action LIKE"
-            } else {
-                "action ="
-            },
+            "(actor_id = {} OR (actor_type = {} AND actor_id IS NULL))",
         );
     }
+    if let Some(a) = &f.action {
+        if a.ends_with('*') {
+            clause(&mut sql, "action LIKE {} ESCAPE '\\'");
+        } else {
+            clause(&mut sql, "action = {}");
+        }
+    }
     if f.from.is_some() {
-        clause(&mut sql, "ts >=");
+        clause(&mut sql, "ts >= {}");
     }
     if f.to.is_some() {
-        clause(&mut sql, "ts <");
+        clause(&mut sql, "ts < {}");
     }
     if f.before_seq.is_some() {
-        clause(&mut sql, "seq <");
+        clause(&mut sql, "seq < {}");
     }
     sql.push_str(&format!(
         " ORDER BY seq DESC LIMIT {}",
-        f.limit.clamp(1, 500)
+        f.limit.clamp(1, 1000)
     ));
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id.to_string());
     if let Some(a) = &f.actor {
@@ -273,7 +276,14 @@ pub async fn list(
     }
     if let Some(a) = &f.action {
         q = q.bind(match a.strip_suffix('*') {
-            Some(prefix) => format!("{}%", prefix.replace(['%', '_'], "")),
+            // `_` and `%` in the prefix are literal (action names contain `_`).
+            Some(prefix) => format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            ),
             None => a.clone(),
         });
     }

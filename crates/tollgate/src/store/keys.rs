@@ -6,14 +6,23 @@ use sqlx::{AnyPool, Row};
 use super::{Conn, StoreResult, json_col};
 use crate::util::{opt_rfc3339, rfc3339};
 
-/// Per-key rate limit settings (enforced by the limits layer).
+/// Per-key rate limits and quotas (enforced by `crate::limits`; the tightest of these, the
+/// user's, the plan's and the tenant's applies).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRateLimit {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_requests: Option<u32>,
+    /// Quota: requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Quota: tokens per UTC calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

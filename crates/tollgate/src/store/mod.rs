@@ -15,6 +15,7 @@ pub mod keys;
 pub mod migrate;
 pub mod subscriptions;
 pub mod tenants;
+pub mod usage;
 
 pub use audit::{AuditEvent, AuditRecord};
 

@@ -83,7 +83,7 @@ async fn rejected(app: &TestApp, token: &str, code: &str, what: &str) {
 async fn forged_tokens_are_rejected(app: TestApp) {
     let (token, claims) = genuine(&app).await;
     assert_eq!(app.get("/v1/me", &token).await.status(), StatusCode::OK);
-    let real_header = header(&token);
+    let real_header = jwt_header(&token);
     let kid = real_header["kid"].as_str().unwrap().to_string();
     let sig = token.rsplit('.').next().unwrap().to_string();
 
@@ -295,7 +295,7 @@ async fn forged_tokens_are_rejected(app: TestApp) {
     // A platform-signed token without typ at+jwt.
     let jwt_typ = {
         let parts: Vec<&str> = token.split('.').collect();
-        let mut h = header(&token);
+        let mut h = jwt_header(&token);
         h["typ"] = json!("JWT");
         format!("{}.{}.{}", b64json(&h), parts[1], parts[2])
     };

@@ -268,7 +268,15 @@ impl TestApp {
 
     /// A second gateway instance on the same database (and a fresh upstream).
     pub async fn second_instance(&self) -> TestApp {
-        let mut opts = Opts::new(self.db);
+        self.second_instance_with(|_| {}).await
+    }
+
+    /// A second instance on the same database with config edits (e.g. the same Redis).
+    pub async fn second_instance_with(
+        &self,
+        edit: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> TestApp {
+        let mut opts = Opts::new(self.db).edit(edit);
         opts.share_db = Some(self.db_url.clone());
         let mut other = Self::spawn_with(opts).await.expect("second instance");
         other.owner_key = self.owner_key.clone();
@@ -291,6 +299,15 @@ impl TestApp {
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+    }
+
+    /// Stops the server gracefully and hands back its database (which outlives the app).
+    pub async fn shutdown_keep_db(mut self) -> TestDb {
+        self.state.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self._db
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -437,4 +454,131 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Redis URL for tests, if configured.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("skipped: TOLLGATE_TEST_REDIS_URL is not set, Redis test not run");
+            None
+        }
+    }
+}
+
+/// A fresh Redis key prefix, so tests sharing one Redis never see each other's counters.
+pub fn redis_prefix() -> String {
+    format!("tgtest:{}:", tollgate::util::random_base62(12))
+}
+
+/// Points a config at Redis with its own key prefix.
+pub fn use_redis(cfg: &mut Config, url: &str, prefix: &str) {
+    cfg.redis_url = Some(Secret::new(url));
+    cfg.limits.redis_prefix = prefix.to_string();
+}
+
+/// A `redis-server` this test started itself on a free loopback port (never the shared one).
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// `None` (with a message) when `redis-server` is not installed.
+    pub async fn start() -> Option<OwnRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut r = OwnRedis { port, child: None };
+        if !r.spawn().await {
+            eprintln!("skipped: could not start redis-server");
+            return None;
+        }
+        Some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(5), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) -> bool {
+        self.stop();
+        self.spawn().await
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates a key for the owner with the given `rate_limit` object; returns (id, key).
+pub async fn limited_key(app: &TestApp, rate_limit: Value) -> (String, String) {
+    let k = app
+        .create_key(
+            &app.owner_key,
+            json!({"name": "limited", "rate_limit": rate_limit}),
+        )
+        .await;
+    (
+        k["id"].as_str().expect("id").to_string(),
+        k["key"].as_str().expect("key").to_string(),
+    )
+}
+
+/// A header as text.
+pub fn header(res: &Response, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Waits until the usage writer has stored at least `n` records for the app's tenant.
+pub async fn wait_usage_records(app: &TestApp, n: usize) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        tollgate::store::usage::recent_records(app.state.store.pool(), &app.tenant_id, 100_000)
+            .await
+            .map(|r| r.len() >= n)
+            .unwrap_or(false)
+    })
+    .await
 }

@@ -747,14 +747,14 @@ async fn signing_key_rotation_keeps_old_tokens_valid(app: TestApp) {
             .to_string()
     };
     let old = get_token().await;
-    let old_kid = header(&old)["kid"].as_str().unwrap().to_string();
+    let old_kid = jwt_header(&old)["kid"].as_str().unwrap().to_string();
     let new_kid = tollgate::identity::keys::rotate(&app.state.store, &app.state.config, None)
         .await
         .unwrap();
     assert_ne!(new_kid, old_kid);
     app.state.auth.identity.keys.forget_signer().await;
     let new = get_token().await;
-    assert_eq!(header(&new)["kid"], new_kid);
+    assert_eq!(jwt_header(&new)["kid"], new_kid);
     // Both keys are published; both tokens work.
     let jwks: Value = app
         .get("/.well-known/jwks.json", "")
@@ -802,7 +802,7 @@ async fn signing_key_rotation_keeps_old_tokens_valid(app: TestApp) {
     let cli_kid = printed["kid"].as_str().unwrap().to_string();
     app.state.auth.identity.keys.forget_signer().await;
     let newest = get_token().await;
-    assert_eq!(header(&newest)["kid"], cli_kid.as_str());
+    assert_eq!(jwt_header(&newest)["kid"], cli_kid.as_str());
     for t in [&old, &new, &newest] {
         assert_eq!(app.get("/v1/me", t).await.status(), StatusCode::OK);
     }
@@ -868,7 +868,7 @@ async fn es256_with_a_configured_secret() {
     .await;
     let t: Value = res.json().await.unwrap();
     let token = t["access_token"].as_str().unwrap();
-    assert_eq!(header(token)["alg"], "ES256");
+    assert_eq!(jwt_header(token)["alg"], "ES256");
     assert_eq!(app.get("/v1/me", token).await.status(), StatusCode::OK);
     let jwks: Value = app
         .get("/.well-known/jwks.json", "")

@@ -11,15 +11,21 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod alerts;
 mod app_jwt;
+mod audit;
 mod errors;
 mod keys;
+mod limits;
 mod operations;
 mod ops;
 mod proxy;
+mod quotas;
+mod redis;
 #[allow(dead_code)]
 mod subs;
 mod subscriptions;
+mod usage;
 mod users;
 
 // Identity (issue 3).

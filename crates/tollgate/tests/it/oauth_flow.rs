@@ -90,7 +90,7 @@ async fn code_pkce_refresh_and_reuse_lockout(app: TestApp) {
     let access = tokens.access_token().secret().clone();
     let refresh1 = tokens.refresh_token().unwrap().clone();
     assert!(tokens.expires_in().unwrap().as_secs() > 3000);
-    let h = header(&access);
+    let h = jwt_header(&access);
     assert_eq!(h["typ"], "at+jwt");
     assert_eq!(h["alg"], "RS256");
     let claims = payload(&access);

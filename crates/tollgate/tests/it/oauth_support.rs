@@ -300,7 +300,7 @@ pub fn payload(token: &str) -> Value {
 }
 
 /// The (unverified) header of a JWT.
-pub fn header(token: &str) -> Value {
+pub fn jwt_header(token: &str) -> Value {
     let p = token.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
 }

@@ -1,0 +1,794 @@
+//! Rate limits and quotas (SPEC §7).
+//!
+//! Scopes: the API key, the user (within a tenant), the subscription (its plan) and the tenant.
+//! Dimensions: requests/min and tokens/min (GCRA, exact `Retry-After`), concurrent requests, and
+//! the quotas requests/day and tokens/month. A request is checked against every limit of every
+//! scope that applies, all-or-nothing, so the tightest one decides.
+//!
+//! * Admission ([`meter::admit`]) reserves: one request, the estimated tokens (prompt size +
+//!   `max_tokens`), one concurrency slot, and the quota units.
+//! * Settlement (when the [`meter::Meter`] drops: response sent, stream finished *or* cut by the
+//!   client) releases the slot, reconciles tokens with the upstream's reported usage, and refunds
+//!   the quota of a request that failed.
+//!
+//! Backends: with `redis_url`, every decision is one Lua script in Redis ([`redis`]); without it,
+//! or while Redis is unreachable, the in-process [`local::LocalLimiter`]. The hot path does no
+//! store I/O: quota counters are seeded from the usage aggregates once per scope and period.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{CredentialType, Principal};
+use crate::config::LimitsConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::store::Store;
+
+pub mod gcra;
+pub mod headers;
+pub mod local;
+pub mod meter;
+pub mod redis;
+
+pub use headers::RateHeaders;
+use local::LocalLimiter;
+pub use meter::{Meter, admit};
+
+/// A set of limits for one scope. Absent or 0 = unlimited. The same shape serves a plan's
+/// `limits` (SPEC §4.2), a key's `rate_limit`, and the `[limits.*]` configuration tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSet {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+}
+
+/// A plan's limits, carried by the principal of a subscription credential (filled by the
+/// subscriptions verifiers; `None` = no plan).
+pub type PlanLimits = LimitSet;
+
+fn tighter(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a.filter(|v| *v > 0), b.filter(|v| *v > 0)) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl LimitSet {
+    /// Field by field, the tighter of the two.
+    pub fn tighten(self, o: LimitSet) -> LimitSet {
+        LimitSet {
+            requests_per_minute: tighter(self.requests_per_minute, o.requests_per_minute),
+            tokens_per_minute: tighter(self.tokens_per_minute, o.tokens_per_minute),
+            concurrent_requests: tighter(self.concurrent_requests, o.concurrent_requests),
+            requests_per_day: tighter(self.requests_per_day, o.requests_per_day),
+            tokens_per_month: tighter(self.tokens_per_month, o.tokens_per_month),
+        }
+    }
+
+    /// No limit set.
+    pub fn is_unlimited(&self) -> bool {
+        self.dims().iter().all(|(_, l)| l.is_none_or(|v| v == 0))
+    }
+
+    fn dims(&self) -> [(Dim, Option<u64>); 5] {
+        [
+            (Dim::Requests, self.requests_per_minute),
+            (Dim::Tokens, self.tokens_per_minute),
+            (Dim::Concurrent, self.concurrent_requests),
+            (Dim::RequestsDay, self.requests_per_day),
+            (Dim::TokensMonth, self.tokens_per_month),
+        ]
+    }
+}
+
+impl From<&crate::store::keys::KeyRateLimit> for LimitSet {
+    fn from(k: &crate::store::keys::KeyRateLimit) -> Self {
+        LimitSet {
+            requests_per_minute: k.requests_per_minute.map(u64::from),
+            tokens_per_minute: k.tokens_per_minute.map(u64::from),
+            concurrent_requests: k.concurrent_requests.map(u64::from),
+            requests_per_day: k.requests_per_day,
+            tokens_per_month: k.tokens_per_month,
+        }
+    }
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Dim {
+    Requests = 0,
+    Tokens = 1,
+    RequestsDay = 2,
+    TokensMonth = 3,
+    Concurrent = 4,
+}
+
+impl Dim {
+    pub fn is_quota(self) -> bool {
+        matches!(self, Dim::RequestsDay | Dim::TokensMonth)
+    }
+    pub fn period(self) -> gcra::Period {
+        match self {
+            Dim::TokensMonth => gcra::Period::Month,
+            _ => gcra::Period::Day,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dim::Requests => "rpm",
+            Dim::Tokens => "tpm",
+            Dim::RequestsDay => "rpd",
+            Dim::TokensMonth => "tpmo",
+            Dim::Concurrent => "conc",
+        }
+    }
+    fn describe(self) -> &'static str {
+        match self {
+            Dim::Requests => "requests per minute",
+            Dim::Tokens => "tokens per minute",
+            Dim::RequestsDay => "requests per day",
+            Dim::TokensMonth => "tokens per month",
+            Dim::Concurrent => "concurrent requests",
+        }
+    }
+}
+
+/// Whose limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScopeKind {
+    Key,
+    User,
+    Subscription,
+    Tenant,
+}
+
+impl ScopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Key => "API key",
+            ScopeKind::User => "user",
+            ScopeKind::Subscription => "subscription",
+            ScopeKind::Tenant => "tenant",
+        }
+    }
+}
+
+/// A scope; also the key of its counters (cloning it costs two reference counts, no allocation).
+/// Displayed as its globally unique name: `k:<key>`, `u:<tenant>:<user>`, `s:<sub>`, `t:<tenant>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopeRef {
+    pub kind: ScopeKind,
+    pub tenant_id: Arc<str>,
+    pub id: Arc<str>,
+}
+
+impl std::fmt::Display for ScopeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ScopeKind::Key => write!(f, "k:{}", self.id),
+            ScopeKind::User => write!(f, "u:{}:{}", self.tenant_id, self.id),
+            ScopeKind::Subscription => write!(f, "s:{}", self.id),
+            ScopeKind::Tenant => write!(f, "t:{}", self.id),
+        }
+    }
+}
+
+/// One limit to check for one request.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub scope: ScopeRef,
+    pub dim: Dim,
+    pub limit: u64,
+    /// Units this request reserves (1, or the token estimate).
+    pub cost: u64,
+}
+
+/// The state of one check after a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckState {
+    pub remaining: u64,
+    pub reset_ms: u64,
+    /// For quotas: the start of the period the units were counted in.
+    pub period_start: i64,
+}
+
+/// The outcome of one admission.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The check that refused the request, if any (nothing was reserved then).
+    pub denied: Option<usize>,
+    pub retry_ms: f64,
+    pub states: Vec<CheckState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Redis,
+}
+
+/// What admission reserved; settled exactly once.
+#[derive(Debug)]
+pub struct Reservation {
+    backend: Backend,
+    checks: Vec<Check>,
+    states: Vec<CheckState>,
+    member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub outcome: &'static str,
+    pub backend: &'static str,
+}
+
+struct LimitMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    fallback: Gauge,
+    redis_errors: Counter,
+}
+
+type SeedCell = Arc<tokio::sync::OnceCell<(i64, std::time::Instant)>>;
+/// How long a loaded seed is reused. Redis only uses a seed when it has no counter (first use,
+/// or after it lost its data), so a fresh-enough seed bounds what a Redis restart can forget.
+const SEED_TTL: Duration = Duration::from_secs(60);
+/// (scope, dimension, period start) → usage recorded in the store when first seen.
+type Seeds = HashMap<(ScopeRef, Dim, i64), SeedCell>;
+
+/// The limiter service (one per app).
+pub struct Limits {
+    cfg: LimitsConfig,
+    store: Store,
+    local: LocalLimiter,
+    redis: Option<redis::RedisLimiter>,
+    redis_ok: AtomicBool,
+    seeds: Mutex<Seeds>,
+    metrics: LimitMetrics,
+    instance: String,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("mode", &self.mode())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limits {
+    pub fn new(
+        cfg: &crate::config::Config,
+        store: Store,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
+        let l = &cfg.limits;
+        let redis = match cfg.redis_url.as_ref().filter(|u| !u.is_empty()) {
+            Some(url) => Some(redis::RedisLimiter::new(
+                url.expose(),
+                &l.redis_prefix,
+                Duration::from_millis(l.redis_timeout_ms.max(10)),
+                Duration::from_secs(l.concurrency_lease_seconds.max(1)),
+            )?),
+            None => None,
+        };
+        let metrics = LimitMetrics {
+            decisions: Family::default(),
+            fallback: Gauge::default(),
+            redis_errors: Counter::default(),
+        };
+        registry.register(
+            "limit_decisions",
+            "Admission decisions by outcome (allowed, rate_limited, quota_exceeded) and backend",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "limits_redis_fallback",
+            "1 while Redis is configured but unreachable and the local limiter decides",
+            metrics.fallback.clone(),
+        );
+        registry.register(
+            "limits_redis_errors",
+            "Failed Redis limiter calls",
+            metrics.redis_errors.clone(),
+        );
+        Ok(Self {
+            cfg: l.clone(),
+            store,
+            local: LocalLimiter::default(),
+            redis,
+            // Optimistic: the first failure switches to the fallback.
+            redis_ok: AtomicBool::new(true),
+            seeds: Mutex::new(HashMap::new()),
+            metrics,
+            instance: crate::util::random_base62(10),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// `local` (no Redis configured), `redis`, or `local-fallback` (Redis unreachable).
+    pub fn mode(&self) -> &'static str {
+        match (&self.redis, self.redis_ok.load(Ordering::Acquire)) {
+            (None, _) => "local",
+            (Some(_), true) => "redis",
+            (Some(_), false) => "local-fallback",
+        }
+    }
+
+    pub fn config(&self) -> &LimitsConfig {
+        &self.cfg
+    }
+
+    /// Every limit that applies to this principal.
+    pub fn checks_for(&self, p: &Principal, estimate: u64) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let tenant = &p.tenant_id;
+        let mut add = |kind: ScopeKind, id: &Arc<str>, set: LimitSet| {
+            if set.is_unlimited() {
+                return;
+            }
+            let scope = ScopeRef {
+                kind,
+                tenant_id: tenant.clone(),
+                id: id.clone(),
+            };
+            for (dim, limit) in set.dims() {
+                let Some(limit) = limit.filter(|l| *l > 0) else {
+                    continue;
+                };
+                let cost = match dim {
+                    Dim::Tokens | Dim::TokensMonth => estimate,
+                    _ => 1,
+                };
+                checks.push(Check {
+                    scope: scope.clone(),
+                    dim,
+                    limit,
+                    cost,
+                });
+            }
+        };
+        if p.credential_type == CredentialType::ApiKey
+            && let Some(key) = &p.credential_id
+        {
+            let own = p
+                .rate_limit
+                .as_ref()
+                .map(LimitSet::from)
+                .unwrap_or_default();
+            add(ScopeKind::Key, key, self.cfg.key.tighten(own));
+        }
+        if let Some(user) = &p.user_id {
+            add(ScopeKind::User, user, self.cfg.user);
+        }
+        if let (Some(sub), Some(plan)) = (&p.subscription_id, &p.plan_limits) {
+            add(ScopeKind::Subscription, sub, **plan);
+        }
+        let tenant_limits = self
+            .cfg
+            .tenants
+            .get(&**tenant)
+            .copied()
+            .unwrap_or(self.cfg.tenant);
+        add(ScopeKind::Tenant, tenant, tenant_limits);
+        checks
+    }
+
+    /// Usage already recorded in the store for each quota check's current period (loaded once
+    /// per scope and period per process; 0 for other checks).
+    async fn seeds(&self, checks: &[Check], now_ms: i64, redis: bool) -> Vec<i64> {
+        let mut out = vec![0; checks.len()];
+        for (i, c) in checks.iter().enumerate() {
+            if !c.dim.is_quota() {
+                continue;
+            }
+            let (start, _) = c.dim.period().bounds(now_ms);
+            if !redis && self.local.has_quota(&c.scope, c.dim, start) {
+                continue;
+            }
+            let cell = {
+                let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
+                let entry = seeds.entry((c.scope.clone(), c.dim, start)).or_default();
+                if entry.get().is_some_and(|(_, at)| at.elapsed() > SEED_TTL) {
+                    *entry = SeedCell::default();
+                }
+                entry.clone()
+            };
+            let loaded = cell
+                .get_or_try_init(|| async {
+                    crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start)
+                        .await
+                        .map(|v| (v, std::time::Instant::now()))
+                })
+                .await;
+            match loaded {
+                Ok((v, _)) => out[i] = *v,
+                Err(e) => tracing::warn!(error = %e, "could not load quota usage; counting from 0"),
+            }
+        }
+        out
+    }
+
+    fn member(&self) -> String {
+        format!(
+            "{}:{}",
+            self.instance,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn redis_failed(&self, what: &str, err: &str) {
+        self.metrics.redis_errors.inc();
+        if self.redis_ok.swap(false, Ordering::AcqRel) {
+            tracing::warn!(error = %err, what, "Redis limiter unreachable; falling back to local limits");
+            self.metrics.fallback.set(1);
+        }
+    }
+
+    /// Decides a request: `Ok((reservation, headers))` or a 429 carrying the headers.
+    pub async fn decide(
+        &self,
+        checks: Vec<Check>,
+    ) -> Result<(Option<Reservation>, RateHeaders), ApiError> {
+        if checks.is_empty() {
+            return Ok((None, RateHeaders::default()));
+        }
+        let now_ms = crate::util::now_ms();
+        let mut decided = None;
+        if let Some(r) = &self.redis
+            && self.redis_ok.load(Ordering::Acquire)
+        {
+            let seeds = self.seeds(&checks, now_ms, true).await;
+            let member = self.member();
+            match r.decide(&checks, &seeds, &member).await {
+                Ok(d) => decided = Some((d, Backend::Redis, member)),
+                Err(e) => self.redis_failed("decide", &e),
+            }
+        }
+        let (decision, backend, member) = match decided {
+            Some(d) => d,
+            None => {
+                let decision = match self.local.try_decide(&checks, now_ms) {
+                    Some(d) => d,
+                    None => {
+                        let seeds = self.seeds(&checks, now_ms, false).await;
+                        self.local.decide(&checks, &seeds, now_ms)
+                    }
+                };
+                (decision, Backend::Local, String::new())
+            }
+        };
+        let headers = RateHeaders::build(&checks, &decision.states);
+        let backend_label = match backend {
+            Backend::Local => "local",
+            Backend::Redis => "redis",
+        };
+        match decision.denied {
+            None => {
+                self.metrics
+                    .decisions
+                    .get_or_create(&DecisionLabels {
+                        outcome: "allowed",
+                        backend: backend_label,
+                    })
+                    .inc();
+                Ok((
+                    Some(Reservation {
+                        backend,
+                        checks,
+                        states: decision.states,
+                        member,
+                    }),
+                    headers,
+                ))
+            }
+            Some(i) => {
+                let c = &checks[i];
+                let secs = gcra::retry_after_secs(decision.retry_ms);
+                let mut err = if c.dim.is_quota() {
+                    let resets = now_ms + decision.retry_ms as i64;
+                    ApiError::new(
+                        ErrorCode::QuotaExceeded,
+                        format!(
+                            "Quota exceeded: {} {} for this {}; it resets at {}",
+                            c.limit,
+                            c.dim.describe(),
+                            c.scope.kind.as_str(),
+                            crate::util::rfc3339(c.dim.period().bounds(resets - 1).1)
+                        ),
+                    )
+                } else {
+                    ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "Rate limit reached: {} {} for this {}; retry in {secs} s",
+                            c.limit,
+                            c.dim.describe(),
+                            c.scope.kind.as_str()
+                        ),
+                    )
+                };
+                err.retry_after = Some(secs);
+                err.headers = headers.into_vec();
+                self.metrics
+                    .decisions
+                    .get_or_create(&DecisionLabels {
+                        outcome: if c.dim.is_quota() {
+                            "quota_exceeded"
+                        } else {
+                            "rate_limited"
+                        },
+                        backend: backend_label,
+                    })
+                    .inc();
+                Err(err)
+            }
+        }
+    }
+
+    /// Settles a reservation. `ok`: the request counts against request quotas (it was answered
+    /// successfully); `actual_tokens`: the real cost (`None` = keep the estimate).
+    pub fn settle(self: &Arc<Self>, r: Reservation, ok: bool, actual_tokens: Option<u64>) {
+        let deltas: Vec<i64> = r
+            .checks
+            .iter()
+            .map(|c| match c.dim {
+                Dim::Tokens | Dim::TokensMonth => {
+                    actual_tokens.map_or(0, |a| a as i64 - c.cost as i64)
+                }
+                Dim::RequestsDay if !ok => -1,
+                _ => 0,
+            })
+            .collect();
+        match r.backend {
+            Backend::Local => {
+                self.local
+                    .settle(&r.checks, &r.states, &deltas, crate::util::now_ms());
+            }
+            Backend::Redis => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Some(redis) = &this.redis
+                        && let Err(e) = redis.settle(&r.checks, &r.states, &deltas, &r.member).await
+                    {
+                        // The concurrency lease expires by itself; a lost reconciliation only
+                        // leaves the estimate in place.
+                        this.metrics.redis_errors.inc();
+                        tracing::warn!(error = %e, "could not settle a Redis reservation");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Background upkeep: prune idle local state; while on the fallback, probe Redis and switch
+    /// back when it answers.
+    pub async fn maintain(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Some(r) = &self.redis
+                && !self.redis_ok.load(Ordering::Acquire)
+                && r.ping().await
+            {
+                tracing::info!("Redis limiter reachable again; leaving the local fallback");
+                self.redis_ok.store(true, Ordering::Release);
+                self.metrics.fallback.set(0);
+            }
+            if last_prune.elapsed() > Duration::from_secs(30) {
+                last_prune = std::time::Instant::now();
+                let now = crate::util::now_ms();
+                self.local.prune(now);
+                let day = gcra::Period::Day.bounds(now).0;
+                let month = gcra::Period::Month.bounds(now).0;
+                let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
+                seeds.retain(|(_, dim, start), _| {
+                    *start
+                        >= match dim.period() {
+                            gcra::Period::Day => day,
+                            gcra::Period::Month => month,
+                        }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tighten_takes_the_smaller_limit_and_ignores_zero() {
+        let a = LimitSet {
+            requests_per_minute: Some(10),
+            tokens_per_minute: Some(0),
+            ..Default::default()
+        };
+        let b = LimitSet {
+            requests_per_minute: Some(5),
+            requests_per_day: Some(100),
+            ..Default::default()
+        };
+        let t = a.tighten(b);
+        assert_eq!(t.requests_per_minute, Some(5));
+        assert_eq!(t.tokens_per_minute, None);
+        assert_eq!(t.requests_per_day, Some(100));
+    }
+
+    fn principal(plan: Option<PlanLimits>, end_user: Option<&str>) -> Principal {
+        let hub = Arc::new(crate::auth::revocation::RevocationHub::default());
+        Principal {
+            tenant_id: "ten_1".into(),
+            user_id: None,
+            subscription_id: Some("66ec1726e728c1405e5ebca2".into()),
+            credential_type: CredentialType::AppJwt,
+            credential_id: Some("cred_1".into()),
+            permissions: crate::auth::PermSet::EMPTY,
+            platform_admin: false,
+            rate_limit: None,
+            plan_limits: plan.map(Arc::new),
+            end_user: end_user.map(Into::into),
+            allowed_models: None,
+            binding: None,
+            live: hub.register(&[]),
+        }
+    }
+
+    async fn limits(cfg: crate::config::Config) -> (Limits, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut registry = Registry::default();
+        (Limits::new(&cfg, store, &mut registry).unwrap(), dir)
+    }
+
+    /// Per-subscription limits come from the plan the principal carries (the subscriptions
+    /// verifiers fill `plan_limits`); they apply to every credential of the subscription.
+    #[tokio::test]
+    async fn plan_limits_apply_per_subscription() {
+        let (l, _dir) = limits(crate::config::Config::default()).await;
+        let plan = PlanLimits {
+            requests_per_minute: Some(3),
+            tokens_per_minute: Some(10_000),
+            concurrent_requests: Some(5),
+            requests_per_day: Some(2),
+            tokens_per_month: Some(1_000_000),
+        };
+        let p = principal(Some(plan), Some("end-user-7"));
+        let checks = l.checks_for(&p, 100);
+        // App JWTs have no key scope; no user; the subscription's five limits; no tenant limits.
+        assert_eq!(checks.len(), 5);
+        assert!(
+            checks
+                .iter()
+                .all(|c| c.scope.kind == ScopeKind::Subscription
+                    && c.scope.to_string() == "s:66ec1726e728c1405e5ebca2")
+        );
+        let tokens = checks.iter().find(|c| c.dim == Dim::Tokens).unwrap();
+        assert_eq!(tokens.cost, 100);
+        // Two requests a day, whichever credential of the subscription sends them.
+        let (r1, h) = l.decide(l.checks_for(&p, 100)).await.unwrap();
+        assert!(!h.is_empty());
+        let other = principal(Some(plan), None);
+        let (r2, _) = l.decide(l.checks_for(&other, 100)).await.unwrap();
+        let err = l.decide(l.checks_for(&p, 100)).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::QuotaExceeded);
+        assert!(err.message.contains("subscription"), "{}", err.message);
+        // A failed request is refunded at settlement.
+        let l = Arc::new(l);
+        l.settle(r2.unwrap(), false, Some(0));
+        l.settle(r1.unwrap(), true, Some(40));
+        assert!(l.decide(l.checks_for(&p, 100)).await.is_ok());
+        // Without a plan, nothing applies.
+        assert!(l.checks_for(&principal(None, None), 100).is_empty());
+    }
+
+    /// Cost of one admission + settlement with every limit on every scope (the benchmark's
+    /// "limits on" configuration). `cargo test --profile bench -p tollgate --lib admission_cost
+    /// -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore]
+    async fn admission_cost() {
+        let all = LimitSet {
+            requests_per_minute: Some(100_000_000),
+            tokens_per_minute: Some(100_000_000_000),
+            concurrent_requests: Some(100_000),
+            requests_per_day: Some(1_000_000_000),
+            tokens_per_month: Some(1_000_000_000_000),
+        };
+        let mut cfg = crate::config::Config::default();
+        cfg.limits.key = all;
+        cfg.limits.user = all;
+        cfg.limits.tenant = all;
+        let (l, _dir) = limits(cfg).await;
+        let l = Arc::new(l);
+        let mut p = principal(None, None);
+        p.credential_type = CredentialType::ApiKey;
+        p.user_id = Some("usr_1".into());
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let (r, h) = l.decide(l.checks_for(&p, 300)).await.unwrap();
+            std::hint::black_box(&h);
+            l.settle(r.unwrap(), true, Some(20));
+        }
+        let per = t.elapsed().as_nanos() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(l.checks_for(&p, 300));
+        }
+        let checks = t.elapsed().as_nanos() / n;
+        let c = l.checks_for(&p, 300);
+        let d = l.local.decide(&c, &vec![0; c.len()], crate::util::now_ms());
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(RateHeaders::build(&c, &d.states));
+        }
+        let headers = t.elapsed().as_nanos() / n;
+        eprintln!(
+            "admit+settle {per} ns; checks_for {checks} ns; headers {headers} ns ({} checks)",
+            c.len()
+        );
+    }
+
+    #[test]
+    fn the_end_user_comes_from_the_token_then_the_header_then_the_body() {
+        let body = serde_json::json!({"user": "from-body"});
+        let app_jwt = principal(None, Some("jwt-sub"));
+        assert_eq!(
+            meter::end_user(&app_jwt, Some("hdr"), &body).as_deref(),
+            Some("jwt-sub")
+        );
+        // For app JWTs the header is ignored.
+        let no_sub = principal(None, None);
+        assert_eq!(
+            meter::end_user(&no_sub, Some("hdr"), &body).as_deref(),
+            Some("from-body")
+        );
+        let mut key = principal(None, None);
+        key.credential_type = CredentialType::ApiKey;
+        assert_eq!(
+            meter::end_user(&key, Some("hdr"), &body).as_deref(),
+            Some("hdr")
+        );
+        assert_eq!(
+            meter::end_user(&key, None, &serde_json::json!({})).as_deref(),
+            None
+        );
+    }
+
+    #[test]
+    fn plan_limits_parse_from_the_plan_json() {
+        let p: PlanLimits = serde_json::from_str(
+            r#"{"requests_per_minute": 60, "tokens_per_minute": 1000, "concurrent_requests": 2,
+                "requests_per_day": 10, "tokens_per_month": 100000}"#,
+        )
+        .unwrap();
+        assert_eq!(p.concurrent_requests, Some(2));
+        assert_eq!(p.dims().iter().filter(|(_, v)| v.is_some()).count(), 5);
+    }
+}
