@@ -110,7 +110,7 @@ pub enum Backend {
     OpenAi {
         base_url: String,
         /// `{base_url}/chat/completions`, `/embeddings`, `/images/generations`, parsed once.
-        urls: [reqwest::Url; 3],
+        urls: Box<[reqwest::Url; 3]>,
         api_key: Option<Secret>,
         timeout: Duration,
     },
@@ -188,7 +188,7 @@ impl Proxy {
                     ];
                     Backend::OpenAi {
                         base_url,
-                        urls,
+                        urls: Box::new(urls),
                         api_key,
                         timeout: p.timeout_seconds.map_or(timeout, Duration::from_secs),
                     }
