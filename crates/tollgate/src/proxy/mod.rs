@@ -1,6 +1,6 @@
-//! The OpenAI-compatible proxy (SPEC §4.1): model routes from config, one upstream HTTP client with
-//! TCP_NODELAY and a keep-alive pool, streams passed through event by event, every pending call
-//! tied to the caller's revocation token and to the client connection.
+//! The OpenAI-compatible proxy (SPEC §4.1): model routes from config, one upstream HTTP client per
+//! provider with TCP_NODELAY and a keep-alive pool (`client`), streams passed through event by
+//! event, every pending call tied to the caller's revocation token and to the client connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -22,6 +22,7 @@ use crate::config::{Config, ProviderKind, Secret};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::RawJson;
 
+pub mod client;
 pub mod mock;
 pub mod sse;
 
@@ -80,16 +81,6 @@ impl UpstreamFailure {
     }
 }
 
-fn classify_reqwest(e: &reqwest::Error) -> UpstreamFailure {
-    if e.is_timeout() {
-        UpstreamFailure::Timeout
-    } else if e.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Broken
-    }
-}
-
 pub enum ReplyBody {
     Full(Bytes),
     Stream(ByteStream),
@@ -107,9 +98,10 @@ pub struct UpstreamReply {
 pub enum Backend {
     OpenAi {
         base_url: String,
-        /// `{base_url}/chat/completions`, `/embeddings`, `/images/generations`, parsed once.
-        urls: [reqwest::Url; 3],
-        api_key: Option<Secret>,
+        /// The client for this provider's base URL (with its key and connection pool).
+        upstream: Box<client::Upstream>,
+        /// Request targets of `chat/completions`, `embeddings`, `images/generations`.
+        targets: [String; 3],
         timeout: Duration,
     },
     Mock,
@@ -138,10 +130,9 @@ pub struct ModelRoute {
     pub upstream_model: String,
 }
 
-/// Model routes and the upstream client.
+/// Model routes and their upstreams.
 #[derive(Debug)]
 pub struct Proxy {
-    client: reqwest::Client,
     routes: Vec<Arc<ModelRoute>>,
     by_name: HashMap<String, Arc<ModelRoute>>,
     timeout: Duration,
@@ -150,13 +141,20 @@ pub struct Proxy {
 impl Proxy {
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(cfg.upstream_timeout_seconds.max(1));
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the upstream HTTP client: {e}"))?;
+        let needs_tls = cfg
+            .providers
+            .iter()
+            .any(|p| p.kind == ProviderKind::Openai && p.base_url.starts_with("https:"));
+        let settings = client::Settings {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 256,
+            tls: if needs_tls {
+                Some(client::tls_config()?)
+            } else {
+                None
+            },
+        };
         let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
         for p in &cfg.providers {
             let backend = match p.kind {
@@ -174,20 +172,18 @@ impl Proxy {
                         None => None,
                     };
                     let base_url = p.base_url.trim_end_matches('/').to_string();
-                    let url = |e: Endpoint| {
-                        reqwest::Url::parse(&format!("{base_url}/{}", e.path())).map_err(|err| {
-                            anyhow::anyhow!("provider {}: invalid base_url: {err}", p.name)
-                        })
-                    };
-                    let urls = [
-                        url(Endpoint::Chat)?,
-                        url(Endpoint::Embeddings)?,
-                        url(Endpoint::Images)?,
-                    ];
+                    let upstream = client::Upstream::new(
+                        &base_url,
+                        api_key.as_ref().map(Secret::expose),
+                        &settings,
+                    )
+                    .map_err(|e| anyhow::anyhow!("provider {}: {e:#}", p.name))?;
+                    let targets = [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Images]
+                        .map(|e| upstream.request_target(e.path()));
                     Backend::OpenAi {
                         base_url,
-                        urls,
-                        api_key,
+                        upstream: Box::new(upstream),
+                        targets,
                         timeout: p.timeout_seconds.map_or(timeout, Duration::from_secs),
                     }
                 }
@@ -227,7 +223,6 @@ impl Proxy {
         }
         let by_name = routes.iter().map(|r| (r.name.clone(), r.clone())).collect();
         Ok(Self {
-            client,
             routes,
             by_name,
             timeout,
@@ -253,44 +248,29 @@ impl Proxy {
         match &route.provider.backend {
             Backend::Mock => Ok(mock::respond(endpoint, body)),
             Backend::OpenAi {
-                urls,
-                api_key,
+                upstream,
+                targets,
                 timeout,
                 ..
             } => {
-                let mut req = self
-                    .client
-                    .post(urls[endpoint as usize].clone())
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(bytes);
-                if let Some(k) = api_key {
-                    req = req.bearer_auth(k.expose());
-                }
-                let resp = tokio::time::timeout(*timeout, req.send())
-                    .await
-                    .map_err(|_| UpstreamFailure::Timeout)?
-                    .map_err(|e| classify_reqwest(&e))?;
-                let status = resp.status();
-                let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-                let retry_after = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                let resp = tokio::time::timeout(
+                    *timeout,
+                    upstream.post_json(&targets[endpoint as usize], bytes),
+                )
+                .await
+                .map_err(|_| UpstreamFailure::Timeout)??;
+                let status = resp.status;
+                let content_type = resp.content_type.clone();
+                let retry_after = resp.retry_after;
                 let is_sse = content_type
                     .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
                 let body = if status.is_success() && is_sse {
-                    ReplyBody::Stream(
-                        resp.bytes_stream()
-                            .map_err(|e| classify_reqwest(&e))
-                            .boxed(),
-                    )
+                    ReplyBody::Stream(resp.into_stream())
                 } else {
                     let bytes = tokio::time::timeout(*timeout, resp.bytes())
                         .await
-                        .map_err(|_| UpstreamFailure::Timeout)?
-                        .map_err(|e| classify_reqwest(&e))?;
+                        .map_err(|_| UpstreamFailure::Timeout)??;
                     ReplyBody::Full(bytes)
                 };
                 Ok(UpstreamReply {
