@@ -662,6 +662,6 @@ fn stream_response(
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
+        .body(Body::from_stream(sse::coalesce(body, 64 * 1024)))
         .unwrap_or_else(|_| ApiError::internal("could not build stream response").into_response())
 }
