@@ -395,7 +395,9 @@ pub async fn image_generations(
 
 /// Rewrites the body for the upstream: the public model name becomes the upstream one, and a
 /// stream asks for usage. Unknown fields pass through untouched; the original bytes are reused
-/// when nothing changed. Returns the body and whether the client itself asked for usage.
+/// when nothing changed, and a stream that only lacks `stream_options` gets it spliced in
+/// without re-serialising the body. Returns the body and whether the client itself asked for
+/// usage.
 fn prepare(
     raw: RawJson,
     route: &ModelRoute,
@@ -403,6 +405,8 @@ fn prepare(
 ) -> Result<(Value, Bytes, bool), ApiError> {
     let RawJson { bytes, mut value } = raw;
     let mut changed = false;
+    // Set when the only change is adding `stream_options` where the body has none.
+    let mut splice = false;
     if route.upstream_model != route.name {
         value["model"] = Value::String(route.upstream_model.clone());
         changed = true;
@@ -418,7 +422,12 @@ fn prepare(
                     changed = true;
                 }
             }
-            None | Some(Value::Null) => {
+            None => {
+                value["stream_options"] = json!({"include_usage": true});
+                splice = !changed;
+                changed = true;
+            }
+            Some(Value::Null) => {
                 value["stream_options"] = json!({"include_usage": true});
                 changed = true;
             }
@@ -430,12 +439,32 @@ fn prepare(
             }
         }
     }
-    let bytes = if changed {
-        Bytes::from(value.to_string())
-    } else {
+    let bytes = if !changed {
         bytes
+    } else if let Some(spliced) = splice
+        .then(|| splice_first_member(&bytes, br#""stream_options":{"include_usage":true}"#))
+        .flatten()
+    {
+        spliced
+    } else {
+        Bytes::from(value.to_string())
     };
     Ok((value, bytes, client_wants_usage))
+}
+
+/// Inserts `member` as the first member of the JSON object in `json` (which has other members
+/// and does not have this one). `None` if `json` does not start with `{`.
+fn splice_first_member(json: &[u8], member: &[u8]) -> Option<Bytes> {
+    let open = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[open] != b'{' {
+        return None;
+    }
+    let mut out = Vec::with_capacity(json.len() + member.len() + 1);
+    out.extend_from_slice(&json[..=open]);
+    out.extend_from_slice(member);
+    out.push(b',');
+    out.extend_from_slice(&json[open + 1..]);
+    Some(Bytes::from(out))
 }
 
 async fn forward(
@@ -664,4 +693,67 @@ fn stream_response(
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(sse::coalesce(body, 64 * 1024)))
         .unwrap_or_else(|_| ApiError::internal("could not build stream response").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn route(name: &str, upstream_model: &str) -> ModelRoute {
+        ModelRoute {
+            name: name.into(),
+            provider: Arc::new(Provider {
+                name: "p".into(),
+                backend: Backend::Mock,
+            }),
+            upstream_model: upstream_model.into(),
+        }
+    }
+
+    fn raw(json: &str) -> RawJson {
+        RawJson {
+            bytes: Bytes::from(json.to_string()),
+            value: serde_json::from_str(json).unwrap(),
+        }
+    }
+
+    #[test]
+    fn prepare_rewrites_only_what_it_must() {
+        let same = route("m", "m");
+        // Nothing to change: the client's bytes as they are.
+        let body = r#" {"model":"m", "x": [1, 2]}"#;
+        let (_, bytes, _) = prepare(raw(body), &same, false).unwrap();
+        assert_eq!(bytes, body);
+        // A stream without stream_options: spliced in, everything else byte for byte.
+        let body = " {\"model\":\"m\",\"stream\":true, \"x\": {\"y\": 1.50}}";
+        let (value, bytes, wants) = prepare(raw(body), &same, true).unwrap();
+        assert!(!wants);
+        assert_eq!(
+            bytes,
+            " {\"stream_options\":{\"include_usage\":true},\"model\":\"m\",\"stream\":true, \"x\": {\"y\": 1.50}}"
+        );
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), value);
+        // Renamed model, null or partial stream_options: re-serialised.
+        for (route, body) in [
+            (route("m", "up"), r#"{"model":"m","stream":true}"#),
+            (same, r#"{"model":"m","stream":true,"stream_options":null}"#),
+            (
+                route("m", "m"),
+                r#"{"model":"m","stream":true,"stream_options":{"x":1}}"#,
+            ),
+        ] {
+            let (value, bytes, _) = prepare(raw(body), &route, true).unwrap();
+            let sent: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(sent, value);
+            assert_eq!(sent["stream_options"]["include_usage"], true);
+            assert_eq!(sent["model"], route.upstream_model.as_str());
+        }
+        // The client asked for usage itself: untouched, and reported.
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        let (_, bytes, wants) = prepare(raw(body), &route("m", "m"), true).unwrap();
+        assert!(wants);
+        assert_eq!(bytes, body);
+    }
 }
