@@ -806,10 +806,21 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Up
                         } else {
                             Chunk::Data(left - take as u64)
                         };
-                        match &mut out {
-                            None => out = Some(piece),
-                            Some(out) => out.extend_from_slice(&piece),
-                        }
+                        out = Some(match out.take() {
+                            None => piece,
+                            // Sized once for everything still buffered: one copy, no regrowth.
+                            Some(first) if first.capacity() == first.len() => {
+                                let mut joined =
+                                    BytesMut::with_capacity(first.len() + piece.len() + buf.len());
+                                joined.extend_from_slice(&first);
+                                joined.extend_from_slice(&piece);
+                                joined
+                            }
+                            Some(mut joined) => {
+                                joined.extend_from_slice(&piece);
+                                joined
+                            }
+                        });
                     }
                     Chunk::DataEnd => {
                         let Some((content, len)) = line_at_front(buf)? else {

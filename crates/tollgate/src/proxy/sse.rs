@@ -43,7 +43,11 @@ impl Usage {
     }
 
     pub fn from_json(v: &Value) -> Option<Self> {
-        let u = v.get("usage")?;
+        Self::from_usage(v.get("usage")?)
+    }
+
+    /// From the `usage` member itself: `None` unless it is an object.
+    fn from_usage(u: &Value) -> Option<Self> {
         if !u.is_object() {
             return None;
         }
@@ -161,9 +165,12 @@ fn data_payload(event: &[u8]) -> Cow<'_, [u8]> {
 }
 
 fn has_usage_object(event: &[u8]) -> bool {
-    // Cheap pre-check so ordinary chunks (`"usage":null`) are not parsed.
-    let needle = b"\"usage\"";
-    memchr::memmem::find_iter(event, needle).any(|i| {
+    // Cheap pre-check so ordinary chunks (`"usage":null`) are not parsed. The searcher is built
+    // once: building it costs more than searching an event.
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    let needle = USAGE.needle();
+    USAGE.find_iter(event).any(|i| {
         event[i + needle.len()..]
             .iter()
             .find(|b| !(b.is_ascii_whitespace() || **b == b':'))
@@ -179,12 +186,24 @@ pub fn classify(event: &[u8]) -> EventKind {
     if !has_usage_object(&payload) {
         return EventKind::Data(None);
     }
-    let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+    // Only `choices` and `usage` are read; the chunk's other members are skipped, not built.
+    #[derive(serde::Deserialize)]
+    struct UsageChunk {
+        #[serde(default)]
+        choices: Option<Value>,
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return EventKind::Data(None);
+    }
+    let Ok(chunk) = serde_json::from_slice::<UsageChunk>(&payload) else {
         return EventKind::Data(None);
     };
-    let usage = Usage::from_json(&v);
-    let no_choices = v
-        .get("choices")
+    let usage = chunk.usage.as_ref().and_then(Usage::from_usage);
+    let no_choices = chunk
+        .choices
+        .as_ref()
         .and_then(Value::as_array)
         .is_some_and(Vec::is_empty);
     match usage {
@@ -433,5 +452,21 @@ mod tests {
             }))
         );
         assert_eq!(classify(b": keep-alive\n\n"), EventKind::Data(None));
+        // Odd shapes: not an object, usage not an object, choices not an array, bad JSON.
+        assert_eq!(
+            classify(b"data: [{\"usage\":{\"prompt_tokens\":1}}]\n\n"),
+            EventKind::Data(None)
+        );
+        assert_eq!(
+            classify(b"data: {\"choices\":null,\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":\"x\"}}\n\n"),
+            EventKind::Data(Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 0
+            }))
+        );
+        assert_eq!(
+            classify(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}\n\n"),
+            EventKind::Data(None)
+        );
     }
 }
