@@ -720,6 +720,59 @@ mod tests {
     }
 
     #[test]
+    fn providers_get_their_upstream_client() {
+        use crate::config::{ModelConfig, ProviderConfig};
+        let provider = |name: &str, base_url: &str, api_key: Option<&str>| ProviderConfig {
+            name: name.into(),
+            kind: ProviderKind::Openai,
+            base_url: base_url.into(),
+            api_key_env: None,
+            api_key: api_key.map(Secret::new),
+            timeout_seconds: Some(7),
+        };
+        let mut cfg = Config {
+            providers: vec![
+                provider("tls", "https://api.example.com/v1/", Some("sk-x")),
+                provider("plain", "http://127.0.0.1:9/openai?api-version=2", None),
+            ],
+            models: vec![
+                ModelConfig {
+                    name: "a".into(),
+                    provider: "tls".into(),
+                    upstream_model: None,
+                },
+                ModelConfig {
+                    name: "b".into(),
+                    provider: "plain".into(),
+                    upstream_model: Some("b-up".into()),
+                },
+            ],
+            ..Config::default()
+        };
+        let proxy = Proxy::from_config(&cfg).unwrap();
+        let Backend::OpenAi {
+            targets, timeout, ..
+        } = &proxy.route("a").unwrap().provider.backend
+        else {
+            panic!("not an OpenAI backend");
+        };
+        assert_eq!(targets[Endpoint::Chat as usize], "/v1/chat/completions");
+        assert_eq!(*timeout, Duration::from_secs(7));
+        let Backend::OpenAi { targets, .. } = &proxy.route("b").unwrap().provider.backend else {
+            panic!("not an OpenAI backend");
+        };
+        assert_eq!(
+            targets[Endpoint::Images as usize],
+            "/openai/images/generations?api-version=2"
+        );
+        // The provider key never shows in Debug output.
+        assert!(!format!("{proxy:?}").contains("sk-x"));
+        // A key that cannot be a header value is a configuration error, not a failing request.
+        cfg.providers[0].api_key = Some(Secret::new("sk\nx"));
+        assert!(Proxy::from_config(&cfg).is_err());
+    }
+
+    #[test]
     fn prepare_rewrites_only_what_it_must() {
         let same = route("m", "m");
         // Nothing to change: the client's bytes as they are.
