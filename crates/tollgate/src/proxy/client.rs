@@ -9,7 +9,9 @@
 //! request: `POST` of a JSON body to a fixed URL.
 //!
 //! What it does:
-//! - `http` and `https` (rustls with the aws-lc-rs provider, webpki roots, ALPN `http/1.1`);
+//! - `http` and `https` (rustls with the aws-lc-rs provider, ALPN `http/1.1`), trusting the
+//!   webpki roots plus the system's certificate store (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured),
+//!   so an upstream behind an internal CA works as it did with reqwest's platform verifier;
 //! - a keep-alive pool per upstream (LIFO, at most `max_idle` idle connections, idle ones older
 //!   than `idle_timeout` dropped), TCP_NODELAY, a connect timeout covering DNS, TCP and TLS;
 //! - responses framed by `Content-Length`, chunked transfer coding or connection close; `1xx`
@@ -57,12 +59,25 @@ pub struct Settings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// The TLS configuration for upstreams: rustls with the aws-lc-rs provider, the webpki root
-/// certificates, HTTP/1.1 by ALPN.
+/// The TLS configuration for upstreams: rustls with the aws-lc-rs provider, [`default_roots`],
+/// HTTP/1.1 by ALPN.
 pub fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    tls_config_with_roots(default_roots())
+}
+
+/// The webpki roots (so a minimal container without a CA bundle still works) and whatever the
+/// system's store holds (so an internal CA installed there, or named by `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`, is trusted).
+pub fn default_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    tls_config_with_roots(roots)
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "could not read part of the system certificate store");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "system root certificates");
+    roots
 }
 
 /// [`tls_config`] with other roots (tests use a self-signed certificate).
@@ -1161,6 +1176,58 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[test]
+    fn default_roots_hold_at_least_the_webpki_roots() {
+        assert!(default_roots().len() >= webpki_roots::TLS_SERVER_ROOTS.len());
+    }
+
+    /// Run by [`a_ca_named_by_ssl_cert_file_is_trusted`] in a child process with
+    /// `SSL_CERT_FILE` set (the environment is process-wide; tests run in parallel).
+    #[tokio::test]
+    #[ignore = "run by a_ca_named_by_ssl_cert_file_is_trusted in a child process"]
+    async fn child_trusts_ssl_cert_file() {
+        if std::env::var_os("SSL_CERT_FILE").is_none() {
+            return; // run directly with --ignored: nothing to check
+        }
+        let fake = fake(None).await;
+        let addr = tls_relay(fake.addr).await;
+        let s = Settings {
+            tls: Some(tls_config().unwrap()),
+            ..settings()
+        };
+        let u = Upstream::new(&format!("https://localhost:{}/v1", addr.port()), None, &s).unwrap();
+        let resp = u
+            .post_json("/v1/chat/completions", chat(false))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_ca_named_by_ssl_cert_file_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("ca.pem");
+        std::fs::write(&cert, CERT).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "proxy::client::tests::child_trusts_ssl_cert_file",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("SSL_CERT_FILE", &cert)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "{text}");
     }
 
     #[tokio::test]
