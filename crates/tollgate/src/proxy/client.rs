@@ -220,9 +220,11 @@ impl Upstream {
     /// connection.
     pub async fn post_json(&self, target: &str, body: Bytes) -> Result<Response, UpstreamFailure> {
         let head = self.head(target, body.len());
+        // Connecting is boxed: its future (DNS, TCP, TLS) is large, and inline it would be
+        // carried by every request's future, pooled connection or not.
         let (mut conn, reused) = match self.pool.checkout() {
             Some(conn) => (conn, true),
-            None => (self.connect().await?, false),
+            None => (Box::pin(self.connect()).await?, false),
         };
         if let Err(e) = conn.write_request(&head, &body).await {
             if !reused {
@@ -230,7 +232,7 @@ impl Upstream {
                 return Err(UpstreamFailure::Broken);
             }
             // A pooled connection the upstream closed in the meantime: nothing was delivered.
-            conn = self.connect().await?;
+            conn = Box::pin(self.connect()).await?;
             conn.write_request(&head, &body).await.map_err(|e| {
                 tracing::debug!(error = %e, "upstream write failed");
                 UpstreamFailure::Broken
