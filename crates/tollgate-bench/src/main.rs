@@ -63,6 +63,10 @@ struct Args {
     /// The nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx_bin: PathBuf,
+    /// Worker threads of Tollgate's runtime (`TOKIO_WORKER_THREADS`); default: one per core.
+    /// `1` matches nginx's single worker process.
+    #[arg(long)]
+    tollgate_workers: Option<usize>,
     /// TOML appended to the generated Tollgate config (e.g. limits for a "limits on" run).
     #[arg(long)]
     tollgate_config_extra: Option<PathBuf>,
@@ -211,6 +215,7 @@ async fn run(args: Args) -> Result<()> {
             upstream: &upstream_addr,
             upstream_key: &upstream_key,
             extra_config: args.tollgate_config_extra.as_deref(),
+            workers: args.tollgate_workers,
         };
         let (proc, port, api_key) = procs::start_tollgate(setup, &client).await?;
         log(&format!("tollgate on 127.0.0.1:{port} (pid {})", proc.pid));
@@ -257,6 +262,7 @@ async fn run(args: Args) -> Result<()> {
         seconds: args.seconds,
         chunks: args.chunks,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
+        tollgate_workers: args.tollgate_workers,
     };
     let markdown = report::markdown(&meta, &rows);
     {

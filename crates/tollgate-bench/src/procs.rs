@@ -249,6 +249,8 @@ pub struct TollgateSetup<'a> {
     pub upstream: &'a str,
     pub upstream_key: &'a str,
     pub extra_config: Option<&'a Path>,
+    /// `TOKIO_WORKER_THREADS` for `serve` (unset: the runtime's default, one per core).
+    pub workers: Option<usize>,
 }
 
 /// Writes the config, runs `tollgate init`, starts `tollgate serve` and waits for `/health`.
@@ -337,6 +339,9 @@ pub async fn start_tollgate(
     let log = std::fs::File::create(&log_path)?;
     let mut serve = command("serve");
     serve.stdout(log.try_clone()?).stderr(log);
+    if let Some(n) = s.workers {
+        serve.env("TOKIO_WORKER_THREADS", n.to_string());
+    }
     let mut proc = Proc::spawn("tollgate", serve)?;
     let health = format!("http://127.0.0.1:{port}/health");
     let deadline = Instant::now() + Duration::from_secs(60);

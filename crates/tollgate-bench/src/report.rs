@@ -11,6 +11,8 @@ pub struct Meta {
     pub seconds: f64,
     pub chunks: usize,
     pub cores: usize,
+    /// Tollgate's runtime worker threads, when set.
+    pub tollgate_workers: Option<usize>,
 }
 
 /// One measured phase: a target under a scenario.
@@ -96,6 +98,9 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
         "{} connections, at most {} requests / {} s per phase, streams of {} chunks, {} cores shared by client, proxy and upstream.\n",
         meta.connections, meta.requests, meta.seconds, meta.chunks, meta.cores
     );
+    if let Some(n) = meta.tollgate_workers {
+        let _ = writeln!(s, "Tollgate runs {n} runtime worker thread(s).\n");
+    }
     s.push_str("| target | scenario | requests | RPS | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | peak RSS MiB | errors |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
@@ -189,6 +194,7 @@ pub fn json(meta: &Meta, rows: &[Row]) -> Value {
         "max_seconds": meta.seconds,
         "stream_chunks": meta.chunks,
         "cores": meta.cores,
+        "tollgate_workers": meta.tollgate_workers,
         "results": results,
         "ratios": ratios,
     })
@@ -224,11 +230,16 @@ mod tests {
             seconds: 1.0,
             chunks: 20,
             cores: 2,
+            tollgate_workers: Some(1),
         };
         let rows = [row("nginx", 1000.0), row("tollgate", 500.0)];
         let md = markdown(&meta, &rows);
         assert!(md.contains("| tollgate/nginx RPS | 0.50 |"), "{md}");
         assert!(!md.contains("tollgate/direct"), "{md}");
+        assert!(
+            md.contains("Tollgate runs 1 runtime worker thread(s)."),
+            "{md}"
+        );
         let json = json(&meta, &rows);
         assert_eq!(json["ratios"]["chat"]["tollgate/nginx RPS"], 0.5);
         assert_eq!(json["results"].as_array().map(Vec::len), Some(2));

@@ -52,7 +52,8 @@ pub async fn observe(
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |m| crate::metrics::intern_route(m.as_str()));
-    let path = req.uri().path().to_string();
+    // For the log line only: a cheap reference-counted clone, not a copy of the path.
+    let uri = req.uri().clone();
     let metrics = &state.metrics;
     metrics.http_in_flight.inc();
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
@@ -78,9 +79,9 @@ pub async fn observe(
     let code = res.extensions().get::<ErrorMarker>().map(|m| m.0.as_str());
     let _enter = span.enter();
     if status >= 500 {
-        tracing::warn!(%path, status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request failed");
+        tracing::warn!(path = %uri.path(), status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request failed");
     } else {
-        tracing::info!(%path, status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+        tracing::info!(path = %uri.path(), status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
     }
     res
 }

@@ -1,6 +1,6 @@
-//! The OpenAI-compatible proxy (SPEC §4.1): model routes from config, one upstream HTTP client with
-//! TCP_NODELAY and a keep-alive pool, streams passed through event by event, every pending call
-//! tied to the caller's revocation token and to the client connection.
+//! The OpenAI-compatible proxy (SPEC §4.1): model routes from config, one upstream HTTP client per
+//! provider with TCP_NODELAY and a keep-alive pool (`client`), streams passed through event by
+//! event, every pending call tied to the caller's revocation token and to the client connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -24,6 +24,7 @@ use crate::http::RawJson;
 use crate::limits::Meter;
 use crate::usage::RequestInfo;
 
+pub mod client;
 pub mod mock;
 pub mod sse;
 
@@ -82,16 +83,6 @@ impl UpstreamFailure {
     }
 }
 
-fn classify_reqwest(e: &reqwest::Error) -> UpstreamFailure {
-    if e.is_timeout() {
-        UpstreamFailure::Timeout
-    } else if e.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Broken
-    }
-}
-
 pub enum ReplyBody {
     Full(Bytes),
     Stream(ByteStream),
@@ -109,9 +100,10 @@ pub struct UpstreamReply {
 pub enum Backend {
     OpenAi {
         base_url: String,
-        /// `{base_url}/chat/completions`, `/embeddings`, `/images/generations`, parsed once.
-        urls: Box<[reqwest::Url; 3]>,
-        api_key: Option<Secret>,
+        /// The client for this provider's base URL (with its key and connection pool).
+        upstream: Box<client::Upstream>,
+        /// Request targets of `chat/completions`, `embeddings`, `images/generations`.
+        targets: [String; 3],
         timeout: Duration,
     },
     Mock,
@@ -140,10 +132,9 @@ pub struct ModelRoute {
     pub upstream_model: String,
 }
 
-/// Model routes and the upstream client.
+/// Model routes and their upstreams.
 #[derive(Debug)]
 pub struct Proxy {
-    client: reqwest::Client,
     routes: Vec<Arc<ModelRoute>>,
     by_name: HashMap<String, Arc<ModelRoute>>,
     timeout: Duration,
@@ -152,13 +143,20 @@ pub struct Proxy {
 impl Proxy {
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(cfg.upstream_timeout_seconds.max(1));
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the upstream HTTP client: {e}"))?;
+        let needs_tls = cfg
+            .providers
+            .iter()
+            .any(|p| p.kind == ProviderKind::Openai && p.base_url.starts_with("https:"));
+        let settings = client::Settings {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 256,
+            tls: if needs_tls {
+                Some(client::tls_config()?)
+            } else {
+                None
+            },
+        };
         let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
         for p in &cfg.providers {
             let backend = match p.kind {
@@ -176,20 +174,18 @@ impl Proxy {
                         None => None,
                     };
                     let base_url = p.base_url.trim_end_matches('/').to_string();
-                    let url = |e: Endpoint| {
-                        reqwest::Url::parse(&format!("{base_url}/{}", e.path())).map_err(|err| {
-                            anyhow::anyhow!("provider {}: invalid base_url: {err}", p.name)
-                        })
-                    };
-                    let urls = [
-                        url(Endpoint::Chat)?,
-                        url(Endpoint::Embeddings)?,
-                        url(Endpoint::Images)?,
-                    ];
+                    let upstream = client::Upstream::new(
+                        &base_url,
+                        api_key.as_ref().map(Secret::expose),
+                        &settings,
+                    )
+                    .map_err(|e| anyhow::anyhow!("provider {}: {e:#}", p.name))?;
+                    let targets = [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Images]
+                        .map(|e| upstream.request_target(e.path()));
                     Backend::OpenAi {
                         base_url,
-                        urls: Box::new(urls),
-                        api_key,
+                        upstream: Box::new(upstream),
+                        targets,
                         timeout: p.timeout_seconds.map_or(timeout, Duration::from_secs),
                     }
                 }
@@ -229,7 +225,6 @@ impl Proxy {
         }
         let by_name = routes.iter().map(|r| (r.name.clone(), r.clone())).collect();
         Ok(Self {
-            client,
             routes,
             by_name,
             timeout,
@@ -255,44 +250,29 @@ impl Proxy {
         match &route.provider.backend {
             Backend::Mock => Ok(mock::respond(endpoint, body)),
             Backend::OpenAi {
-                urls,
-                api_key,
+                upstream,
+                targets,
                 timeout,
                 ..
             } => {
-                let mut req = self
-                    .client
-                    .post(urls[endpoint as usize].clone())
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(bytes);
-                if let Some(k) = api_key {
-                    req = req.bearer_auth(k.expose());
-                }
-                let resp = tokio::time::timeout(*timeout, req.send())
-                    .await
-                    .map_err(|_| UpstreamFailure::Timeout)?
-                    .map_err(|e| classify_reqwest(&e))?;
-                let status = resp.status();
-                let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-                let retry_after = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                let resp = tokio::time::timeout(
+                    *timeout,
+                    upstream.post_json(&targets[endpoint as usize], bytes),
+                )
+                .await
+                .map_err(|_| UpstreamFailure::Timeout)??;
+                let status = resp.status;
+                let content_type = resp.content_type.clone();
+                let retry_after = resp.retry_after;
                 let is_sse = content_type
                     .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
                 let body = if status.is_success() && is_sse {
-                    ReplyBody::Stream(
-                        resp.bytes_stream()
-                            .map_err(|e| classify_reqwest(&e))
-                            .boxed(),
-                    )
+                    ReplyBody::Stream(resp.into_stream())
                 } else {
                     let bytes = tokio::time::timeout(*timeout, resp.bytes())
                         .await
-                        .map_err(|_| UpstreamFailure::Timeout)?
-                        .map_err(|e| classify_reqwest(&e))?;
+                        .map_err(|_| UpstreamFailure::Timeout)??;
                     ReplyBody::Full(bytes)
                 };
                 Ok(UpstreamReply {
@@ -453,7 +433,9 @@ async fn submit_async_images(
 
 /// Rewrites the body for the upstream: the public model name becomes the upstream one, and a
 /// stream asks for usage. Unknown fields pass through untouched; the original bytes are reused
-/// when nothing changed. Returns the body and whether the client itself asked for usage.
+/// when nothing changed, and a stream that only lacks `stream_options` gets it spliced in
+/// without re-serialising the body. Returns the body and whether the client itself asked for
+/// usage.
 fn prepare(
     raw: RawJson,
     route: &ModelRoute,
@@ -461,6 +443,8 @@ fn prepare(
 ) -> Result<(Value, Bytes, bool), ApiError> {
     let RawJson { bytes, mut value } = raw;
     let mut changed = false;
+    // Set when the only change is adding `stream_options` where the body has none.
+    let mut splice = false;
     if route.upstream_model != route.name {
         value["model"] = Value::String(route.upstream_model.clone());
         changed = true;
@@ -476,7 +460,12 @@ fn prepare(
                     changed = true;
                 }
             }
-            None | Some(Value::Null) => {
+            None => {
+                value["stream_options"] = json!({"include_usage": true});
+                splice = !changed;
+                changed = true;
+            }
+            Some(Value::Null) => {
                 value["stream_options"] = json!({"include_usage": true});
                 changed = true;
             }
@@ -488,12 +477,32 @@ fn prepare(
             }
         }
     }
-    let bytes = if changed {
-        Bytes::from(value.to_string())
-    } else {
+    let bytes = if !changed {
         bytes
+    } else if let Some(spliced) = splice
+        .then(|| splice_first_member(&bytes, br#""stream_options":{"include_usage":true}"#))
+        .flatten()
+    {
+        spliced
+    } else {
+        Bytes::from(value.to_string())
     };
     Ok((value, bytes, client_wants_usage))
+}
+
+/// Inserts `member` as the first member of the JSON object in `json` (which has other members
+/// and does not have this one). `None` if `json` does not start with `{`.
+fn splice_first_member(json: &[u8], member: &[u8]) -> Option<Bytes> {
+    let open = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[open] != b'{' {
+        return None;
+    }
+    let mut out = Vec::with_capacity(json.len() + member.len() + 1);
+    out.extend_from_slice(&json[..=open]);
+    out.extend_from_slice(member);
+    out.push(b',');
+    out.extend_from_slice(&json[open + 1..]);
+    Some(Bytes::from(out))
 }
 
 async fn forward(
@@ -741,6 +750,122 @@ fn stream_response(
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
+        .body(Body::from_stream(sse::coalesce(body, 64 * 1024)))
         .unwrap_or_else(|_| ApiError::internal("could not build stream response").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn route(name: &str, upstream_model: &str) -> ModelRoute {
+        ModelRoute {
+            name: name.into(),
+            provider: Arc::new(Provider {
+                name: "p".into(),
+                backend: Backend::Mock,
+            }),
+            upstream_model: upstream_model.into(),
+        }
+    }
+
+    fn raw(json: &str) -> RawJson {
+        RawJson {
+            bytes: Bytes::from(json.to_string()),
+            value: serde_json::from_str(json).unwrap(),
+        }
+    }
+
+    #[test]
+    fn providers_get_their_upstream_client() {
+        use crate::config::{ModelConfig, ProviderConfig};
+        let provider = |name: &str, base_url: &str, api_key: Option<&str>| ProviderConfig {
+            name: name.into(),
+            kind: ProviderKind::Openai,
+            base_url: base_url.into(),
+            api_key_env: None,
+            api_key: api_key.map(Secret::new),
+            timeout_seconds: Some(7),
+        };
+        let mut cfg = Config {
+            providers: vec![
+                provider("tls", "https://api.example.com/v1/", Some("sk-x")),
+                provider("plain", "http://127.0.0.1:9/openai?api-version=2", None),
+            ],
+            models: vec![
+                ModelConfig {
+                    name: "a".into(),
+                    provider: "tls".into(),
+                    upstream_model: None,
+                },
+                ModelConfig {
+                    name: "b".into(),
+                    provider: "plain".into(),
+                    upstream_model: Some("b-up".into()),
+                },
+            ],
+            ..Config::default()
+        };
+        let proxy = Proxy::from_config(&cfg).unwrap();
+        let Backend::OpenAi {
+            targets, timeout, ..
+        } = &proxy.route("a").unwrap().provider.backend
+        else {
+            panic!("not an OpenAI backend");
+        };
+        assert_eq!(targets[Endpoint::Chat as usize], "/v1/chat/completions");
+        assert_eq!(*timeout, Duration::from_secs(7));
+        let Backend::OpenAi { targets, .. } = &proxy.route("b").unwrap().provider.backend else {
+            panic!("not an OpenAI backend");
+        };
+        assert_eq!(
+            targets[Endpoint::Images as usize],
+            "/openai/images/generations?api-version=2"
+        );
+        // The provider key never shows in Debug output.
+        assert!(!format!("{proxy:?}").contains("sk-x"));
+        // A key that cannot be a header value is a configuration error, not a failing request.
+        cfg.providers[0].api_key = Some(Secret::new("sk\nx"));
+        assert!(Proxy::from_config(&cfg).is_err());
+    }
+
+    #[test]
+    fn prepare_rewrites_only_what_it_must() {
+        let same = route("m", "m");
+        // Nothing to change: the client's bytes as they are.
+        let body = r#" {"model":"m", "x": [1, 2]}"#;
+        let (_, bytes, _) = prepare(raw(body), &same, false).unwrap();
+        assert_eq!(bytes, body);
+        // A stream without stream_options: spliced in, everything else byte for byte.
+        let body = " {\"model\":\"m\",\"stream\":true, \"x\": {\"y\": 1.50}}";
+        let (value, bytes, wants) = prepare(raw(body), &same, true).unwrap();
+        assert!(!wants);
+        assert_eq!(
+            bytes,
+            " {\"stream_options\":{\"include_usage\":true},\"model\":\"m\",\"stream\":true, \"x\": {\"y\": 1.50}}"
+        );
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), value);
+        // Renamed model, null or partial stream_options: re-serialised.
+        for (route, body) in [
+            (route("m", "up"), r#"{"model":"m","stream":true}"#),
+            (same, r#"{"model":"m","stream":true,"stream_options":null}"#),
+            (
+                route("m", "m"),
+                r#"{"model":"m","stream":true,"stream_options":{"x":1}}"#,
+            ),
+        ] {
+            let (value, bytes, _) = prepare(raw(body), &route, true).unwrap();
+            let sent: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(sent, value);
+            assert_eq!(sent["stream_options"]["include_usage"], true);
+            assert_eq!(sent["model"], route.upstream_model.as_str());
+        }
+        // The client asked for usage itself: untouched, and reported.
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        let (_, bytes, wants) = prepare(raw(body), &route("m", "m"), true).unwrap();
+        assert!(wants);
+        assert_eq!(bytes, body);
+    }
 }

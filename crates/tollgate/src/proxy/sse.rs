@@ -2,7 +2,12 @@
 //! as each event is complete — never the whole body. The usage chunk that the gateway asked for
 //! (`stream_options.include_usage`) is read for metering and forwarded only if the client asked.
 
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use serde_json::Value;
 
 /// Token counts reported by the upstream.
@@ -38,7 +43,11 @@ impl Usage {
     }
 
     pub fn from_json(v: &Value) -> Option<Self> {
-        let u = v.get("usage")?;
+        Self::from_usage(v.get("usage")?)
+    }
+
+    /// From the `usage` member itself: `None` unless it is an object.
+    fn from_usage(u: &Value) -> Option<Self> {
         if !u.is_object() {
             return None;
         }
@@ -53,53 +62,59 @@ impl Usage {
 }
 
 /// Splits a byte stream into complete SSE events (each including its blank-line terminator).
-/// When an upstream chunk is exactly one whole event (the common case) it is passed on as is,
-/// without copying.
+/// Events are cut out of the upstream chunk without copying; only an event that spans two
+/// chunks is copied (into `buf`).
 #[derive(Default)]
 pub struct EventSplitter {
+    /// The start of an event whose end has not arrived yet. When not empty, `chunk` is empty.
     buf: BytesMut,
-    whole: Option<Bytes>,
+    /// The unconsumed rest of the last chunk (only while `buf` is empty).
+    chunk: Bytes,
 }
 
 fn find_boundary(buf: &[u8]) -> Option<usize> {
     // An event ends at the first blank line: "\n\n" or "\r\n\r\n" (or the mixed "\n\r\n").
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    for i in memchr::memchr_iter(b'\n', buf) {
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => {}
         }
-        i += 1;
     }
     None
 }
 
 impl EventSplitter {
     pub fn push(&mut self, chunk: &[u8]) {
-        if let Some(whole) = self.whole.take() {
-            self.buf.extend_from_slice(&whole);
-        }
+        self.spill();
         self.buf.extend_from_slice(chunk);
     }
 
-    /// Like [`push`](Self::push), but keeps a chunk that is exactly one event without copying.
+    /// Like [`push`](Self::push), but keeps the chunk's events without copying.
     pub fn push_bytes(&mut self, chunk: Bytes) {
-        if self.buf.is_empty() && self.whole.is_none() && find_boundary(&chunk) == Some(chunk.len())
-        {
-            self.whole = Some(chunk);
+        if self.buf.is_empty() && self.chunk.is_empty() {
+            self.chunk = chunk;
         } else {
             self.push(&chunk);
         }
     }
 
+    /// Moves the rest of the current chunk into `buf`.
+    fn spill(&mut self) {
+        if !self.chunk.is_empty() {
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
+    }
+
     /// The next complete event, if one is buffered.
     pub fn next_event(&mut self) -> Option<Bytes> {
-        if let Some(whole) = self.whole.take() {
-            return Some(whole);
+        if !self.chunk.is_empty() {
+            if let Some(end) = find_boundary(&self.chunk) {
+                return Some(self.chunk.split_to(end));
+            }
+            self.spill();
+            return None;
         }
         let end = find_boundary(&self.buf)?;
         Some(self.buf.split_to(end).freeze())
@@ -107,9 +122,7 @@ impl EventSplitter {
 
     /// Whatever is left when the upstream ends (an unterminated last event).
     pub fn remainder(&mut self) -> Option<Bytes> {
-        if let Some(whole) = self.whole.take() {
-            self.buf.extend_from_slice(&whole);
-        }
+        self.spill();
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 }
@@ -125,36 +138,44 @@ pub enum EventKind {
     Data(Option<Usage>),
 }
 
-fn data_payload(event: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
+/// The event's data: its `data:` lines joined by `\n`. Borrowed when there is one such line
+/// (the usual case), so ordinary chunks are classified without allocating.
+fn data_payload(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Option<Cow<'_, [u8]>> = None;
+    let mut start = 0;
+    while start < event.len() {
+        let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |i| start + i);
+        let line = &event[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(rest) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            out = Some(match out {
+                None => Cow::Borrowed(rest),
+                Some(prev) => {
+                    let mut joined = prev.into_owned();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(rest);
+                    Cow::Owned(joined)
+                }
+            });
         }
     }
-    out
+    out.unwrap_or(Cow::Borrowed(&[]))
 }
 
 fn has_usage_object(event: &[u8]) -> bool {
-    // Cheap pre-check so ordinary chunks (`"usage":null`) are not parsed.
-    let needle = b"\"usage\"";
-    let mut i = 0;
-    while i + needle.len() <= event.len() {
-        if &event[i..i + needle.len()] == needle {
-            let rest = event[i + needle.len()..]
-                .iter()
-                .skip_while(|b| b.is_ascii_whitespace() || **b == b':');
-            if rest.take(1).any(|b| *b == b'{') {
-                return true;
-            }
-        }
-        i += 1;
-    }
-    false
+    // Cheap pre-check so ordinary chunks (`"usage":null`) are not parsed. The searcher is built
+    // once: building it costs more than searching an event.
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    let needle = USAGE.needle();
+    USAGE.find_iter(event).any(|i| {
+        event[i + needle.len()..]
+            .iter()
+            .find(|b| !(b.is_ascii_whitespace() || **b == b':'))
+            == Some(&b'{')
+    })
 }
 
 pub fn classify(event: &[u8]) -> EventKind {
@@ -165,17 +186,106 @@ pub fn classify(event: &[u8]) -> EventKind {
     if !has_usage_object(&payload) {
         return EventKind::Data(None);
     }
-    let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+    // Only `choices` and `usage` are read; the chunk's other members are skipped, not built.
+    #[derive(serde::Deserialize)]
+    struct UsageChunk {
+        #[serde(default)]
+        choices: Option<Value>,
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return EventKind::Data(None);
+    }
+    let Ok(chunk) = serde_json::from_slice::<UsageChunk>(&payload) else {
         return EventKind::Data(None);
     };
-    let usage = Usage::from_json(&v);
-    let no_choices = v
-        .get("choices")
+    let usage = chunk.usage.as_ref().and_then(Usage::from_usage);
+    let no_choices = chunk
+        .choices
+        .as_ref()
         .and_then(Value::as_array)
         .is_some_and(Vec::is_empty);
     match usage {
         Some(u) if no_choices => EventKind::UsageOnly(u),
         u => EventKind::Data(u),
+    }
+}
+
+/// Joins the frames a stream has ready *now* into one frame of at most about `max` bytes. It
+/// never waits for more: a frame goes out as soon as the stream has nothing else ready, so
+/// nothing is buffered, but a burst of events costs one body frame (one chunk, one write)
+/// instead of one each.
+pub fn coalesce<S, E>(inner: S, max: usize) -> Coalesce<S, E>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    Coalesce {
+        inner: Box::pin(inner),
+        max,
+        error: None,
+        done: false,
+    }
+}
+
+pub struct Coalesce<S, E> {
+    inner: Pin<Box<S>>,
+    max: usize,
+    /// An error that followed frames already joined: the next item.
+    error: Option<E>,
+    done: bool,
+}
+
+impl<S, E> Stream for Coalesce<S, E>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Unpin,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let first = match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let mut joined: Option<BytesMut> = None;
+        let mut len = first.len();
+        while len < this.max {
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    len += frame.len();
+                    joined
+                        .get_or_insert_with(|| {
+                            let mut j = BytesMut::with_capacity(len.max(4096));
+                            j.extend_from_slice(&first);
+                            j
+                        })
+                        .extend_from_slice(&frame);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.error = Some(e);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(joined.map_or(first, BytesMut::freeze))))
     }
 }
 
@@ -243,6 +353,82 @@ mod tests {
     }
 
     #[test]
+    fn several_events_in_one_chunk_are_cut_without_copying() {
+        let mut s = EventSplitter::default();
+        let chunk = Bytes::from_static(b"data: 1\n\ndata: 2\r\n\r\ndata: 3\n\ndata: 4");
+        s.push_bytes(chunk.clone());
+        let a = s.next_event().unwrap();
+        let b = s.next_event().unwrap();
+        assert_eq!(a.as_ptr(), chunk.as_ptr());
+        assert_eq!(&b[..], b"data: 2\r\n\r\n");
+        assert_eq!(&s.next_event().unwrap()[..], b"data: 3\n\n");
+        assert!(s.next_event().is_none());
+        // The unterminated rest waits for the next chunk.
+        s.push_bytes(Bytes::from_static(b"\n\ndata: 5\n\n"));
+        assert_eq!(&s.next_event().unwrap()[..], b"data: 4\n\n");
+        assert_eq!(&s.next_event().unwrap()[..], b"data: 5\n\n");
+        assert!(s.remainder().is_none());
+    }
+
+    #[test]
+    fn multi_line_data_is_joined() {
+        assert_eq!(
+            &data_payload(b"event: x\ndata: a\r\ndata:b\n\n")[..],
+            b"a\nb"
+        );
+        let usage = b"data: {\"choices\":[],\ndata: \"usage\":\ndata: {\"prompt_tokens\":1}}\n\n";
+        assert_eq!(
+            classify(usage),
+            EventKind::UsageOnly(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 0
+            })
+        );
+    }
+
+    /// A stream that plays a script; `Poll::Pending` entries are returned once each.
+    struct Script(std::collections::VecDeque<Poll<Option<Result<Bytes, ()>>>>);
+
+    impl Stream for Script {
+        type Item = Result<Bytes, ()>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.pop_front().unwrap_or(Poll::Ready(None))
+        }
+    }
+
+    #[test]
+    fn coalesce_joins_only_what_is_ready() {
+        let ok = |s: &'static str| Poll::Ready(Some(Ok(Bytes::from(s))));
+        let script = Script(
+            [
+                ok("ab"),
+                ok("cd"),
+                ok("ef"),
+                Poll::Pending,
+                Poll::Pending,
+                ok("0123456"),
+                ok("789"),
+                ok("xyz"),
+                Poll::Ready(Some(Err(()))),
+            ]
+            .into(),
+        );
+        let mut out = coalesce(script, 10);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut next = || Pin::new(&mut out).poll_next(&mut cx);
+        assert_eq!(next(), Poll::Ready(Some(Ok(Bytes::from("abcdef")))));
+        // Nothing ready: the stream waits instead of yielding an empty frame.
+        assert_eq!(next(), Poll::Pending);
+        // At most about `max` bytes per frame.
+        assert_eq!(next(), Poll::Ready(Some(Ok(Bytes::from("0123456789")))));
+        // An error after joined frames comes next, then the end.
+        assert_eq!(next(), Poll::Ready(Some(Ok(Bytes::from("xyz")))));
+        assert_eq!(next(), Poll::Ready(Some(Err(()))));
+        assert_eq!(next(), Poll::Ready(None));
+        assert_eq!(next(), Poll::Ready(None));
+    }
+
+    #[test]
     fn classifies_usage_done_and_data() {
         assert_eq!(classify(b"data: [DONE]\n\n"), EventKind::Done);
         assert_eq!(
@@ -266,5 +452,21 @@ mod tests {
             }))
         );
         assert_eq!(classify(b": keep-alive\n\n"), EventKind::Data(None));
+        // Odd shapes: not an object, usage not an object, choices not an array, bad JSON.
+        assert_eq!(
+            classify(b"data: [{\"usage\":{\"prompt_tokens\":1}}]\n\n"),
+            EventKind::Data(None)
+        );
+        assert_eq!(
+            classify(b"data: {\"choices\":null,\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":\"x\"}}\n\n"),
+            EventKind::Data(Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 0
+            }))
+        );
+        assert_eq!(
+            classify(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}\n\n"),
+            EventKind::Data(None)
+        );
     }
 }
