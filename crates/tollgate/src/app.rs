@@ -333,7 +333,6 @@ const INVALIDATION_WINDOW_MS: i64 = 30_000;
 async fn poll_invalidations(state: AppState) {
     let mut seen: HashSet<i64> = HashSet::new();
     let mut order: VecDeque<(i64, Instant)> = VecDeque::new();
-    let mut first = true;
     let mut last_prune = Instant::now();
     let mut tick = tokio::time::interval(INVALIDATION_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -355,12 +354,13 @@ async fn poll_invalidations(state: AppState) {
                 continue;
             }
             order.push_back((seq, Instant::now()));
-            // Rows that existed before this instance started are already reflected (cold cache).
-            if !first && let Some(kind) = invalidations::Kind::parse(&kind) {
+            // Every row is applied, also on the first poll: a row committed while this instance
+            // was starting may describe a request it has already served. Re-applying an old
+            // row only costs a cache reload.
+            if let Some(kind) = invalidations::Kind::parse(&kind) {
                 state.auth.invalidate(kind, &target);
             }
         }
-        first = false;
         let horizon = Duration::from_millis(2 * INVALIDATION_WINDOW_MS as u64);
         while order.front().is_some_and(|(_, at)| at.elapsed() > horizon) {
             if let Some((seq, _)) = order.pop_front() {
