@@ -711,7 +711,7 @@ mod tests {
     /// "limits on" configuration). `cargo test --profile bench -p tollgate --lib admission_cost
     /// -- --ignored --nocapture`
     #[tokio::test]
-    #[ignore]
+    #[ignore = "a cost measurement, not a test: run on demand with --ignored --nocapture"]
     async fn admission_cost() {
         let all = LimitSet {
             requests_per_minute: Some(100_000_000),

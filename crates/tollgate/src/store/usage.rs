@@ -355,7 +355,7 @@ mod tests {
     /// Cost of writing usage: `cargo test --profile bench -p tollgate --lib usage_write_cost --
     /// --ignored --nocapture`
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
+    #[ignore = "a cost measurement, not a test: run on demand with --ignored --nocapture"]
     async fn usage_write_cost() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
