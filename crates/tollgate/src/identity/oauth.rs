@@ -334,6 +334,29 @@ async fn revoke_family_tx(
     Ok(changed)
 }
 
+/// The answer to a grant that continues a login session: a new access token bound to the session
+/// (`sid`), and the refresh token just issued for it.
+async fn session_tokens(
+    state: &AppState,
+    fam: Family,
+    refresh: String,
+) -> OAuthResult<TokenResponse> {
+    let grant = Grant {
+        tenant_id: fam.tenant_id.clone(),
+        subject: fam.user_id.clone(),
+        client_id: fam.client_id.clone(),
+        scope: fam.scope.clone(),
+        sid: Some(fam.id.clone()),
+    };
+    let (access, ttl) = tokens::issue_access_token(state, &grant).await?;
+    Ok(TokenResponse {
+        access_token: access,
+        expires_in: ttl,
+        refresh_token: Some(refresh),
+        scope: fam.scope,
+    })
+}
+
 /// Exchanges an authorization code (with its PKCE verifier) for tokens.
 pub async fn grant_authorization_code(
     state: &AppState,
@@ -459,23 +482,7 @@ pub async fn grant_authorization_code(
     )
     .await?;
     tx.commit().await?;
-    let (access, ttl) = tokens::issue_access_token(
-        state,
-        &Grant {
-            tenant_id: fam.tenant_id.clone(),
-            subject: fam.user_id.clone(),
-            client_id: client.id.clone(),
-            scope: fam.scope.clone(),
-            sid: Some(fam.id.clone()),
-        },
-    )
-    .await?;
-    Ok(TokenResponse {
-        access_token: access,
-        expires_in: ttl,
-        refresh_token: Some(refresh),
-        scope: fam.scope,
-    })
+    session_tokens(state, fam, refresh).await
 }
 
 fn check_code(
@@ -625,23 +632,7 @@ pub async fn grant_refresh_token(
     )
     .await?;
     tx.commit().await?;
-    let (access, ttl) = tokens::issue_access_token(
-        state,
-        &Grant {
-            tenant_id: fam.tenant_id.clone(),
-            subject: fam.user_id.clone(),
-            client_id: fam.client_id.clone(),
-            scope: fam.scope.clone(),
-            sid: Some(fam.id.clone()),
-        },
-    )
-    .await?;
-    Ok(TokenResponse {
-        access_token: access,
-        expires_in: ttl,
-        refresh_token: Some(refresh),
-        scope: fam.scope,
-    })
+    session_tokens(state, fam, refresh).await
 }
 
 /// Client credentials: a service account's token, carrying the client's roles (resolved at

@@ -2,7 +2,6 @@
 //! asynchronous operations. Every tenant-owned lookup filters by tenant, except the two the
 //! credential pipeline needs before it knows the tenant (a subscription id *is* the credential).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
@@ -31,21 +30,8 @@ impl Product {
     }
 }
 
-/// A plan's limits (enforced by the limits layer; stored and returned here).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanLimits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrent_requests: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_month: Option<u64>,
-}
+/// A plan's limits: the limits layer's `LimitSet` (one shape for plans, keys and config).
+pub use crate::limits::LimitSet as PlanLimits;
 
 #[derive(Debug, Clone)]
 pub struct Plan {

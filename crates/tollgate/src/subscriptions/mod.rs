@@ -76,11 +76,9 @@ pub struct SubscriptionAccess {
     pub plan_id: String,
     pub product_id: String,
     pub status: Status,
-    /// The plan's limits as stored.
-    pub limits: PlanLimits,
-    /// The same limits in the limits layer's form, shared by every principal of this
-    /// subscription (`Principal::plan_limits`).
-    pub plan_limits: Arc<crate::limits::PlanLimits>,
+    /// The plan's limits, shared by every principal of this subscription
+    /// (`Principal::plan_limits`).
+    pub plan_limits: Arc<PlanLimits>,
     /// The product's models: the only ones this subscription's credentials may call.
     pub allowed_models: Arc<HashSet<String>>,
     pub max_token_lifetime_seconds: i64,
@@ -196,14 +194,7 @@ pub async fn access(
         plan_id: plan.id,
         product_id: product.id,
         status: sub.status,
-        plan_limits: Arc::new(crate::limits::PlanLimits {
-            requests_per_minute: plan.limits.requests_per_minute,
-            tokens_per_minute: plan.limits.tokens_per_minute,
-            concurrent_requests: plan.limits.concurrent_requests,
-            requests_per_day: plan.limits.requests_per_day,
-            tokens_per_month: plan.limits.tokens_per_month,
-        }),
-        limits: plan.limits,
+        plan_limits: Arc::new(plan.limits),
         allowed_models: Arc::new(product.models.into_iter().collect()),
         max_token_lifetime_seconds: sub.max_token_lifetime_seconds,
         single_use_tokens: sub.single_use_tokens,
