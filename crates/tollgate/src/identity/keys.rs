@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as sig, KeyPair as _};
@@ -113,40 +112,20 @@ impl KeyEncryptionKey {
         }
     }
 
-    /// `base64url(nonce || ciphertext || tag)`, bound to `kid` as associated data.
+    /// Seals a private key with `crypto::SecretBox` (AES-256-GCM), bound to `kid` as associated
+    /// data.
     pub fn seal(&self, kid: &str, plaintext: &[u8]) -> anyhow::Result<String> {
-        let key = RandomizedNonceKey::new(&AES_256_GCM, &self.0)
-            .map_err(|_| anyhow::anyhow!("bad key-encryption key"))?;
-        let mut buf = plaintext.to_vec();
-        let nonce = key
-            .seal_in_place_append_tag(Aad::from(kid.as_bytes()), &mut buf)
-            .map_err(|_| anyhow::anyhow!("encryption failed"))?;
-        let mut out = nonce.as_ref().to_vec();
-        out.extend_from_slice(&buf);
-        Ok(URL_SAFE_NO_PAD.encode(out))
+        crate::crypto::SecretBox::new(&self.0)?.seal(plaintext, kid)
     }
 
     pub fn open(&self, kid: &str, sealed: &str) -> anyhow::Result<Vec<u8>> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(sealed)
-            .map_err(|_| anyhow::anyhow!("sealed signing key is not base64url"))?;
-        if bytes.len() < NONCE_LEN + 16 {
-            anyhow::bail!("sealed signing key is too short");
-        }
-        let (nonce, ct) = bytes.split_at(NONCE_LEN);
-        let nonce =
-            Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
-        let key = RandomizedNonceKey::new(&AES_256_GCM, &self.0)
-            .map_err(|_| anyhow::anyhow!("bad key-encryption key"))?;
-        let mut buf = ct.to_vec();
-        let plain = key
-            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buf)
+        crate::crypto::SecretBox::new(&self.0)?
+            .open(sealed, kid)
             .map_err(|_| {
                 anyhow::anyhow!(
                     "cannot decrypt signing key {kid}: wrong signing_key_secret or signing.key"
                 )
-            })?;
-        Ok(plain.to_vec())
+            })
     }
 }
 
