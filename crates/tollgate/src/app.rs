@@ -282,6 +282,7 @@ impl Application {
         }
         state.auth.flush_last_used().await;
         state.usage.flush_and_stop().await;
+        state.limits.return_leases(0).await;
         state.store.close().await;
         Ok(())
     }

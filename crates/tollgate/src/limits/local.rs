@@ -1,6 +1,8 @@
 //! The in-process limiter: every decision is taken under one mutex, all-or-nothing across the
-//! checks of a request. Used alone on a single instance, and as the fallback when Redis is
-//! unreachable (never "no limits"). No I/O: quota counters are seeded by the caller.
+//! checks of a request. Used when there is no Redis, and as the fallback while Redis is
+//! unreachable (never "no limits"). No I/O: rate cells and concurrency slots live here; quotas are
+//! spent from *leases* the caller takes from the store's shared counters
+//! (`store::quotas`) when this instance's budget for a period runs short.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -40,12 +42,49 @@ impl std::hash::Hasher for FxHasher {
 
 type Fx = std::hash::BuildHasherDefault<FxHasher>;
 
+/// This instance's share of one quota period.
+#[derive(Debug, Default, Clone, Copy)]
+struct QuotaCell {
+    /// Leased from the store and not spent yet; negative when responses used more than they
+    /// reserved (owed to the store, charged with the next lease or when idle).
+    budget: i64,
+    /// The period's use across all instances (leases included) as the store last reported it.
+    used: i64,
+    touched_ms: i64,
+    /// The store refused a lease of `short_of` units until then: requests needing as many are
+    /// refused without asking again (an over-quota client cannot turn into store load).
+    exhausted_until_ms: i64,
+    short_of: i64,
+}
+
+type QuotaKey = (ScopeRef, Dim, i64);
+
 #[derive(Default)]
 struct State {
     rates: HashMap<ScopeRef, RateCell, Fx>,
-    /// (scope, dimension, period start) → units used.
-    quotas: HashMap<(ScopeRef, Dim, i64), i64, Fx>,
+    /// (scope, dimension, period start) → this instance's lease.
+    quotas: HashMap<QuotaKey, QuotaCell, Fx>,
 }
+
+/// A quota check this instance has too little budget for: lease `need` units from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseNeed {
+    pub index: usize,
+    pub period_start: i64,
+    pub need: u64,
+}
+
+/// What a local decision came to.
+#[derive(Debug)]
+pub enum Outcome {
+    Decided(Decision),
+    /// Nothing was reserved: take these leases, [`LocalLimiter::deposit`] them, decide again.
+    Lease(Vec<LeaseNeed>),
+}
+
+/// How long the store's "spent" answer is trusted before asking again (other instances may give
+/// back unspent leases).
+const EXHAUSTED_RECHECK_MS: i64 = 1000;
 
 /// Updates the rate cell of a scope, creating it on first use (no key clone when it exists).
 fn with_rate_cell(st: &mut State, key: &ScopeRef, f: impl FnOnce(&mut RateCell)) {
@@ -71,25 +110,13 @@ impl std::fmt::Debug for LocalLimiter {
 }
 
 impl LocalLimiter {
-    /// Decides a request at `now_ms`. `seeds[i]` is the usage already recorded in the store for
-    /// quota check `i` (used when this process has no counter for the period yet).
-    pub fn decide(&self, checks: &[Check], seeds: &[i64], now_ms: i64) -> Decision {
+    /// Decides a request at `now_ms`, or says which quota leases it needs first.
+    pub fn decide(&self, checks: &[Check], now_ms: i64) -> Outcome {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::decide_locked(&mut st, checks, seeds, now_ms)
+        Self::decide_locked(&mut st, checks, now_ms)
     }
 
-    /// The fast path: decides only if every quota check already has a counter for its period
-    /// (one lock, no seeds needed); `None` means "load seeds and call [`Self::decide`]".
-    pub fn try_decide(&self, checks: &[Check], now_ms: i64) -> Option<Decision> {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let seeded = checks.iter().filter(|c| c.dim.is_quota()).all(|c| {
-            let (start, _) = c.dim.period().bounds(now_ms);
-            st.quotas.contains_key(&(c.scope.clone(), c.dim, start))
-        });
-        seeded.then(|| Self::decide_locked(&mut st, checks, &[], now_ms))
-    }
-
-    fn decide_locked(st: &mut State, checks: &[Check], seeds: &[i64], now_ms: i64) -> Decision {
+    fn decide_locked(st: &mut State, checks: &[Check], now_ms: i64) -> Outcome {
         let now = now_ms as f64;
         let mut states = Vec::with_capacity(checks.len());
         let mut denied: Option<(usize, f64)> = None;
@@ -108,6 +135,7 @@ impl LocalLimiter {
         };
         // Pending writes, applied only if every check passes.
         let mut pending: Vec<(usize, f64)> = Vec::with_capacity(checks.len());
+        let mut needs: Vec<LeaseNeed> = Vec::new();
         for (i, c) in checks.iter().enumerate() {
             match c.dim {
                 Dim::Requests | Dim::Tokens => {
@@ -144,19 +172,27 @@ impl LocalLimiter {
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
                     let (start, end) = c.dim.period().bounds(now_ms);
-                    let used = *st
+                    let cell = st
                         .quotas
-                        .entry((c.scope.clone(), c.dim, start))
-                        .or_insert(seeds.get(i).copied().unwrap_or(0));
+                        .get(&(c.scope.clone(), c.dim, start))
+                        .copied()
+                        .unwrap_or_default();
                     let cost = c.cost as i64;
-                    let limit = c.limit as i64;
-                    if used + cost > limit {
+                    let left = c.limit as i64 - (cell.used - cell.budget);
+                    let need = cost - cell.budget;
+                    if need <= 0 {
+                        pending.push((i, 0.0));
+                    } else if cell.exhausted_until_ms > now_ms && need >= cell.short_of {
                         deny(i, (end - now_ms) as f64, true, &mut denied);
                     } else {
-                        pending.push((i, 0.0));
+                        needs.push(LeaseNeed {
+                            index: i,
+                            period_start: start,
+                            need: need as u64,
+                        });
                     }
                     states.push(CheckState {
-                        remaining: (limit - used - cost).max(0) as u64,
+                        remaining: (left - cost).max(0) as u64,
                         reset_ms: (end - now_ms).max(0) as u64,
                         period_start: start,
                     });
@@ -173,11 +209,14 @@ impl LocalLimiter {
                     s.remaining = s.remaining.min(checks[j].limit);
                 }
             }
-            return Decision {
+            return Outcome::Decided(Decision {
                 denied: Some(i),
                 retry_ms: retry,
                 states,
-            };
+            });
+        }
+        if !needs.is_empty() {
+            return Outcome::Lease(needs);
         }
         for (i, v) in pending {
             let c = &checks[i];
@@ -189,15 +228,51 @@ impl LocalLimiter {
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
                     let key = (c.scope.clone(), c.dim, states[i].period_start);
-                    *st.quotas.entry(key).or_insert(0) += c.cost as i64;
+                    let cell = st.quotas.entry(key).or_default();
+                    cell.budget -= c.cost as i64;
+                    cell.touched_ms = now_ms;
                 }
             }
         }
-        Decision {
+        Outcome::Decided(Decision {
             denied: None,
             retry_ms: 0.0,
             states,
+        })
+    }
+
+    /// Adds a lease the store granted (or records that it refused one) for quota check `c`.
+    pub fn deposit(&self, c: &Check, n: &LeaseNeed, granted: i64, used: i64, now_ms: i64) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let cell = st
+            .quotas
+            .entry((c.scope.clone(), c.dim, n.period_start))
+            .or_default();
+        cell.budget += granted;
+        cell.used = used;
+        cell.touched_ms = now_ms;
+        if granted > 0 {
+            cell.exhausted_until_ms = 0;
+        } else {
+            cell.exhausted_until_ms = now_ms + EXHAUSTED_RECHECK_MS;
+            cell.short_of = n.need as i64;
         }
+    }
+
+    /// Takes the budgets of quota periods untouched for `idle_ms` (all of them with 0), to give
+    /// back to (or, when negative, charge to) the store's counters: `(scope, dim, period start,
+    /// budget)`.
+    pub fn take_idle(&self, now_ms: i64, idle_ms: i64) -> Vec<(ScopeRef, Dim, i64, i64)> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for ((scope, dim, start), cell) in st.quotas.iter_mut() {
+            if cell.budget != 0 && now_ms - cell.touched_ms >= idle_ms {
+                out.push((scope.clone(), *dim, *start, cell.budget));
+                cell.used -= cell.budget;
+                cell.budget = 0;
+            }
+        }
+        out
     }
 
     /// Settles a reservation: `deltas[i]` adjusts check `i` (token reconciliation, quota refunds;
@@ -224,20 +299,17 @@ impl LocalLimiter {
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
                     let start = states.get(i).map_or(0, |s| s.period_start);
+                    // A refund returns to this instance's budget; usage beyond the reservation
+                    // is owed (the budget goes negative until the next lease or give-back).
                     if delta != 0
-                        && let Some(used) = st.quotas.get_mut(&(c.scope.clone(), c.dim, start))
+                        && let Some(cell) = st.quotas.get_mut(&(c.scope.clone(), c.dim, start))
                     {
-                        *used = (*used + delta).max(0);
+                        cell.budget -= delta;
+                        cell.touched_ms = now_ms;
                     }
                 }
             }
         }
-    }
-
-    /// Whether this process already counts a quota period (no seed needed).
-    pub fn has_quota(&self, scope: &ScopeRef, dim: Dim, period_start: i64) -> bool {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        st.quotas.contains_key(&(scope.clone(), dim, period_start))
     }
 
     /// Drops idle rate cells and past quota periods.
@@ -246,9 +318,11 @@ impl LocalLimiter {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.rates
             .retain(|_, c| c.concurrent > 0 || c.req_tat > now || c.tok_tat > now);
-        st.quotas.retain(|(_, dim, start), _| {
+        // Past periods, and current ones with nothing leased that nobody used for a while (their
+        // counters live on in the store).
+        st.quotas.retain(|(_, dim, start), cell| {
             let (s, _) = dim.period().bounds(now_ms);
-            *start >= s
+            *start >= s && (cell.budget != 0 || now_ms - cell.touched_ms < 600_000)
         });
     }
 
@@ -278,6 +352,20 @@ mod tests {
 
     const NOW: i64 = 1_763_812_345_678;
 
+    fn decided(o: Outcome) -> Decision {
+        match o {
+            Outcome::Decided(d) => d,
+            Outcome::Lease(n) => panic!("needs a lease: {n:?}"),
+        }
+    }
+
+    fn needs(o: Outcome) -> Vec<LeaseNeed> {
+        match o {
+            Outcome::Lease(n) => n,
+            Outcome::Decided(d) => panic!("decided: {d:?}"),
+        }
+    }
+
     #[test]
     fn all_or_nothing_across_checks() {
         let l = LocalLimiter::default();
@@ -287,52 +375,92 @@ mod tests {
             check("a", Dim::Requests, 10, 1),
             check("a", Dim::Tokens, 1000, 400),
         ];
-        assert!(l.decide(&checks, &[0, 0], NOW).denied.is_none());
-        let d = l.decide(&checks, &[0, 0], NOW);
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
+        let d = decided(l.decide(&checks, NOW));
         assert!(d.denied.is_none());
         assert_eq!(d.states[0].remaining, 8);
-        let d = l.decide(&checks, &[0, 0], NOW);
+        let d = decided(l.decide(&checks, NOW));
         assert_eq!(d.denied, Some(1));
         assert_eq!(d.states[0].remaining, 8, "denied request consumed nothing");
         // Reconcile: the two requests used 50 tokens each.
         let states = d.states.clone();
         l.settle(&checks, &states, &[0, -350], NOW);
         l.settle(&checks, &states, &[0, -350], NOW);
-        assert!(l.decide(&checks, &[0, 0], NOW).denied.is_none());
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
     }
 
     #[test]
     fn concurrency_slots_are_released_on_settle() {
         let l = LocalLimiter::default();
         let checks = [check("c", Dim::Concurrent, 2, 1)];
-        let a = l.decide(&checks, &[0], NOW);
-        let _b = l.decide(&checks, &[0], NOW);
-        let c = l.decide(&checks, &[0], NOW);
+        let a = decided(l.decide(&checks, NOW));
+        let _b = decided(l.decide(&checks, NOW));
+        let c = decided(l.decide(&checks, NOW));
         assert!(a.denied.is_none() && c.denied == Some(0));
         assert_eq!(gcra::retry_after_secs(c.retry_ms), 1);
         l.settle(&checks, &a.states, &[0], NOW);
-        assert!(l.decide(&checks, &[0], NOW).denied.is_none());
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
     }
 
     #[test]
-    fn quotas_are_seeded_reserved_refunded_and_reset_per_period() {
+    fn quotas_are_spent_from_leases_refunded_and_given_back() {
         let l = LocalLimiter::default();
-        let checks = [check("q", Dim::RequestsDay, 10, 1)];
-        // 7 already recorded in the store today.
+        let checks = [
+            check("q", Dim::Requests, 100, 1),
+            check("q", Dim::RequestsDay, 10, 1),
+        ];
+        // No budget yet: nothing is reserved, a lease of 1 is asked for.
+        let n = needs(l.decide(&checks, NOW));
+        assert_eq!(n.len(), 1);
+        assert_eq!((n[0].index, n[0].need), (1, 1));
+        assert_eq!(n[0].period_start, gcra::Period::Day.bounds(NOW).0);
+        assert_eq!(l.tracked(), 0, "the rate check reserved nothing either");
+        // The store grants 3 (7 already used elsewhere): three requests pass without asking.
+        l.deposit(&checks[1], &n[0], 3, 10, NOW);
+        let mut last = None;
         for _ in 0..3 {
-            assert!(l.decide(&checks, &[7], NOW).denied.is_none());
+            let d = decided(l.decide(&checks, NOW));
+            assert!(d.denied.is_none());
+            last = Some(d);
         }
-        let d = l.decide(&checks, &[7], NOW);
-        assert_eq!(d.denied, Some(0));
+        let last = last.unwrap();
+        assert_eq!(last.states[1].remaining, 0);
+        // A failed request is refunded into the budget.
+        l.settle(&checks, &last.states, &[0, -1], NOW);
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
+        // Spent: the store refuses; the refusal is trusted for a second, then asked again.
+        let n = needs(l.decide(&checks, NOW));
+        l.deposit(&checks[1], &n[0], 0, 10, NOW);
+        let d = decided(l.decide(&checks, NOW));
+        assert_eq!(d.denied, Some(1));
         let (_, end) = gcra::Period::Day.bounds(NOW);
         assert_eq!(d.retry_ms as i64, end - NOW);
-        // A failed request is refunded.
-        l.settle(&checks, &d.states, &[-1], NOW);
-        assert!(l.decide(&checks, &[7], NOW).denied.is_none());
-        // Tomorrow starts from the new seed.
-        assert!(l.decide(&checks, &[0], end + 1).denied.is_none());
-        l.prune(end + 1);
-        assert!(!l.has_quota(&checks[0].scope, Dim::RequestsDay, end - gcra::DAY_MS));
+        assert_eq!(needs(l.decide(&checks, NOW + 1001)).len(), 1);
+        // Tomorrow is another period.
+        assert_eq!(needs(l.decide(&checks, end + 1))[0].period_start, end);
+    }
+
+    #[test]
+    fn unspent_and_overspent_budgets_are_taken_when_idle() {
+        let l = LocalLimiter::default();
+        let checks = [check("t", Dim::TokensMonth, 1_000_000, 500)];
+        let n = needs(l.decide(&checks, NOW));
+        l.deposit(&checks[0], &n[0], 60_000, 60_000, NOW);
+        let d = decided(l.decide(&checks, NOW));
+        assert!(l.take_idle(NOW + 1000, 2000).is_empty(), "not idle yet");
+        // The response used 200 tokens: 300 come back to the budget.
+        l.settle(&checks, &d.states, &[-300], NOW);
+        let taken = l.take_idle(NOW + 5000, 2000);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].3, 60_000 - 200);
+        assert!(l.take_idle(NOW + 9000, 0).is_empty(), "taken once");
+        // Overspent: a request reserved 500 and used 900; 400 are owed.
+        let n = needs(l.decide(&checks, NOW + 9000));
+        assert_eq!(n[0].need, 500);
+        l.deposit(&checks[0], &n[0], 500, 60_700, NOW + 9000);
+        let d = decided(l.decide(&checks, NOW + 9000));
+        l.settle(&checks, &d.states, &[400], NOW + 9000);
+        assert_eq!(l.take_idle(NOW + 9000, 0)[0].3, -400);
     }
 
     #[test]
@@ -342,7 +470,12 @@ mod tests {
             check("x", Dim::Requests, 1, 1),
             check("x", Dim::RequestsDay, 1, 1),
         ];
-        assert!(l.decide(&checks, &[0, 0], NOW).denied.is_none());
-        assert_eq!(l.decide(&checks, &[0, 0], NOW).denied, Some(1));
+        let n = needs(l.decide(&checks, NOW));
+        l.deposit(&checks[1], &n[0], 1, 1, NOW);
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
+        let n = needs(l.decide(&checks, NOW + 60_000));
+        l.deposit(&checks[1], &n[0], 0, 1, NOW);
+        let d = decided(l.decide(&checks, NOW + 500));
+        assert_eq!(d.denied, Some(1));
     }
 }

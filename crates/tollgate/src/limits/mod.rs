@@ -11,9 +11,12 @@
 //!   client) releases the slot, reconciles tokens with the upstream's reported usage, and refunds
 //!   the quota of a request that failed.
 //!
-//! Backends: with `redis_url`, every decision is one Lua script in Redis ([`redis`]); without it,
-//! or while Redis is unreachable, the in-process [`local::LocalLimiter`]. The hot path does no
-//! store I/O: quota counters are seeded from the usage aggregates once per scope and period.
+//! Backends: with `redis_url`, every decision is one Lua script in Redis ([`redis`]), quota
+//! counters seeded from the usage aggregates when Redis has none. Without it, or while Redis is
+//! unreachable, the in-process [`local::LocalLimiter`], whose quotas are spent from leases on the
+//! store's shared counters (`store::quotas`): the store is asked when an instance's lease runs
+//! out, not per request, and unspent leases go back after [`LEASE_IDLE_MS`] without use and at
+//! shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,8 +42,18 @@ pub mod meter;
 pub mod redis;
 
 pub use headers::RateHeaders;
-use local::LocalLimiter;
+use local::{LocalLimiter, Outcome};
+
+/// A quota lease untouched this long goes back to the store's counter (other instances may need
+/// it).
+pub const LEASE_IDLE_MS: i64 = 2000;
 pub use meter::{Meter, admit};
+
+/// The tenant ceilings for requests and tokens per minute when `[limits.tenant]` (or the tenant's
+/// own table) sets none: every tenant has a per-minute limit of each kind, so every inference
+/// response can carry the rate-limit headers (SPEC §7). An explicit `0` removes a ceiling.
+pub const DEFAULT_TENANT_REQUESTS_PER_MINUTE: u64 = 100_000;
+pub const DEFAULT_TENANT_TOKENS_PER_MINUTE: u64 = 100_000_000;
 
 /// A set of limits for one scope. Absent or 0 = unlimited. The same shape serves a plan's
 /// `limits` (SPEC §4.2), a key's `rate_limit`, and the `[limits.*]` configuration tables.
@@ -382,28 +395,32 @@ impl Limits {
         if let (Some(sub), Some(plan)) = (&p.subscription_id, &p.plan_limits) {
             add(ScopeKind::Subscription, sub, **plan);
         }
-        let tenant_limits = self
+        let mut tenant_limits = self
             .cfg
             .tenants
             .get(&**tenant)
             .copied()
             .unwrap_or(self.cfg.tenant);
+        tenant_limits.requests_per_minute = tenant_limits
+            .requests_per_minute
+            .or(Some(DEFAULT_TENANT_REQUESTS_PER_MINUTE));
+        tenant_limits.tokens_per_minute = tenant_limits
+            .tokens_per_minute
+            .or(Some(DEFAULT_TENANT_TOKENS_PER_MINUTE));
         add(ScopeKind::Tenant, tenant, tenant_limits);
         checks
     }
 
-    /// Usage already recorded in the store for each quota check's current period (loaded once
-    /// per scope and period per process; 0 for other checks).
-    async fn seeds(&self, checks: &[Check], now_ms: i64, redis: bool) -> Vec<i64> {
+    /// Usage already recorded in the store for each quota check's current period, for Redis
+    /// counters that do not exist yet (loaded at most once per [`SEED_TTL`] per scope and period;
+    /// 0 for other checks).
+    async fn seeds(&self, checks: &[Check], now_ms: i64) -> Vec<i64> {
         let mut out = vec![0; checks.len()];
         for (i, c) in checks.iter().enumerate() {
             if !c.dim.is_quota() {
                 continue;
             }
             let (start, _) = c.dim.period().bounds(now_ms);
-            if !redis && self.local.has_quota(&c.scope, c.dim, start) {
-                continue;
-            }
             let cell = {
                 let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = seeds.entry((c.scope.clone(), c.dim, start)).or_default();
@@ -425,6 +442,68 @@ impl Limits {
             }
         }
         out
+    }
+
+    /// The local decision, taking the quota leases it asks for from the store first.
+    async fn decide_local(&self, checks: &[Check], now_ms: i64) -> Result<Decision, ApiError> {
+        // Each round either decides or leases (or learns a quota is spent); more rounds happen
+        // only when concurrent requests spend a fresh lease before this one gets to it.
+        for _ in 0..8 {
+            let needs = match self.local.decide(checks, now_ms) {
+                Outcome::Decided(d) => return Ok(d),
+                Outcome::Lease(needs) => needs,
+            };
+            for n in needs {
+                let c = &checks[n.index];
+                let pool = self.store.pool();
+                let lease = crate::store::quotas::lease(
+                    pool,
+                    &c.scope.to_string(),
+                    c.dim.as_str(),
+                    n.period_start,
+                    c.limit as i64,
+                    n.need as i64,
+                    || crate::store::usage::quota_used(pool, &c.scope, c.dim, n.period_start),
+                )
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "could not lease quota from the store");
+                    ApiError::new(
+                        ErrorCode::Unavailable,
+                        "Quota counters are unavailable; try again shortly",
+                    )
+                })?;
+                self.local
+                    .deposit(c, &n, lease.granted, lease.used, crate::util::now_ms());
+            }
+        }
+        let mut err = ApiError::new(
+            ErrorCode::RateLimited,
+            "Too many concurrent requests are competing for this quota; retry in 1 s",
+        );
+        err.retry_after = Some(1);
+        Err(err)
+    }
+
+    /// Gives quota leases back to (or charges overspending to) the store's counters: those idle
+    /// for `idle_ms`, or all of them with 0.
+    pub async fn return_leases(&self, idle_ms: i64) {
+        let now = crate::util::now_ms();
+        for (scope, dim, start, budget) in self.local.take_idle(now, idle_ms) {
+            if let Err(e) = crate::store::quotas::adjust(
+                self.store.pool(),
+                &scope.to_string(),
+                dim.as_str(),
+                start,
+                -budget,
+            )
+            .await
+            {
+                // Unspent units stay counted as used (the period can only end early, never
+                // overshoot); an unpaid overspend is lost.
+                tracing::warn!(error = %e, "could not give a quota lease back to the store");
+            }
+        }
     }
 
     fn member(&self) -> String {
@@ -456,7 +535,7 @@ impl Limits {
         if let Some(r) = &self.redis
             && self.redis_ok.load(Ordering::Acquire)
         {
-            let seeds = self.seeds(&checks, now_ms, true).await;
+            let seeds = self.seeds(&checks, now_ms).await;
             let member = self.member();
             match r.decide(&checks, &seeds, &member).await {
                 Ok(d) => decided = Some((d, Backend::Redis, member)),
@@ -465,16 +544,11 @@ impl Limits {
         }
         let (decision, backend, member) = match decided {
             Some(d) => d,
-            None => {
-                let decision = match self.local.try_decide(&checks, now_ms) {
-                    Some(d) => d,
-                    None => {
-                        let seeds = self.seeds(&checks, now_ms, false).await;
-                        self.local.decide(&checks, &seeds, now_ms)
-                    }
-                };
-                (decision, Backend::Local, String::new())
-            }
+            None => (
+                self.decide_local(&checks, now_ms).await?,
+                Backend::Local,
+                String::new(),
+            ),
         };
         let headers = RateHeaders::build(&checks, &decision.states);
         let backend_label = match backend {
@@ -579,8 +653,8 @@ impl Limits {
         }
     }
 
-    /// Background upkeep: prune idle local state; while on the fallback, probe Redis and switch
-    /// back when it answers.
+    /// Background upkeep: give idle quota leases back; prune idle local state; while on the
+    /// fallback, probe Redis and switch back when it answers.
     pub async fn maintain(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -590,6 +664,7 @@ impl Limits {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
+            self.return_leases(LEASE_IDLE_MS).await;
             if let Some(r) = &self.redis
                 && !self.redis_ok.load(Ordering::Acquire)
                 && r.ping().await
@@ -604,14 +679,21 @@ impl Limits {
                 self.local.prune(now);
                 let day = gcra::Period::Day.bounds(now).0;
                 let month = gcra::Period::Month.bounds(now).0;
-                let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
-                seeds.retain(|(_, dim, start), _| {
-                    *start
-                        >= match dim.period() {
-                            gcra::Period::Day => day,
-                            gcra::Period::Month => month,
-                        }
-                });
+                {
+                    let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
+                    seeds.retain(|(_, dim, start), _| {
+                        *start
+                            >= match dim.period() {
+                                gcra::Period::Day => day,
+                                gcra::Period::Month => month,
+                            }
+                    });
+                }
+                // Counters of months before last (no current period starts that early).
+                let before = month - 31 * gcra::DAY_MS;
+                if let Err(e) = crate::store::quotas::prune(self.store.pool(), before).await {
+                    tracing::warn!(error = %e, "could not prune old quota counters");
+                }
             }
         }
     }
@@ -680,15 +762,36 @@ mod tests {
         };
         let p = principal(Some(plan), Some("end-user-7"));
         let checks = l.checks_for(&p, 100);
-        // App JWTs have no key scope; no user; the subscription's five limits; no tenant limits.
-        assert_eq!(checks.len(), 5);
+        // App JWTs have no key scope; no user; the subscription's five limits; the tenant's
+        // built-in per-minute ceilings.
+        assert_eq!(checks.len(), 7);
+        let (sub, tenant): (Vec<_>, Vec<_>) = checks
+            .iter()
+            .partition(|c| c.scope.kind == ScopeKind::Subscription);
+        assert_eq!(sub.len(), 5);
         assert!(
-            checks
-                .iter()
-                .all(|c| c.scope.kind == ScopeKind::Subscription
-                    && c.scope.to_string() == "s:66ec1726e728c1405e5ebca2")
+            sub.iter()
+                .all(|c| c.scope.to_string() == "s:66ec1726e728c1405e5ebca2")
         );
-        let tokens = checks.iter().find(|c| c.dim == Dim::Tokens).unwrap();
+        assert_eq!(
+            tenant
+                .iter()
+                .map(|c| (c.scope.kind, c.dim, c.limit))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    ScopeKind::Tenant,
+                    Dim::Requests,
+                    DEFAULT_TENANT_REQUESTS_PER_MINUTE
+                ),
+                (
+                    ScopeKind::Tenant,
+                    Dim::Tokens,
+                    DEFAULT_TENANT_TOKENS_PER_MINUTE
+                )
+            ]
+        );
+        let tokens = sub.iter().find(|c| c.dim == Dim::Tokens).unwrap();
         assert_eq!(tokens.cost, 100);
         // Two requests a day, whichever credential of the subscription sends them.
         let (r1, h) = l.decide(l.checks_for(&p, 100)).await.unwrap();
@@ -703,7 +806,12 @@ mod tests {
         l.settle(r2.unwrap(), false, Some(0));
         l.settle(r1.unwrap(), true, Some(40));
         assert!(l.decide(l.checks_for(&p, 100)).await.is_ok());
-        // Without a plan, nothing applies.
+        // Without a plan, only the tenant's ceilings apply; an explicit 0 removes them.
+        assert_eq!(l.checks_for(&principal(None, None), 100).len(), 2);
+        let mut cfg = crate::config::Config::default();
+        cfg.limits.tenant.requests_per_minute = Some(0);
+        cfg.limits.tenant.tokens_per_minute = Some(0);
+        let (l, _dir) = limits(cfg).await;
         assert!(l.checks_for(&principal(None, None), 100).is_empty());
     }
 
@@ -743,7 +851,9 @@ mod tests {
         }
         let checks = t.elapsed().as_nanos() / n;
         let c = l.checks_for(&p, 300);
-        let d = l.local.decide(&c, &vec![0; c.len()], crate::util::now_ms());
+        let Outcome::Decided(d) = l.local.decide(&c, crate::util::now_ms()) else {
+            panic!("leases were taken by the loop above")
+        };
         let t = std::time::Instant::now();
         for _ in 0..n {
             std::hint::black_box(RateHeaders::build(&c, &d.states));

@@ -28,6 +28,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_identity"),
     migration!(3, "0003_subscriptions"),
     migration!(4, "0004_limits"),
+    migration!(5, "0005_quota_counters"),
 ];
 
 const ADVISORY_LOCK_ID: i64 = 0x746f_6c6c_6761_7465; // "tollgate"

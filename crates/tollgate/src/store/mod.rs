@@ -13,6 +13,7 @@ pub mod identity;
 pub mod invalidations;
 pub mod keys;
 pub mod migrate;
+pub mod quotas;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;

@@ -84,10 +84,23 @@ async fn key_request_limit_with_headers_on_json_sse_and_429(app: TestApp) {
         "{body}"
     );
 
-    // Other keys of the same owner are not affected.
-    let res = app.chat(&app.owner_key, chat_body("fake-model")).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert!(header(&res, "x-ratelimit-limit-requests").is_none());
+    // Other keys of the same owner are not affected: with no limit of their own they report the
+    // tenant's built-in ceilings, on JSON and SSE answers alike.
+    for body in [chat_body("fake-model"), stream_body()] {
+        let res = app.chat(&app.owner_key, body).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            header(&res, "x-ratelimit-limit-requests").as_deref(),
+            Some("100000")
+        );
+        assert_eq!(
+            header(&res, "x-ratelimit-limit-tokens").as_deref(),
+            Some("100000000")
+        );
+        assert!(header(&res, "x-ratelimit-remaining-tokens").is_some());
+        assert!(header(&res, "ratelimit").is_some());
+        let _ = res.bytes().await;
+    }
 }
 
 async fn token_limit_reconciles_with_reported_usage(app: TestApp) {

@@ -1,5 +1,6 @@
 //! Quotas (SPEC §7): reserved at admission, settled when the response ends — including a client
-//! that disconnects mid-stream — so concurrent requests cannot overshoot.
+//! that disconnects mid-stream — so concurrent requests cannot overshoot. Without Redis the
+//! counters live in the store, so instances sharing it enforce one quota.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ store_tests!(
     a_stream_cut_by_the_client_settles_its_quota,
     failed_requests_are_refunded,
     quota_usage_survives_a_restart,
+    two_instances_sharing_the_store_enforce_one_quota,
 );
 
 /// Fires `n` chat requests at once; returns the statuses and error codes.
@@ -65,7 +67,9 @@ async fn thirty_concurrent_requests_on_a_ten_per_day_quota(app: TestApp) {
     let res = app.chat(&key, chat_body("fake-model")).await;
     assert_eq!(
         header(&res, "ratelimit-policy").as_deref(),
-        Some("\"requests-day\";q=10;w=86400")
+        Some(
+            "\"requests\";q=100000;w=60, \"tokens\";q=100000000;w=60, \"requests-day\";q=10;w=86400"
+        )
     );
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
     assert_eq!(body["error"]["type"], "insufficient_quota");
@@ -149,5 +153,44 @@ async fn quota_usage_survives_a_restart(app: TestApp) {
     let other = app.second_instance().await;
     let res = other.chat(&key, chat_body("fake-model")).await;
     expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
+    other.shutdown().await;
+}
+
+/// No Redis: two instances share the store's quota counters. Leases never add up to more than
+/// the quota, and a lease one instance leaves unspent goes back for the other to use.
+async fn two_instances_sharing_the_store_enforce_one_quota(app: TestApp) {
+    let other = app.second_instance().await;
+    for a in [&app, &other] {
+        let ready: serde_json::Value = a.get("/ready", "").await.json().await.unwrap();
+        assert_eq!(ready["limits"], "local", "{ready}");
+    }
+    let (_, key) = limited_key(&app, json!({"requests_per_day": 40})).await;
+    // The second instance serves one request and keeps the rest of its lease (a sixteenth of
+    // what was left: 3 units, 2 unspent).
+    assert_eq!(
+        other.chat(&key, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
+    // A concurrent burst of 60 on the first instance: it can lease only what is left, 37.
+    let results = burst(&app, &key, 60).await;
+    let ok = results.iter().filter(|r| r.0 == StatusCode::OK).count();
+    assert_eq!(ok, 37, "{results:?}");
+    for (status, code, _) in results.iter().filter(|r| r.0 != StatusCode::OK) {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(code.as_deref(), Some("QUOTA_EXCEEDED"));
+    }
+    // The unspent lease goes back once idle, and the first instance serves its 2 units.
+    let started = || app.upstream.started() + other.upstream.started();
+    let served = eventually(Duration::from_secs(10), || async {
+        let _ = app.chat(&key, chat_body("fake-model")).await;
+        started() >= 40
+    })
+    .await;
+    assert!(served, "the unspent lease came back: {}", started());
+    for x in [&app, &other] {
+        let res = x.chat(&key, chat_body("fake-model")).await;
+        expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
+    }
+    assert_eq!(started(), 40, "exactly the quota reached the upstreams");
     other.shutdown().await;
 }
