@@ -220,6 +220,13 @@ async fn cancelling_the_subscription_cancels_its_running_operation(app: TestApp)
     let op: Value = images_async(&app, &key, body).await.json().await.unwrap();
     let path = format!("/v1/operations/{}", op["id"].as_str().unwrap());
     wait_status(&app, &path, &sub.id, "running").await;
+    // "running" is set when a worker claims it, a moment before its upstream call starts: wait
+    // for the call, so that the deletion cuts it rather than prevents it.
+    let started = eventually(Duration::from_secs(5), || async {
+        app.upstream.started() >= 1
+    })
+    .await;
+    assert!(started, "the upstream call started");
     let res = app
         .delete(&format!("/v1/subscriptions/{}", sub.id), &app.owner_key)
         .await;
