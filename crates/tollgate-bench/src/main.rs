@@ -24,6 +24,12 @@ enum TargetKind {
     Tollgate,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScenarioKind {
+    Chat,
+    Stream,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -39,6 +45,10 @@ struct Args {
     /// Time budget of each measured phase, in seconds (at most 600).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Measured phases per target and scenario, alternating between targets; the report shows
+    /// each metric's median over the rounds (a shared machine's neighbours move single runs).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Request budget of each warm-up phase.
     #[arg(long, default_value_t = 2_000)]
     warmup_requests: u64,
@@ -54,6 +64,9 @@ struct Args {
     /// Benchmark only these targets (comma-separated, e.g. `direct,nginx`).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<TargetKind>,
+    /// Run only these scenarios (comma-separated: `chat`, `stream`); default: both.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<ScenarioKind>,
     /// The `tollgate` binary (default: next to this one).
     #[arg(long)]
     tollgate_bin: Option<PathBuf>,
@@ -84,9 +97,23 @@ impl Args {
         selected && !(kind == TargetKind::Nginx && self.skip_nginx)
     }
 
+    fn scenarios(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+        SCENARIOS.into_iter().filter(|(_, stream)| {
+            let kind = if *stream {
+                ScenarioKind::Stream
+            } else {
+                ScenarioKind::Chat
+            };
+            self.scenarios.is_empty() || self.scenarios.contains(&kind)
+        })
+    }
+
     fn validate(&self) -> Result<()> {
         if !(1..=1024).contains(&self.connections) {
             bail!("--connections must be 1..=1024");
+        }
+        if !(1..=50).contains(&self.rounds) {
+            bail!("--rounds must be 1..=50");
         }
         if self.requests == 0 {
             bail!("--requests must be at least 1");
@@ -243,15 +270,20 @@ async fn run(args: Args) -> Result<()> {
     let ticks = procs::clock_ticks_per_second();
     let mut rows = Vec::new();
     // Scenario outermost: the targets compared in one scenario run close together in time.
-    for (scenario, stream) in SCENARIOS {
-        for t in &targets {
-            log(&format!("{} / {scenario}: warm-up, then measuring", t.name));
-            let row = measure(&client, t, upstream.pid, scenario, stream, &args, ticks).await?;
-            log(&format!(
-                "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-                row.rps, row.p50_ms, row.p99_ms, row.errors
-            ));
-            rows.push(row);
+    for (scenario, stream) in args.scenarios() {
+        for round in 1..=args.rounds {
+            for t in &targets {
+                log(&format!(
+                    "{} / {scenario} (round {round}/{}): warm-up, then measuring",
+                    t.name, args.rounds
+                ));
+                let row = measure(&client, t, upstream.pid, scenario, stream, &args, ticks).await?;
+                log(&format!(
+                    "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} µs CPU/req, {} errors",
+                    row.rps, row.p50_ms, row.p99_ms, row.proxy_cpu_us, row.errors
+                ));
+                rows.push(row);
+            }
         }
     }
 
@@ -263,15 +295,18 @@ async fn run(args: Args) -> Result<()> {
         chunks: args.chunks,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
         tollgate_workers: args.tollgate_workers,
+        rounds: args.rounds,
     };
-    let markdown = report::markdown(&meta, &rows);
+    let rounds = report::round_ratios(&rows);
+    let rows = report::merge_rounds(rows);
+    let markdown = report::markdown(&meta, &rows, &rounds);
     {
         let mut out = std::io::stdout().lock();
         out.write_all(markdown.as_bytes())?;
         out.flush()?;
     }
     if let Some(path) = &args.out {
-        let json = serde_json::to_string_pretty(&report::json(&meta, &rows))?;
+        let json = serde_json::to_string_pretty(&report::json(&meta, &rows, &rounds))?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     let errors: u64 = rows.iter().map(|r| r.errors).sum();

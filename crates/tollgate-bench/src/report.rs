@@ -13,9 +13,13 @@ pub struct Meta {
     pub cores: usize,
     /// Tollgate's runtime worker threads, when set.
     pub tollgate_workers: Option<usize>,
+    /// Measured phases per target and scenario.
+    pub rounds: usize,
 }
 
-/// One measured phase: a target under a scenario.
+/// One measured phase: a target under a scenario (or, after [`merge_rounds`], the medians of
+/// its rounds).
+#[derive(Clone)]
 pub struct Row {
     pub target: &'static str,
     pub scenario: &'static str,
@@ -80,6 +84,72 @@ const RATIOS: [Ratio; 4] = [
     },
 ];
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One row per target and scenario: the median of each metric over its rounds (peak RSS: the
+/// highest; requests, errors and seconds: the sums). Order of first appearance is kept.
+pub fn merge_rounds(rows: Vec<Row>) -> Vec<Row> {
+    let mut keys: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in &rows {
+        if !keys.contains(&(r.scenario, r.target)) {
+            keys.push((r.scenario, r.target));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(scenario, target)| {
+            let group: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.scenario == scenario && r.target == target)
+                .collect();
+            let first = (*group.first()?).clone();
+            let med = |f: fn(&Row) -> f64| median(group.iter().map(|r| f(r)).collect());
+            Some(Row {
+                requests: group.iter().map(|r| r.requests).sum(),
+                errors: group.iter().map(|r| r.errors).sum(),
+                first_error: group.iter().find_map(|r| r.first_error.clone()),
+                seconds: group.iter().map(|r| r.seconds).sum(),
+                rps: med(|r| r.rps),
+                p50_ms: med(|r| r.p50_ms),
+                p99_ms: med(|r| r.p99_ms),
+                proxy_cpu_us: med(|r| r.proxy_cpu_us),
+                upstream_cpu_us: med(|r| r.upstream_cpu_us),
+                rss_mib: group.iter().map(|r| r.rss_mib).fold(0.0, f64::max),
+                ..first
+            })
+        })
+        .collect()
+}
+
+/// Tollgate/nginx RPS of each round, per scenario (the spread behind the medians).
+pub fn round_ratios(rows: &[Row]) -> Vec<(&'static str, Vec<f64>)> {
+    scenarios(rows)
+        .into_iter()
+        .map(|sc| {
+            let of = |t: &str| {
+                rows.iter()
+                    .filter(|r| r.scenario == sc && r.target == t)
+                    .map(|r| r.rps)
+                    .collect::<Vec<_>>()
+            };
+            let ratios = of("tollgate")
+                .iter()
+                .zip(of("nginx"))
+                .filter(|(_, n)| *n > 0.0)
+                .map(|(t, n)| t / n)
+                .collect();
+            (sc, ratios)
+        })
+        .filter(|(_, v): &(&str, Vec<f64>)| !v.is_empty())
+        .collect()
+}
+
 fn scenarios(rows: &[Row]) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
     for r in rows {
@@ -90,7 +160,7 @@ fn scenarios(rows: &[Row]) -> Vec<&'static str> {
     out
 }
 
-pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
+pub fn markdown(meta: &Meta, rows: &[Row], rounds: &[(&'static str, Vec<f64>)]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## tollgate-bench: {}\n", meta.label);
     let _ = writeln!(
@@ -100,6 +170,13 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     );
     if let Some(n) = meta.tollgate_workers {
         let _ = writeln!(s, "Tollgate runs {n} runtime worker thread(s).\n");
+    }
+    if meta.rounds > 1 {
+        let _ = writeln!(
+            s,
+            "{} rounds alternating between targets; each cell is the median of its rounds (peak RSS: the highest; requests: the sum).\n",
+            meta.rounds
+        );
     }
     s.push_str("| target | scenario | requests | RPS | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | peak RSS MiB | errors |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -140,6 +217,16 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
             let _ = writeln!(s, "{line}");
         }
     }
+    if meta.rounds > 1 {
+        for (sc, ratios) in rounds {
+            let cells: Vec<String> = ratios.iter().map(|v| format!("{v:.2}")).collect();
+            let _ = writeln!(
+                s,
+                "\ntollgate/nginx RPS per round, {sc}: {}",
+                cells.join(", ")
+            );
+        }
+    }
     for r in rows.iter().filter(|r| r.errors > 0) {
         let _ = writeln!(
             s,
@@ -153,7 +240,7 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     s
 }
 
-pub fn json(meta: &Meta, rows: &[Row]) -> Value {
+pub fn json(meta: &Meta, rows: &[Row], rounds: &[(&'static str, Vec<f64>)]) -> Value {
     let results: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -195,6 +282,8 @@ pub fn json(meta: &Meta, rows: &[Row]) -> Value {
         "stream_chunks": meta.chunks,
         "cores": meta.cores,
         "tollgate_workers": meta.tollgate_workers,
+        "rounds": meta.rounds,
+        "tollgate_nginx_rps_per_round": rounds.iter().map(|(sc, v)| (sc.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "results": results,
         "ratios": ratios,
     })
@@ -231,17 +320,39 @@ mod tests {
             chunks: 20,
             cores: 2,
             tollgate_workers: Some(1),
+            rounds: 1,
         };
         let rows = [row("nginx", 1000.0), row("tollgate", 500.0)];
-        let md = markdown(&meta, &rows);
+        let md = markdown(&meta, &rows, &[]);
         assert!(md.contains("| tollgate/nginx RPS | 0.50 |"), "{md}");
         assert!(!md.contains("tollgate/direct"), "{md}");
         assert!(
             md.contains("Tollgate runs 1 runtime worker thread(s)."),
             "{md}"
         );
-        let json = json(&meta, &rows);
+        let json = json(&meta, &rows, &[]);
         assert_eq!(json["ratios"]["chat"]["tollgate/nginx RPS"], 0.5);
         assert_eq!(json["results"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn rounds_merge_into_medians() {
+        let rows = vec![
+            row("nginx", 1000.0),
+            row("tollgate", 600.0),
+            row("nginx", 2000.0),
+            row("tollgate", 1400.0),
+            row("nginx", 1500.0),
+            row("tollgate", 900.0),
+        ];
+        let per_round = round_ratios(&rows);
+        assert_eq!(per_round.len(), 1);
+        assert_eq!(per_round[0].1, vec![0.6, 0.7, 0.6]);
+        let merged = merge_rounds(rows);
+        assert_eq!(merged.len(), 2);
+        assert_eq!((merged[0].target, merged[0].rps), ("nginx", 1500.0));
+        assert_eq!((merged[1].target, merged[1].rps), ("tollgate", 900.0));
+        assert_eq!(merged[1].requests, 300);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

@@ -86,13 +86,15 @@ impl AppState {
     }
 }
 
-/// The AI routes, mounted under `/v1`, `/api/v1` and `/api/v2`.
-fn ai_routes(state: &AppState) -> Router<AppState> {
+/// The AI routes under `prefix` (`/v1`, `/api/v1` and `/api/v2`). Registered with their full
+/// paths rather than nested: a nested router rewrites every request's URI to strip its prefix,
+/// a cost the hottest routes need not pay.
+fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
     use crate::proxy;
     use AuthLevel::{Optional, Required};
     Router::new()
         .route(
-            "/models",
+            &format!("{prefix}/models"),
             get(proxy::list_models).route_layer(guard(
                 state,
                 Optional,
@@ -100,7 +102,7 @@ fn ai_routes(state: &AppState) -> Router<AppState> {
             )),
         )
         .route(
-            "/chat/completions",
+            &format!("{prefix}/chat/completions"),
             post(proxy::chat_completions).route_layer(guard(
                 state,
                 Required,
@@ -108,7 +110,7 @@ fn ai_routes(state: &AppState) -> Router<AppState> {
             )),
         )
         .route(
-            "/embeddings",
+            &format!("{prefix}/embeddings"),
             post(proxy::embeddings).route_layer(guard(
                 state,
                 Required,
@@ -116,14 +118,14 @@ fn ai_routes(state: &AppState) -> Router<AppState> {
             )),
         )
         .route(
-            "/images/generations",
+            &format!("{prefix}/images/generations"),
             post(proxy::image_generations).route_layer(guard(
                 state,
                 Required,
                 Some(Permission::ImagesWrite),
             )),
         )
-        .merge(crate::subscriptions::ai_routes(state))
+        .merge(crate::subscriptions::ai_routes(state, prefix))
 }
 
 /// Management routes (SPEC §4.2). Finer checks (own vs any key, platform owner) are in handlers.
@@ -202,21 +204,18 @@ fn management_routes(state: &AppState) -> Router<AppState> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let ai = ai_routes(&state);
     Router::new()
         .route("/health", get(crate::ops::health))
         .route("/ready", get(crate::ops::ready))
         .route("/metrics", get(crate::ops::metrics))
-        .nest("/v1", ai.clone().merge(management_routes(&state)))
-        .nest("/api/v1", ai.clone())
-        .nest("/api/v2", ai)
+        .merge(ai_routes(&state, "/v1"))
+        .merge(ai_routes(&state, "/api/v1"))
+        .merge(ai_routes(&state, "/api/v2"))
+        .nest("/v1", management_routes(&state))
         .merge(crate::identity::routes(&state))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::http::observe,
-        ))
+        .layer(crate::http::ObserveLayer::new(state.clone()))
         .layer(
             tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
                 axum::http::header::AUTHORIZATION,
@@ -350,14 +349,19 @@ async fn poll_invalidations(state: AppState) {
                 continue;
             }
         };
-        for (seq, kind, target) in rows {
+        for (seq, kind, target, origin) in rows {
             if !seen.insert(seq) {
                 continue;
             }
             order.push_back((seq, Instant::now()));
-            // Every row is applied, also on the first poll: a row committed while this instance
-            // was starting may describe a request it has already served. Re-applying an old
-            // row only costs a cache reload.
+            // This instance applied its own rows right after their commit. Applying one again
+            // now would be late: a "cut" could end a request that started after the access was
+            // given back (a subscription suspended, then reactivated).
+            if origin.as_deref() == Some(state.auth.instance_id()) {
+                continue;
+            }
+            // Every other row is applied, also on the first poll: a row committed while this
+            // instance was starting may describe a request it has already served.
             if let Some(kind) = invalidations::Kind::parse(&kind) {
                 state.auth.invalidate(kind, &target);
             }

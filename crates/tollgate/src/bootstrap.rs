@@ -62,6 +62,7 @@ pub async fn add_owner(
             conn,
             crate::store::invalidations::Kind::Permissions,
             &user.id,
+            meta,
         )
         .await?;
     }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -31,41 +30,151 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<&str> {
     .then_some(s)
 }
 
-/// Outermost middleware: request id, in-flight gauge, metrics, access log.
-pub async fn observe(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let id: Arc<str> = match req
-        .headers()
-        .get("x-request-id")
-        .and_then(acceptable_request_id)
-    {
-        Some(s) => s.into(),
-        None => crate::util::new_id("req").into(),
-    };
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| crate::metrics::intern_route(m.as_str()));
-    // For the log line only: a cheap reference-counted clone, not a copy of the path.
-    let uri = req.uri().clone();
-    let metrics = &state.metrics;
-    metrics.http_in_flight.inc();
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
-    let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    metrics.http_in_flight.dec();
+/// The outermost layer of every route: request id (`x-request-id` in, or a new one), in-flight
+/// gauge, HTTP metrics, one access-log line. A hand-written layer rather than
+/// `middleware::from_fn`: it neither clones nor boxes the route per request, and the in-flight
+/// gauge is held by a guard, so a request whose client went away still leaves the gauge.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    state: AppState,
+}
+
+impl ObserveLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+/// Holds the in-flight gauge up for as long as the request's future lives.
+struct InFlight(AppState);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.http_in_flight.dec();
+    }
+}
+
+impl<S> tower::Service<Request> for Observe<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
+        let id: Arc<str> = match req
+            .headers()
+            .get("x-request-id")
+            .and_then(acceptable_request_id)
+        {
+            Some(s) => s.into(),
+            None => crate::util::request_id().into(),
+        };
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let method = crate::metrics::method_label(req.method());
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |m| crate::metrics::intern(m.as_str()));
+        // For the log line only: a cheap reference-counted clone, not a copy of the path.
+        let uri = req.uri().clone();
+        self.state.metrics.http_in_flight.inc();
+        let in_flight = InFlight(self.state.clone());
+        let span = tracing::info_span!("request", request_id = %id, method, route);
+        let inner = tracing::Instrument::instrument(self.inner.call(req), span);
+        ObserveFuture {
+            inner,
+            done: Some(Done {
+                started,
+                id,
+                method,
+                route,
+                uri,
+                in_flight,
+            }),
+        }
+    }
+}
+
+/// What the access log and the metrics need once the response is there.
+struct Done {
+    started: Instant,
+    id: Arc<str>,
+    method: &'static str,
+    route: &'static str,
+    uri: axum::http::Uri,
+    in_flight: InFlight,
+}
+
+pin_project_lite::pin_project! {
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: tracing::instrument::Instrumented<F>,
+        done: Option<Done>,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        let Ok(mut res) = std::task::ready!(this.inner.as_mut().poll(cx));
+        if let Some(done) = this.done.take() {
+            finish(&mut res, done, this.inner.span());
+        }
+        std::task::Poll::Ready(Ok(res))
+    }
+}
+
+fn finish(res: &mut Response, done: Done, span: &tracing::Span) {
+    let Done {
+        started,
+        id,
+        route,
+        method,
+        uri,
+        in_flight,
+    } = done;
+    let metrics = &in_flight.0.metrics;
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     metrics
         .http_requests
         .get_or_create(&HttpLabels {
             route,
-            method: crate::metrics::method_label(&method),
+            method,
             status,
         })
         .inc();
@@ -76,14 +185,15 @@ pub async fn observe(
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
-    let code = res.extensions().get::<ErrorMarker>().map(|m| m.0.as_str());
-    let _enter = span.enter();
-    if status >= 500 {
-        tracing::warn!(path = %uri.path(), status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request failed");
-    } else {
-        tracing::info!(path = %uri.path(), status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+    if tracing::enabled!(tracing::Level::INFO) || status >= 500 {
+        let code = res.extensions().get::<ErrorMarker>().map(|m| m.0.as_str());
+        let _enter = span.enter();
+        if status >= 500 {
+            tracing::warn!(path = %uri.path(), status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request failed");
+        } else {
+            tracing::info!(path = %uri.path(), status, code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+        }
     }
-    res
 }
 
 /// Fallback for unknown paths: a JSON 404 (with `x-request-id`, added by [`observe`]).
@@ -233,15 +343,19 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 /// Request metadata for audit events.
 pub struct Meta(pub RequestMeta);
 
-impl<S: Send + Sync> FromRequestParts<S> for Meta {
+impl FromRequestParts<AppState> for Meta {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Meta(request_meta(parts)))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Meta(request_meta(parts, state)))
     }
 }
 
-pub fn request_meta(parts: &Parts) -> RequestMeta {
+pub fn request_meta(parts: &Parts, state: &AppState) -> RequestMeta {
     RequestMeta {
+        origin: Some(state.auth.instance_id().into()),
         ip: parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

@@ -13,10 +13,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn tune_allocator() {
     const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: plain setters of global allocator options, called before any other thread runs.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    // An operator's own MIMALLOC_* setting wins.
+    for (option, env, value) in [
+        (
+            MI_OPTION_ARENA_EAGER_COMMIT,
+            "MIMALLOC_ARENA_EAGER_COMMIT",
+            0,
+        ),
+        (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
+    ] {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: a plain setter of a global allocator option, called before any other
+            // thread runs.
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
+        }
     }
 }
 

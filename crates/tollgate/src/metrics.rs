@@ -22,9 +22,9 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
-/// Interns a route template (a finite set: the router's own patterns) so labels need no
-/// allocation per request.
-pub fn intern_route(route: &str) -> &'static str {
+/// Interns a label value from a finite set (the router's route templates, configured provider
+/// names) so labels need no allocation per request.
+pub fn intern(route: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{OnceLock, RwLock};
     static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
@@ -60,13 +60,13 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
-    pub provider: String,
-    pub outcome: String,
+    pub provider: &'static str,
+    pub outcome: &'static str,
 }
 
 pub struct Metrics {
@@ -146,21 +146,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn auth_failure(&self, reason: &str) {
+    pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_string(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
-    pub fn upstream(&self, provider: &str, outcome: &str, seconds: f64) {
+    /// `provider` is a configured provider's name, interned ([`intern`]) when the proxy was built.
+    pub fn upstream(&self, provider: &'static str, outcome: &'static str, seconds: f64) {
         self.upstream_duration
-            .get_or_create(&UpstreamLabels {
-                provider: provider.to_string(),
-                outcome: outcome.to_string(),
-            })
+            .get_or_create(&UpstreamLabels { provider, outcome })
             .observe(seconds);
+    }
+
+    pub fn stream_cut(&self, reason: &'static str) {
+        self.streams_cut
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Prometheus text exposition.

@@ -206,7 +206,7 @@ pub async fn revoke_key(
                 .details(json!({"name": rec.name, "hint": rec.hint})),
         )
         .await?;
-        invalidations::publish(conn, Kind::Credential, id).await?;
+        invalidations::publish(conn, Kind::Credential, id, meta).await?;
     }
     Ok((rec, changed))
 }
@@ -440,7 +440,7 @@ pub async fn patch(
             .details(json!({"changed": changed})),
         )
         .await?;
-        invalidations::publish(&mut tx, Kind::Permissions, &rec.id).await?;
+        invalidations::publish(&mut tx, Kind::Permissions, &rec.id, &meta).await?;
     }
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     if !changed.is_empty() {
@@ -515,7 +515,7 @@ pub async fn rotate(
     } else {
         Kind::Permissions
     };
-    invalidations::publish(&mut tx, kind, &id).await?;
+    invalidations::publish(&mut tx, kind, &id, &meta).await?;
     let rec = keystore::get(&mut tx, &caller.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("API key"))?;

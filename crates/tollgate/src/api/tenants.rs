@@ -76,6 +76,7 @@ pub async fn create(
     )
     .await?;
     let mut out = tenant.to_api();
+    let mut owner = None;
     if let Some(email) = owner_email {
         let (user_id, key) = crate::bootstrap::add_owner(
             &mut tx,
@@ -88,8 +89,15 @@ pub async fn create(
         )
         .await?;
         out["owner"] = json!({"user_id": user_id, "api_key": key});
+        owner = Some(user_id);
     }
     tx.commit().await.map_err(crate::store::StoreError::from)?;
+    // The owner's memberships changed: applied here, as the invalidation it published says.
+    if let Some(user_id) = owner {
+        state
+            .auth
+            .invalidate(crate::store::invalidations::Kind::Permissions, &user_id);
+    }
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 

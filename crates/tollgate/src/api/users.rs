@@ -239,7 +239,7 @@ pub async fn patch(
         tenants::set_user_name(&mut tx, &id, name.trim()).await?;
     }
     if let Some(roles) = &body.roles {
-        set_roles_in_tx(&mut tx, &caller, &id, roles).await?;
+        set_roles_in_tx(&mut tx, &caller, &id, roles, &meta).await?;
     }
     append(
         &mut tx,
@@ -269,12 +269,13 @@ async fn set_roles_in_tx(
     caller: &Caller,
     user_id: &str,
     roles: &[String],
+    meta: &crate::store::audit::RequestMeta,
 ) -> ApiResult<()> {
     let (role_ids, perms) = resolve_roles(tx, &caller.tenant_id, roles).await?;
     no_escalation(caller, perms)?;
     keep_an_owner(tx, &caller.tenant_id, user_id, &role_ids).await?;
     tenants::set_member_roles(tx, &caller.tenant_id, user_id, &role_ids).await?;
-    invalidations::publish(tx, Kind::Permissions, user_id).await?;
+    invalidations::publish(tx, Kind::Permissions, user_id, meta).await?;
     Ok(())
 }
 
@@ -295,7 +296,7 @@ pub async fn put_roles(
     tenants::get_member(&mut tx, &caller.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    set_roles_in_tx(&mut tx, &caller, &id, &body.roles).await?;
+    set_roles_in_tx(&mut tx, &caller, &id, &body.roles, &meta).await?;
     append(
         &mut tx,
         AuditEvent::new(
@@ -332,10 +333,10 @@ pub async fn delete(
     keep_an_owner(&mut tx, &caller.tenant_id, &id, &[]).await?;
     let revoked = keystore::revoke_user_keys(&mut tx, &caller.tenant_id, &id, now_ms()).await?;
     for key_id in &revoked {
-        invalidations::publish(&mut tx, Kind::Credential, key_id).await?;
+        invalidations::publish(&mut tx, Kind::Credential, key_id, &meta).await?;
     }
     tenants::remove_member(&mut tx, &caller.tenant_id, &id).await?;
-    invalidations::publish(&mut tx, Kind::Subject, &id).await?;
+    invalidations::publish(&mut tx, Kind::Subject, &id, &meta).await?;
     append(
         &mut tx,
         AuditEvent::new(
@@ -489,7 +490,7 @@ pub async fn patch_role(
         .details(json!({"name": role.name, "permissions": role.permissions})),
     )
     .await?;
-    invalidations::publish(&mut tx, Kind::Permissions, &role.id).await?;
+    invalidations::publish(&mut tx, Kind::Permissions, &role.id, &meta).await?;
     tx.commit().await.map_err(db)?;
     state.auth.invalidate(Kind::Permissions, &role.id);
     Ok(axum::Json(role.to_api()).into_response())

@@ -4,44 +4,91 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 
 use super::{AuthLevel, Permission, Principal, failure_reason};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
-
 /// Builds the guard layer for one route.
-// The layer type names the closure type; there is no simpler spelling that keeps it nameable.
-#[allow(clippy::type_complexity)]
-pub fn guard(
-    state: &AppState,
-    level: AuthLevel,
-    permission: Option<Permission>,
-) -> axum::middleware::FromFnLayer<
-    impl Fn(State<AppState>, Request, Next) -> BoxedResponse + Clone + Send + Sync + 'static,
-    AppState,
-    (State<AppState>, Request),
-> {
-    from_fn_with_state(
-        state.clone(),
-        move |State(state): State<AppState>, req: Request, next: Next| {
-            Box::pin(async move { run(state, level, permission, req, next).await }) as BoxedResponse
-        },
-    )
+pub fn guard(state: &AppState, level: AuthLevel, permission: Option<Permission>) -> GuardLayer {
+    GuardLayer {
+        state: state.clone(),
+        level,
+        permission,
+    }
 }
 
-async fn run(
+/// The route guard as a layer. Hand-written rather than `middleware::from_fn`: per request it
+/// clones the route once and boxes one future, nothing more.
+#[derive(Clone)]
+pub struct GuardLayer {
+    state: AppState,
+    level: AuthLevel,
+    permission: Option<Permission>,
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    layer: GuardLayer,
+}
+
+impl<S> tower::Service<Request> for Guard<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The service that was polled ready goes into the future; a clone stays for the next call.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let GuardLayer {
+            state,
+            level,
+            permission,
+        } = self.layer.clone();
+        Box::pin(async move { Ok(run(state, level, permission, req, inner).await) })
+    }
+}
+
+async fn run<S>(
     state: AppState,
     level: AuthLevel,
     permission: Option<Permission>,
     mut req: Request,
-    next: Next,
-) -> Response {
+    mut inner: S,
+) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
     let principal = match state.auth.authenticate(req.headers(), level).await {
         Ok(p) => p,
         Err(e) => {
@@ -56,7 +103,10 @@ async fn run(
         return e.into_response();
     }
     req.extensions_mut().insert(Arc::new(principal));
-    next.run(req).await
+    match inner.call(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
 }
 
 /// Extractor for handlers behind a guard.

@@ -219,6 +219,8 @@ pub struct Auth {
     last_used: keycache::LastUsed,
     /// App-JWT and subscription verification state (`crate::subscriptions`).
     pub subscriptions: crate::subscriptions::SubscriptionAuth,
+    /// This instance, as the `origin` of the invalidations it publishes.
+    instance_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -257,6 +259,21 @@ impl Auth {
             epoch: AtomicU64::new(1),
             last_used: keycache::LastUsed::default(),
             subscriptions: crate::subscriptions::SubscriptionAuth::new(cache_ttl),
+            instance_id: crate::util::new_id("inst").into(),
+        }
+    }
+
+    /// This instance's id (random per process start).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// What a mutation made on this instance records about itself: its origin, so the
+    /// invalidations it publishes are not applied a second time by this instance's poller.
+    pub fn local_meta(&self) -> crate::store::audit::RequestMeta {
+        crate::store::audit::RequestMeta {
+            origin: Some(self.instance_id.clone()),
+            ..Default::default()
         }
     }
 

@@ -352,7 +352,7 @@ pub async fn password_reset_confirm(
     idstore::mark_email_verified(&mut tx, &user_id, now).await?;
     let families = idstore::revoke_user_families(&mut tx, &user_id, "password_reset", now).await?;
     for (fid, _) in &families {
-        invalidations::publish(&mut tx, Kind::Credential, fid).await?;
+        invalidations::publish(&mut tx, Kind::Credential, fid, &meta).await?;
     }
     audit_user_event(
         &mut tx,

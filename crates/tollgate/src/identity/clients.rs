@@ -210,7 +210,7 @@ pub async fn revoke(
             .details(json!({"name": c.name})),
         )
         .await?;
-        invalidations::publish(&mut tx, Kind::Credential, &id).await?;
+        invalidations::publish(&mut tx, Kind::Credential, &id, &meta).await?;
     }
     let out = to_api(&mut tx, &c).await?;
     tx.commit().await.map_err(StoreError::from)?;

@@ -406,7 +406,7 @@ pub async fn delete(
         .target("identity_provider", id.clone()),
     )
     .await?;
-    invalidations::publish(&mut tx, Kind::Credential, &id).await?;
+    invalidations::publish(&mut tx, Kind::Credential, &id, &meta).await?;
     tx.commit().await.map_err(StoreError::from)?;
     state.auth.identity.external.forget(&id).await;
     state.auth.invalidate(Kind::Credential, &id);

@@ -342,7 +342,7 @@ pub async fn show(State(state): State<AppState>, uri: axum::http::Uri) -> Respon
 pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().map(str::to_string);
-    let meta = crate::http::request_meta(&parts);
+    let meta = crate::http::request_meta(&parts, &state);
     let ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()

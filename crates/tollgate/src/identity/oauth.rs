@@ -329,7 +329,7 @@ async fn revoke_family_tx(
                 }),
         )
         .await?;
-        invalidations::publish(tx, Kind::Credential, &fam.id).await?;
+        invalidations::publish(tx, Kind::Credential, &fam.id, meta).await?;
     }
     Ok(changed)
 }
@@ -968,7 +968,7 @@ pub async fn revoke(
                 .details(json!({"client_id": client.id})),
         )
         .await?;
-        invalidations::publish(&mut tx, Kind::Credential, &c.jti).await?;
+        invalidations::publish(&mut tx, Kind::Credential, &c.jti, &meta).await?;
         cut = Some(c.jti);
     }
     tx.commit().await?;

@@ -52,8 +52,8 @@ pub use meter::{Meter, admit};
 /// The tenant ceilings for requests and tokens per minute when `[limits.tenant]` (or the tenant's
 /// own table) sets none: every tenant has a per-minute limit of each kind, so every inference
 /// response can carry the rate-limit headers (SPEC §7). An explicit `0` removes a ceiling.
-pub const DEFAULT_TENANT_REQUESTS_PER_MINUTE: u64 = 100_000;
-pub const DEFAULT_TENANT_TOKENS_PER_MINUTE: u64 = 100_000_000;
+pub const DEFAULT_TENANT_REQUESTS_PER_MINUTE: u64 = 10_000_000;
+pub const DEFAULT_TENANT_TOKENS_PER_MINUTE: u64 = 10_000_000_000;
 
 /// A set of limits for one scope. Absent or 0 = unlimited. The same shape serves a plan's
 /// `limits` (SPEC §4.2), a key's `rate_limit`, and the `[limits.*]` configuration tables.

@@ -111,7 +111,8 @@ pub enum Backend {
 
 #[derive(Debug)]
 pub struct Provider {
-    pub name: String,
+    /// Interned: also the `provider` label of upstream metrics.
+    pub name: &'static str,
     pub backend: Backend,
 }
 
@@ -193,7 +194,7 @@ impl Proxy {
             providers.insert(
                 p.name.clone(),
                 Arc::new(Provider {
-                    name: p.name.clone(),
+                    name: crate::metrics::intern(&p.name),
                     backend,
                 }),
             );
@@ -212,7 +213,7 @@ impl Proxy {
         if cfg.providers.is_empty() && cfg.models.is_empty() {
             // No provider configured: serve the built-in mock models so `serve` works out of the box.
             let provider = Arc::new(Provider {
-                name: "mock".into(),
+                name: "mock",
                 backend: Backend::Mock,
             });
             for (name, _) in mock::MODELS {
@@ -552,12 +553,12 @@ async fn forward(
     let reply = tokio::select! {
         biased;
         () = token.cancelled() => {
-            state.metrics.streams_cut.get_or_create(&crate::metrics::ReasonLabels { reason: "revoked".into() }).inc();
+            state.metrics.stream_cut("revoked");
             return Err(meter.fail(cut_error(caller.live.reason())));
         }
         r = state.proxy.send(&route, endpoint, &value, bytes) => r,
     };
-    let provider = route.provider.name.as_str();
+    let provider = route.provider.name;
     let reply = match reply {
         Ok(r) => r,
         Err(f) => {
@@ -639,13 +640,7 @@ impl StreamState {
         self.done = true;
         self.meter.stream_failed(reason);
         self.queue.push_back(sse::error_event(err));
-        self.state
-            .metrics
-            .streams_cut
-            .get_or_create(&crate::metrics::ReasonLabels {
-                reason: reason.into(),
-            })
-            .inc();
+        self.state.metrics.stream_cut(reason);
     }
 
     fn take_events(&mut self) {
@@ -764,7 +759,7 @@ mod tests {
         ModelRoute {
             name: name.into(),
             provider: Arc::new(Provider {
-                name: "p".into(),
+                name: "p",
                 backend: Backend::Mock,
             }),
             upstream_model: upstream_model.into(),

@@ -17,6 +17,9 @@ pub struct RequestMeta {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// The instance that serves the request (`Auth::instance_id`); not part of audit events. The
+    /// invalidations a request publishes carry it, so that instance's poller skips them.
+    pub origin: Option<std::sync::Arc<str>>,
 }
 
 /// Who did it.

@@ -35,25 +35,36 @@ impl Kind {
     }
 }
 
-pub async fn publish(conn: &mut Conn, kind: Kind, target: &str) -> StoreResult<()> {
-    sqlx::query("INSERT INTO invalidations (kind, target, at) VALUES ($1, $2, $3)")
+/// Publishes an invalidation in the caller's transaction. `meta.origin` names the instance that
+/// will apply it itself after the commit (its poller skips the row).
+pub async fn publish(
+    conn: &mut Conn,
+    kind: Kind,
+    target: &str,
+    meta: &super::audit::RequestMeta,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO invalidations (kind, target, at, origin) VALUES ($1, $2, $3, $4)")
         .bind(kind.as_str())
         .bind(target.to_string())
         .bind(now_ms())
+        .bind(meta.origin.as_deref().map(str::to_string))
         .execute(conn)
         .await?;
     Ok(())
 }
 
+/// A row of the invalidation log: `(seq, kind, target, origin)`.
+pub type Row = (i64, String, String, Option<String>);
+
 /// Rows written since `since_ms` (a window, not a cursor: PostgreSQL sequences can commit out of
 /// order, so the poller dedupes by `seq` instead of trusting `seq > last`).
-pub async fn recent(pool: &AnyPool, since_ms: i64) -> StoreResult<Vec<(i64, String, String)>> {
-    Ok(
-        sqlx::query_as("SELECT seq, kind, target FROM invalidations WHERE at >= $1 ORDER BY seq")
-            .bind(since_ms)
-            .fetch_all(pool)
-            .await?,
+pub async fn recent(pool: &AnyPool, since_ms: i64) -> StoreResult<Vec<Row>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, kind, target, origin FROM invalidations WHERE at >= $1 ORDER BY seq",
     )
+    .bind(since_ms)
+    .fetch_all(pool)
+    .await?)
 }
 
 pub async fn prune(pool: &AnyPool, before_ms: i64) -> StoreResult<u64> {

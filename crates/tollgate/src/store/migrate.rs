@@ -29,6 +29,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_subscriptions"),
     migration!(4, "0004_limits"),
     migration!(5, "0005_quota_counters"),
+    migration!(6, "0006_invalidation_origin"),
 ];
 
 const ADVISORY_LOCK_ID: i64 = 0x746f_6c6c_6761_7465; // "tollgate"

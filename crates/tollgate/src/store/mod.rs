@@ -114,16 +114,26 @@ impl Store {
         }
         let opts = AnyConnectOptions::from_str(&url)
             .map_err(|e| anyhow::anyhow!("invalid database_url: {}", redact_url(&e.to_string())))?;
+        // SQLite takes one writer at a time; a few connections serve the readers. Each SQLite
+        // connection has its own worker thread and page cache, so the pool stays small, spare
+        // connections close after a minute idle, and each cache is capped at 1 MiB (the
+        // operating system caches the file as well).
+        let (max, idle) = match backend {
+            Backend::Sqlite => (4, Duration::from_secs(60)),
+            Backend::Postgres => (16, Duration::from_secs(600)),
+        };
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .max_connections(max)
             .min_connections(1)
+            .idle_timeout(idle)
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         sqlx::raw_sql(
                             "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; \
-                             PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
+                             PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; \
+                             PRAGMA cache_size=-1024;",
                         )
                         .execute(&mut *conn)
                         .await?;

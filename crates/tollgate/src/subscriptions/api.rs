@@ -585,7 +585,7 @@ async fn patch_subscription(
             .details(json!({"changed": changed, "status": s.status.as_str()})),
         )
         .await?;
-        invalidations::publish(&mut tx, kind, &s.id).await?;
+        invalidations::publish(&mut tx, kind, &s.id, &meta).await?;
     }
     commit(tx).await?;
     if !changed.is_empty() {
@@ -625,7 +625,7 @@ async fn cancel_subscription(
             .details(json!({"plan_id": s.plan_id, "cancelled_operations": ops})),
         )
         .await?;
-        invalidations::publish(&mut tx, Kind::Subject, &s.id).await?;
+        invalidations::publish(&mut tx, Kind::Subject, &s.id, &meta).await?;
     }
     commit(tx).await?;
     if changed {
@@ -810,7 +810,7 @@ async fn create_jwt_credential(
     )
     .await?;
     // Cached verifications of this subscription must see the new kid.
-    invalidations::publish(&mut tx, Kind::Permissions, &s.id).await?;
+    invalidations::publish(&mut tx, Kind::Permissions, &s.id, meta).await?;
     commit(tx).await?;
     state.auth.invalidate(Kind::Permissions, &s.id);
     let mut out = cred.to_api();
@@ -959,7 +959,7 @@ async fn revoke_credential(
             .details(json!({"subscription_id": s.id})),
         )
         .await?;
-        invalidations::publish(&mut tx, Kind::Credential, &cred_id).await?;
+        invalidations::publish(&mut tx, Kind::Credential, &cred_id, &meta).await?;
     }
     let cred = store::get_credential(&mut tx, &s.tenant_id, &s.id, &cred_id)
         .await?

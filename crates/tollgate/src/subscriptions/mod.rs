@@ -259,10 +259,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     api::routes(state)
 }
 
-/// AI-side routes (`GET /operations/{id}`), merged into the AI routes under `/v1`, `/api/v1` and
-/// `/api/v2`.
-pub fn ai_routes(state: &AppState) -> Router<AppState> {
-    operations::routes(state)
+/// AI-side routes (`GET {prefix}/operations/{id}`), merged into the AI routes under `/v1`,
+/// `/api/v1` and `/api/v2`.
+pub fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
+    operations::routes(state, prefix)
 }
 
 /// Background work: the operations worker pool and the pruning of expired `jti`s, old

@@ -57,9 +57,9 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-pub fn routes(state: &AppState) -> Router<AppState> {
+pub fn routes(state: &AppState, prefix: &str) -> Router<AppState> {
     Router::new().route(
-        "/operations/{id}",
+        &format!("{prefix}/operations/{{id}}"),
         get(get_operation).route_layer(guard(
             state,
             AuthLevel::Optional,
@@ -405,7 +405,7 @@ async fn run_one(state: &AppState, worker: &str, op: Operation) {
     };
     let outcome = match reply {
         Err(f) => Outcome::Done(OpStatus::Failed, None, Some(error_value(&f.to_api()))),
-        Ok(reply) => outcome_of(&route.provider.name, reply),
+        Ok(reply) => outcome_of(route.provider.name, reply),
     };
     finish(state, worker, &op, outcome).await;
 }

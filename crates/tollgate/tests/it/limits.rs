@@ -91,11 +91,11 @@ async fn key_request_limit_with_headers_on_json_sse_and_429(app: TestApp) {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(
             header(&res, "x-ratelimit-limit-requests").as_deref(),
-            Some("100000")
+            Some("10000000")
         );
         assert_eq!(
             header(&res, "x-ratelimit-limit-tokens").as_deref(),
-            Some("100000000")
+            Some("10000000000")
         );
         assert!(header(&res, "x-ratelimit-remaining-tokens").is_some());
         assert!(header(&res, "ratelimit").is_some());

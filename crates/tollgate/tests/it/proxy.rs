@@ -238,6 +238,12 @@ async fn client_disconnect_cancels_the_upstream_call() {
         app.upstream.wait_cancelled(1, Duration::from_secs(3)).await,
         "upstream call cancelled"
     );
+    // The abandoned request no longer counts as in flight.
+    let settled = eventually(Duration::from_secs(3), || async {
+        app.state.metrics.http_in_flight.get() == 0
+    })
+    .await;
+    assert!(settled, "in-flight gauge back to 0");
     // Streaming: the client reads one event and goes away.
     let mut body = stream_body("fake-model");
     body["fake"] = json!({"chunks": 100, "chunk_delay_ms": 50});

@@ -68,7 +68,7 @@ async fn thirty_concurrent_requests_on_a_ten_per_day_quota(app: TestApp) {
     assert_eq!(
         header(&res, "ratelimit-policy").as_deref(),
         Some(
-            "\"requests\";q=100000;w=60, \"tokens\";q=100000000;w=60, \"requests-day\";q=10;w=86400"
+            "\"requests\";q=10000000;w=60, \"tokens\";q=10000000000;w=60, \"requests-day\";q=10;w=86400"
         )
     );
     let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;

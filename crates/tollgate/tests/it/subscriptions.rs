@@ -17,6 +17,7 @@ store_tests!(
     subscription_id_reads_only_its_own_things,
     cancelling_stops_every_credential_at_once,
     suspension_is_reversible,
+    a_reactivated_subscription_is_not_cut_by_its_old_suspension,
     cancellation_cuts_streams_in_flight,
     cancellation_reaches_other_instances,
 );
@@ -424,6 +425,31 @@ async fn cancelling_stops_every_credential_at_once(app: TestApp) {
         )
         .await;
     expect_error(res, StatusCode::CONFLICT, "CONFLICT").await;
+}
+
+/// The instance that suspended a subscription applied that change at once; its poller must not
+/// apply it a second time when it reads the change back from the invalidation log, or a request
+/// started after the reactivation would be cut as if the subscription were still suspended.
+async fn a_reactivated_subscription_is_not_cut_by_its_old_suspension(app: TestApp) {
+    let sub = subscribe(&app, &["fake-model"]).await;
+    let key = sub_api_key(&app, &sub.id).await;
+    let path = format!("/v1/subscriptions/{}", sub.id);
+    for status in ["suspended", "active"] {
+        let res = app
+            .patch(&path, &app.owner_key, json!({"status": status}))
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    // Several poll intervals long: the poller reads both rows back while this is in flight.
+    let mut body = chat_body("fake-model");
+    body["fake"] = json!({"delay_ms": 600});
+    let res = app.chat(&key, body).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
 }
 
 async fn suspension_is_reversible(app: TestApp) {

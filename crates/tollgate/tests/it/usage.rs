@@ -11,6 +11,7 @@ store_tests!(
     usage_grouped_by_end_user,
     developers_see_only_their_own_usage,
     usage_is_flushed_on_shutdown,
+    a_batch_keeps_every_field_of_every_record,
 );
 
 async fn usage(app: &TestApp, key: &str, query: &str) -> Value {
@@ -171,4 +172,135 @@ async fn usage_is_flushed_on_shutdown(app: TestApp) {
         .unwrap();
     assert_eq!(recs.len(), 5, "every record written by shutdown");
     store.close().await;
+}
+
+/// The writer hands the database a whole batch as one JSON parameter: every field must come back
+/// exactly, NULLs, quotes, backslashes and non-ASCII text included, and the per-minute
+/// aggregates must add up.
+async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
+    use std::sync::Arc;
+    use tollgate::store::usage::{UsageRecord, write_batch};
+    let minute = 1_763_812_320_000_i64; // a minute boundary
+    let rec = |i: i64, end_user: Option<&str>, key: Option<&str>| UsageRecord {
+        ts: minute + i,
+        request_id: key.map(|_| Arc::from(format!("req_{i}").as_str())),
+        tenant_id: Arc::from("ten_batch"),
+        api_key_id: key.map(Arc::from),
+        user_id: key.map(|_| Arc::from("usr_1")),
+        subscription_id: None,
+        end_user: end_user.map(str::to_string),
+        model: "m\"odel".to_string(),
+        route: "chat/completions",
+        status: if i == 2 { 429 } else { 200 },
+        outcome: if i == 2 { "rate_limited" } else { "ok" },
+        prompt_tokens: 10 + i as u64,
+        completion_tokens: 4_000_000_000 + i as u64,
+        latency_ms: 7,
+    };
+    let batch = vec![
+        rec(0, Some("ålice \"the\" \\ admin"), Some("key_a")),
+        rec(1, None, None),
+        rec(2, Some("ålice \"the\" \\ admin"), Some("key_a")),
+    ];
+    let store = &app.state.store;
+    let mut tx = store.begin().await.unwrap();
+    write_batch(&mut tx, store.backend(), &batch).await.unwrap();
+    tx.commit().await.unwrap();
+
+    type Row = (
+        i64,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        i64,
+        String,
+        i64,
+        i64,
+        i64,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT ts, request_id, tenant_id, api_key_id, user_id, subscription_id, end_user, model,
+                route, status, outcome, prompt_tokens, completion_tokens, latency_ms
+         FROM usage_records WHERE tenant_id = 'ten_batch' ORDER BY seq",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    // (Tuples this long have no `PartialEq`: compare them in two halves.)
+    let got: Vec<_> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.0, r.1, r.2, r.3, r.4, r.5, r.6),
+                (r.7, r.8, r.9, r.10, r.11, r.12, r.13),
+            )
+        })
+        .collect();
+    let want: Vec<_> = batch
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r.ts,
+                    r.request_id.as_deref().map(str::to_string),
+                    r.tenant_id.to_string(),
+                    r.api_key_id.as_deref().map(str::to_string),
+                    r.user_id.as_deref().map(str::to_string),
+                    None,
+                    r.end_user.clone(),
+                ),
+                (
+                    r.model.clone(),
+                    r.route.to_string(),
+                    i64::from(r.status),
+                    r.outcome.to_string(),
+                    r.prompt_tokens as i64,
+                    r.completion_tokens as i64,
+                    r.latency_ms as i64,
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // Two aggregate rows: (key_a, ålice) with both of its requests, one an error; and the
+    // anonymous one. Written again, the upsert adds to them.
+    let mut tx = store.begin().await.unwrap();
+    write_batch(&mut tx, store.backend(), &batch).await.unwrap();
+    tx.commit().await.unwrap();
+    let aggs: Vec<(i64, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT minute, api_key_id, end_user, requests, errors, prompt_tokens, completion_tokens
+         FROM usage_minute WHERE tenant_id = 'ten_batch' ORDER BY api_key_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        aggs,
+        vec![
+            (
+                minute,
+                String::new(),
+                String::new(),
+                2,
+                0,
+                22,
+                8_000_000_002
+            ),
+            (
+                minute,
+                "key_a".to_string(),
+                "ålice \"the\" \\ admin".to_string(),
+                4,
+                2,
+                2 * (10 + 12),
+                2 * (8_000_000_002)
+            ),
+        ]
+    );
 }
