@@ -255,26 +255,17 @@ impl Application {
     /// Serves until `state.shutdown` is cancelled, then lets in-flight requests (streams
     /// included) finish for up to `shutdown_grace_seconds`.
     pub async fn run(self) -> anyhow::Result<()> {
-        use axum::serve::ListenerExt;
         let state = self.state.clone();
         let tasks = spawn_background(&state);
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let shutdown = state.shutdown.clone();
         let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = std::pin::pin!(server.into_future());
-        tokio::select! {
-            r = &mut server => r?,
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("grace period over; closing remaining connections");
-            }
-        }
+        crate::server::serve(
+            self.listener,
+            router(state.clone()),
+            state.shutdown.clone(),
+            grace,
+            crate::server::HEADER_READ_TIMEOUT,
+        )
+        .await;
         crate::subscriptions::operations::drain(&state).await;
         for t in tasks {
             t.abort();

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod ops;
 pub mod passwords;
 pub mod proxy;
+pub mod server;
 pub mod store;
 pub mod subscriptions;
 pub mod usage;
