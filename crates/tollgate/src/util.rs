@@ -4,6 +4,33 @@ use rand::RngExt;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// The Fx hash (as in rustc), for maps keyed by server-generated ids (key, user, subscription,
+/// scope ids): fast and unkeyed, so never for keys a client chooses (end-user ids, say), where
+/// SipHash's keying is what stops collision floods.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+}
+
+/// `BuildHasher` for [`FxHasher`].
+pub type Fx = std::hash::BuildHasherDefault<FxHasher>;
+
 /// A random base62 string of `len` characters from the thread CSPRNG.
 pub fn random_base62(len: usize) -> String {
     let mut rng = rand::rng();
@@ -38,12 +65,14 @@ pub fn request_id() -> String {
         z ^ (z >> 31)
     }
     let (hi, lo) = STATE.with(|st| (next(st), next(st)));
-    let mut n = (u128::from(hi) << 64) | u128::from(lo);
     let mut s = String::with_capacity(24);
     s.push_str("req_");
-    for _ in 0..20 {
-        s.push(BASE62[(n % 62) as usize] as char);
-        n /= 62;
+    // Ten base62 digits from each half (62^10 < 2^64): 119 bits, with 64-bit divisions only.
+    for mut n in [hi, lo] {
+        for _ in 0..10 {
+            s.push(BASE62[(n % 62) as usize] as char);
+            n /= 62;
+        }
     }
     s
 }

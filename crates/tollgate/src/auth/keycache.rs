@@ -150,7 +150,7 @@ impl KeyCache {
 /// Collects `last_used_at` per key in memory; a background task writes them in batches.
 #[derive(Default)]
 pub struct LastUsed {
-    pending: Mutex<HashMap<Arc<str>, i64>>,
+    pending: Mutex<HashMap<Arc<str>, i64, crate::util::Fx>>,
 }
 
 impl LastUsed {

@@ -17,8 +17,9 @@ pub enum CutReason {
 
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<Arc<str>, Vec<(u64, CancellationToken)>>,
-    reasons: HashMap<u64, CutReason>,
+    /// Keyed by server-generated ids: the unkeyed Fx hash is enough.
+    by_id: HashMap<Arc<str>, Vec<(u64, CancellationToken)>, crate::util::Fx>,
+    reasons: HashMap<u64, CutReason, crate::util::Fx>,
 }
 
 #[derive(Default)]

@@ -17,30 +17,7 @@ struct RateCell {
     concurrent: u64,
 }
 
-/// The Fx hash (as in rustc): the keys are server-generated ids, so a fast non-keyed hash is
-/// fine here, and SipHash was a visible share of a decision.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-}
-
-type Fx = std::hash::BuildHasherDefault<FxHasher>;
+use crate::util::Fx;
 
 /// This instance's share of one quota period.
 #[derive(Debug, Default, Clone, Copy)]

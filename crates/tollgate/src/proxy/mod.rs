@@ -137,7 +137,8 @@ pub struct ModelRoute {
 #[derive(Debug)]
 pub struct Proxy {
     routes: Vec<Arc<ModelRoute>>,
-    by_name: HashMap<String, Arc<ModelRoute>>,
+    /// A fixed table built from the configuration (only looked up afterwards): Fx-hashed.
+    by_name: HashMap<String, Arc<ModelRoute>, crate::util::Fx>,
     timeout: Duration,
 }
 
