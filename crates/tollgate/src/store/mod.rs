@@ -74,6 +74,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: the usage writer's own connection, through the typed driver rather than
+    /// `Any` (see `usage::write_batch`).
+    usage_sqlite: Option<sqlx::SqlitePool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -82,6 +85,26 @@ impl std::fmt::Debug for Store {
             .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
+}
+
+/// The usage writer's SQLite connection: the typed driver binds the records' shared strings
+/// by reference count, where `Any` copies each one twice. One connection (there is one writer),
+/// the same settings as the main pool's.
+fn usage_connection(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("invalid database_url: {}", redact_url(&e.to_string())))?
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+        .synchronous(SqliteSynchronous::Normal)
+        .pragma("cache_size", "-1024");
+    Ok(sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(60))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(opts))
 }
 
 impl Store {
@@ -146,9 +169,23 @@ impl Store {
             .map_err(|e| {
                 anyhow::anyhow!("cannot open the store: {}", redact_url(&e.to_string()))
             })?;
-        let store = Self { pool, backend };
+        // (An in-memory database is private to its connection: its usage goes through the pool.)
+        let usage_sqlite = match backend {
+            Backend::Sqlite if !url.contains(":memory:") => Some(usage_connection(&url)?),
+            _ => None,
+        };
+        let store = Self {
+            pool,
+            backend,
+            usage_sqlite,
+        };
         migrate::run(&store).await?;
         Ok(store)
+    }
+
+    /// SQLite only: the usage writer's connection.
+    pub fn usage_sqlite(&self) -> Option<&sqlx::SqlitePool> {
+        self.usage_sqlite.as_ref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -181,6 +218,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(p) = &self.usage_sqlite {
+            p.close().await;
+        }
         self.pool.close().await;
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use super::{Backend, StoreResult, Tx};
+use super::{Backend, StoreResult};
 use crate::limits::{Dim, ScopeKind, ScopeRef};
 
 /// One metered inference request.
@@ -19,8 +19,8 @@ pub struct UsageRecord {
     pub api_key_id: Option<Arc<str>>,
     pub user_id: Option<Arc<str>>,
     pub subscription_id: Option<Arc<str>>,
-    pub end_user: Option<String>,
-    pub model: String,
+    pub end_user: Option<Arc<str>>,
+    pub model: Arc<str>,
     pub route: &'static str,
     /// The HTTP status the client received.
     pub status: u16,
@@ -136,8 +136,44 @@ fn placeholders(rows: usize, cols: usize, backend: Backend) -> String {
     s
 }
 
-fn opt(s: &Option<Arc<str>>) -> Option<String> {
-    s.as_deref().map(str::to_string)
+/// Binds one record's fourteen columns; `$text` turns a shared string into what the driver
+/// binds (a reference-counted clone for the typed SQLite driver, an owned copy for `Any`).
+macro_rules! bind_record {
+    ($q:expr, $r:expr, $text:expr) => {
+        $q.bind($r.ts)
+            .bind($r.request_id.as_ref().map($text))
+            .bind($text(&$r.tenant_id))
+            .bind($r.api_key_id.as_ref().map($text))
+            .bind($r.user_id.as_ref().map($text))
+            .bind($r.subscription_id.as_ref().map($text))
+            .bind($r.end_user.as_ref().map($text))
+            .bind($text(&$r.model))
+            .bind($r.route)
+            .bind(i64::from($r.status))
+            .bind($r.outcome)
+            .bind($r.prompt_tokens as i64)
+            .bind($r.completion_tokens as i64)
+            .bind($r.latency_ms as i64)
+    };
+}
+
+/// Binds one aggregate row's twelve columns.
+macro_rules! bind_minute {
+    ($q:expr, $key:expr, $a:expr) => {{
+        let (tenant, minute, key, user, sub, end_user, model) = $key;
+        $q.bind(tenant.to_string())
+            .bind(*minute)
+            .bind(key.to_string())
+            .bind(user.to_string())
+            .bind(sub.to_string())
+            .bind(end_user.to_string())
+            .bind(model.to_string())
+            .bind($a.requests)
+            .bind($a.errors)
+            .bind($a.prompt)
+            .bind($a.completion)
+            .bind($a.latency)
+    }};
 }
 
 #[derive(Default)]
@@ -151,32 +187,9 @@ struct Agg {
 
 type AggKey<'a> = (&'a str, i64, &'a str, &'a str, &'a str, &'a str, &'a str);
 
-/// Writes a batch: the records, and their per-minute aggregates (upserted), in one transaction.
-pub async fn write_batch(tx: &mut Tx, backend: Backend, batch: &[UsageRecord]) -> StoreResult<()> {
-    let statements = Statements::of(backend);
-    for chunk in chunks(batch) {
-        let mut q = sqlx::query(Statements::pick(&statements.records, chunk.len()));
-        for r in chunk {
-            q = q
-                .bind(r.ts)
-                .bind(opt(&r.request_id))
-                .bind(r.tenant_id.to_string())
-                .bind(opt(&r.api_key_id))
-                .bind(opt(&r.user_id))
-                .bind(opt(&r.subscription_id))
-                .bind(r.end_user.clone())
-                .bind(r.model.clone())
-                .bind(r.route)
-                .bind(i64::from(r.status))
-                .bind(r.outcome)
-                .bind(r.prompt_tokens as i64)
-                .bind(r.completion_tokens as i64)
-                .bind(r.latency_ms as i64);
-        }
-        q.execute(&mut **tx).await?;
-    }
-    // Aggregate in memory first: one row per (tenant, minute, key, user, subscription, end user,
-    // model) per batch, so a multi-row upsert never touches the same row twice.
+/// The per-minute aggregates of a batch: one row per (tenant, minute, key, user, subscription,
+/// end user, model), so a multi-row upsert never touches the same row twice.
+fn minutes(batch: &[UsageRecord]) -> Vec<(AggKey<'_>, Agg)> {
     let mut aggs: HashMap<AggKey<'_>, Agg> = HashMap::new();
     for r in batch {
         let key = (
@@ -186,7 +199,7 @@ pub async fn write_batch(tx: &mut Tx, backend: Backend, batch: &[UsageRecord]) -
             r.user_id.as_deref().unwrap_or_default(),
             r.subscription_id.as_deref().unwrap_or_default(),
             r.end_user.as_deref().unwrap_or_default(),
-            r.model.as_str(),
+            &*r.model,
         );
         let a = aggs.entry(key).or_default();
         a.requests += 1;
@@ -195,26 +208,49 @@ pub async fn write_batch(tx: &mut Tx, backend: Backend, batch: &[UsageRecord]) -
         a.completion += r.completion_tokens as i64;
         a.latency += r.latency_ms as i64;
     }
-    let aggs: Vec<(AggKey<'_>, Agg)> = aggs.into_iter().collect();
+    aggs.into_iter().collect()
+}
+
+/// Writes a batch: the records, and their per-minute aggregates (upserted), in one transaction.
+/// On SQLite through the usage writer's own typed connection, elsewhere through the pool.
+pub async fn write_batch(store: &super::Store, batch: &[UsageRecord]) -> StoreResult<()> {
+    let statements = Statements::of(store.backend());
+    let aggs = minutes(batch);
+    if let Some(pool) = store.usage_sqlite() {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in chunks(batch) {
+            let mut q = sqlx::query(Statements::pick(&statements.records, chunk.len()));
+            for r in chunk {
+                q = bind_record!(q, r, |s: &Arc<str>| s.clone());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in chunks(&aggs) {
+            let mut q = sqlx::query(Statements::pick(&statements.aggs, chunk.len()));
+            for (key, a) in chunk {
+                q = bind_minute!(q, key, a);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        return Ok(());
+    }
+    let mut tx = store.begin().await?;
+    for chunk in chunks(batch) {
+        let mut q = sqlx::query(Statements::pick(&statements.records, chunk.len()));
+        for r in chunk {
+            q = bind_record!(q, r, |s: &Arc<str>| s.to_string());
+        }
+        q.execute(&mut *tx).await?;
+    }
     for chunk in chunks(&aggs) {
         let mut q = sqlx::query(Statements::pick(&statements.aggs, chunk.len()));
-        for ((tenant, minute, key, user, sub, end_user, model), a) in chunk {
-            q = q
-                .bind(tenant.to_string())
-                .bind(*minute)
-                .bind(key.to_string())
-                .bind(user.to_string())
-                .bind(sub.to_string())
-                .bind(end_user.to_string())
-                .bind(model.to_string())
-                .bind(a.requests)
-                .bind(a.errors)
-                .bind(a.prompt)
-                .bind(a.completion)
-                .bind(a.latency);
+        for (key, a) in chunk {
+            q = bind_minute!(q, key, a);
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut *tx).await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -453,9 +489,7 @@ mod tests {
 
         let t = std::time::Instant::now();
         for _ in 0..rounds {
-            let mut tx = store.begin().await.unwrap();
-            write_batch(&mut tx, store.backend(), &batch).await.unwrap();
-            tx.commit().await.unwrap();
+            write_batch(&store, &batch).await.unwrap();
         }
         let per = t.elapsed().as_nanos() / (rounds * batch.len() as u128);
         eprintln!("usage write: {per} ns per record");

@@ -171,10 +171,7 @@ impl Usage {
 }
 
 async fn write(state: &AppState, batch: &[UsageRecord]) -> Result<(), crate::store::StoreError> {
-    let mut tx = state.store.begin().await?;
-    crate::store::usage::write_batch(&mut tx, state.store.backend(), batch).await?;
-    tx.commit().await?;
-    Ok(())
+    crate::store::usage::write_batch(&state.store, batch).await
 }
 
 async fn writer(state: AppState, mut rx: mpsc::Receiver<UsageRecord>, stop: CancellationToken) {

@@ -188,8 +188,8 @@ async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
         api_key_id: key.map(Arc::from),
         user_id: key.map(|_| Arc::from("usr_1")),
         subscription_id: None,
-        end_user: end_user.map(str::to_string),
-        model: "m\"odel".to_string(),
+        end_user: end_user.map(Arc::from),
+        model: Arc::from("m\"odel"),
         route: "chat/completions",
         status: if i == 2 { 429 } else { 200 },
         outcome: if i == 2 { "rate_limited" } else { "ok" },
@@ -203,9 +203,7 @@ async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
         rec(2, Some("ålice \"the\" \\ admin"), Some("key_a")),
     ];
     let store = &app.state.store;
-    let mut tx = store.begin().await.unwrap();
-    write_batch(&mut tx, store.backend(), &batch).await.unwrap();
-    tx.commit().await.unwrap();
+    write_batch(store, &batch).await.unwrap();
 
     type Row = (
         i64,
@@ -252,10 +250,10 @@ async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
                     r.api_key_id.as_deref().map(str::to_string),
                     r.user_id.as_deref().map(str::to_string),
                     None,
-                    r.end_user.clone(),
+                    r.end_user.as_deref().map(str::to_string),
                 ),
                 (
-                    r.model.clone(),
+                    r.model.to_string(),
                     r.route.to_string(),
                     i64::from(r.status),
                     r.outcome.to_string(),
@@ -270,9 +268,7 @@ async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
 
     // Two aggregate rows: (key_a, ålice) with both of its requests, one an error; and the
     // anonymous one. Written again, the upsert adds to them.
-    let mut tx = store.begin().await.unwrap();
-    write_batch(&mut tx, store.backend(), &batch).await.unwrap();
-    tx.commit().await.unwrap();
+    write_batch(store, &batch).await.unwrap();
     let aggs: Vec<(i64, String, String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT minute, api_key_id, end_user, requests, errors, prompt_tokens, completion_tokens
          FROM usage_minute WHERE tenant_id = 'ten_batch' ORDER BY api_key_id",
