@@ -211,46 +211,48 @@ fn minutes(batch: &[UsageRecord]) -> Vec<(AggKey<'_>, Agg)> {
     aggs.into_iter().collect()
 }
 
-/// Writes a batch: the records, and their per-minute aggregates (upserted), in one transaction.
-/// On SQLite through the usage writer's own typed connection, elsewhere through the pool.
-pub async fn write_batch(store: &super::Store, batch: &[UsageRecord]) -> StoreResult<()> {
-    let statements = Statements::of(store.backend());
-    let aggs = minutes(batch);
-    if let Some(pool) = store.usage_sqlite() {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in chunks(batch) {
-            let mut q = sqlx::query(Statements::pick(&statements.records, chunk.len()));
+/// Runs the record and aggregate statements of a batch in `$tx`, then commits; `$text` as in
+/// [`bind_record!`]. (A macro: the typed and the `Any` transactions are different types.)
+macro_rules! write_in {
+    ($tx:expr, $statements:expr, $batch:expr, $aggs:expr, $text:expr) => {{
+        let mut tx = $tx;
+        for chunk in chunks($batch) {
+            let mut q = sqlx::query(Statements::pick(&$statements.records, chunk.len()));
             for r in chunk {
-                q = bind_record!(q, r, |s: &Arc<str>| s.clone());
+                q = bind_record!(q, r, $text);
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in chunks(&aggs) {
-            let mut q = sqlx::query(Statements::pick(&statements.aggs, chunk.len()));
+        for chunk in chunks($aggs) {
+            let mut q = sqlx::query(Statements::pick(&$statements.aggs, chunk.len()));
             for (key, a) in chunk {
                 q = bind_minute!(q, key, a);
             }
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        return Ok(());
+    }};
+}
+
+/// Writes a batch: the records, and their per-minute aggregates (upserted), in one transaction.
+/// On SQLite through the usage writer's own typed connection, elsewhere through the pool.
+pub async fn write_batch(store: &super::Store, batch: &[UsageRecord]) -> StoreResult<()> {
+    let statements = Statements::of(store.backend());
+    let aggs = minutes(batch);
+    match store.usage_sqlite() {
+        Some(pool) => write_in!(
+            pool.begin_with("BEGIN IMMEDIATE").await?,
+            statements,
+            batch,
+            &aggs,
+            |s: &Arc<str>| s.clone()
+        ),
+        None => write_in!(store.begin().await?, statements, batch, &aggs, |s: &Arc<
+            str,
+        >| {
+            s.to_string()
+        }),
     }
-    let mut tx = store.begin().await?;
-    for chunk in chunks(batch) {
-        let mut q = sqlx::query(Statements::pick(&statements.records, chunk.len()));
-        for r in chunk {
-            q = bind_record!(q, r, |s: &Arc<str>| s.to_string());
-        }
-        q.execute(&mut *tx).await?;
-    }
-    for chunk in chunks(&aggs) {
-        let mut q = sqlx::query(Statements::pick(&statements.aggs, chunk.len()));
-        for (key, a) in chunk {
-            q = bind_minute!(q, key, a);
-        }
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
     Ok(())
 }
 
