@@ -425,7 +425,8 @@ fn validate_role_name(name: &str) -> ApiResult<String> {
             "role names are 1-64 characters of letters, digits and -_.:",
         ));
     }
-    // In any case: no custom role may pass for a built-in one (least of all for "owner").
+    // Compared ignoring ASCII case: no custom role may pass for a built-in one (above all for
+    // "owner").
     if is_builtin_name(n) {
         return Err(ApiError::conflict(format!("{n:?} is a built-in role")));
     }
