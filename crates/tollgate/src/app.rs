@@ -128,7 +128,8 @@ fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
         .merge(crate::subscriptions::ai_routes(state, prefix))
 }
 
-/// Management routes (SPEC §4.2). Finer checks (own vs any key, platform owner) are in handlers.
+/// Management routes (SPEC §4.2). Finer checks (own vs any key, the credential ceiling, tenant
+/// owner, platform owner) are in handlers.
 fn management_routes(state: &AppState) -> Router<AppState> {
     use crate::api::{audit, keys, tenants, users};
     use AuthLevel::{Optional, Required};
@@ -186,7 +187,11 @@ fn management_routes(state: &AppState) -> Router<AppState> {
         )
         .route(
             "/tenants",
-            get(tenants::list).post(tenants::create).route_layer(any()),
+            // The platform owner only (checked in the handler), and only with a credential whose
+            // effective permissions include tenant:admin: scopes narrow platform powers too.
+            get(tenants::list)
+                .post(tenants::create)
+                .route_layer(perm(Permission::TenantAdmin)),
         )
         .route(
             "/me",

@@ -1,6 +1,12 @@
 //! API key management (SPEC §2.1, §4.2): create (shown once), list, get, patch, revoke, rotate.
 //! `keys:write` manages the caller's own keys, `keys:admin` any key in the tenant. A key of
 //! another tenant — or, without `keys:admin`, of another user — is `404`.
+//!
+//! The ceiling (SPEC §2): a key created, changed or rotated (rotation hands out its new secret)
+//! never holds more than the caller's own authority — its effective permissions, and the owner
+//! and platform powers ([`Authority`]). A key created without `scopes` by a caller that holds
+//! less than the key would inherits the caller's permissions as its scopes. Revoking is always
+//! allowed to whoever manages the key.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -9,14 +15,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::middleware::Caller;
-use crate::auth::{PermSet, Permission, apikey};
+use crate::auth::middleware::{Caller, MemberPowers, within_ceiling};
+use crate::auth::permissions::Authority;
+use crate::auth::{PermSet, Permission, apikey, subscription_key_permissions};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta, OptionalJson};
+use crate::store::Conn;
 use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::invalidations::{self, Kind};
 use crate::store::keys::{self as keystore, ApiKeyRecord, KeyRateLimit};
-use crate::store::{Conn, tenants};
 use crate::util::{new_id, now_ms, parse_rfc3339};
 
 /// Distinguishes "field absent" from "field set to null" in PATCH bodies.
@@ -96,7 +103,7 @@ fn validate_expiry(s: &str) -> ApiResult<i64> {
     Ok(at)
 }
 
-fn validate_scopes(scopes: &[String], owner_perms: PermSet) -> ApiResult<()> {
+fn validate_scopes(scopes: &[String], owner_perms: PermSet) -> ApiResult<PermSet> {
     let set = PermSet::parse(scopes.iter().map(String::as_str))
         .map_err(|bad| ApiError::validation("scopes", format!("unknown permission {bad:?}")))?;
     if !set.is_subset_of(owner_perms) {
@@ -113,7 +120,70 @@ fn validate_scopes(scopes: &[String], owner_perms: PermSet) -> ApiResult<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(set)
+}
+
+/// A subscription key's scopes can only narrow what subscription keys can do.
+pub fn validate_subscription_scopes(scopes: &[String]) -> ApiResult<PermSet> {
+    let set = PermSet::parse(scopes.iter().map(String::as_str))
+        .map_err(|bad| ApiError::validation("scopes", format!("unknown permission {bad:?}")))?;
+    if !set.is_subset_of(subscription_key_permissions()) {
+        return Err(ApiError::validation(
+            "scopes",
+            "a subscription key's scopes can only narrow models:read, chat:write, \
+             embeddings:write, images:write, operations:read",
+        ));
+    }
+    Ok(set)
+}
+
+/// The scopes a new key gets when the request names none. `unscoped` is what the key would
+/// hold without scopes, `narrowed(p)` what it holds scoped to `p`. When the caller's authority
+/// covers `unscoped`, the key is unscoped (it follows its owner's roles); otherwise it inherits
+/// the caller's own permissions as its scopes, so a narrowed credential never mints a wider one.
+/// Refused when nothing would be left, or when the key would still act as an owner (or as the
+/// platform owner) and the caller does not.
+pub fn inherited_scopes(
+    ceiling: Authority,
+    unscoped: Authority,
+    narrowed: impl Fn(PermSet) -> Authority,
+) -> ApiResult<Option<Vec<String>>> {
+    if unscoped.within(ceiling) {
+        return Ok(None);
+    }
+    let perms = unscoped.permissions.intersect(ceiling.permissions);
+    if perms.is_empty() {
+        return Err(ApiError::permission_denied(
+            "This credential holds none of the permissions the key would have, so it cannot \
+             create it",
+        )
+        .with_param("scopes"));
+    }
+    within_ceiling(ceiling, narrowed(perms), "create this key", Some("scopes"))?;
+    Ok(Some(
+        perms.names().into_iter().map(str::to_string).collect(),
+    ))
+}
+
+/// The authority a key holds (as stored, or as a change would leave it): a member's key has its
+/// owner's current roles narrowed by its scopes; a subscription key the subscription-key
+/// permissions narrowed by its scopes. Read in the caller's transaction.
+pub async fn key_authority(conn: &mut Conn, rec: &ApiKeyRecord) -> ApiResult<Authority> {
+    // Unparseable stored scopes grant nothing, as at verification.
+    let scopes = rec
+        .scopes
+        .as_ref()
+        .map(|s| PermSet::parse(s.iter().map(String::as_str)).unwrap_or_default());
+    Ok(match &rec.user_id {
+        Some(user) => match MemberPowers::load(conn, &rec.tenant_id, user).await? {
+            Some(m) => m.credential(scopes),
+            None => Authority::permissions_only(PermSet::EMPTY),
+        },
+        None => {
+            let base = subscription_key_permissions();
+            Authority::permissions_only(scopes.map_or(base, |s| base.intersect(s)))
+        }
+    })
 }
 
 fn validate_rate_limit(rl: &KeyRateLimit) -> ApiResult<()> {
@@ -287,19 +357,32 @@ pub async fn create(
             "This credential has no user; name the key's owner in user_id",
         ));
     };
-    let owner_perms = tenants::resolve_permissions(state.store.pool(), &caller.tenant_id, &owner)
+    let member = MemberPowers::load(&mut tx, &caller.tenant_id, &owner)
         .await?
         .ok_or_else(|| ApiError::not_found("user").with_param("user_id"))?;
-    if let Some(scopes) = &body.scopes {
-        validate_scopes(scopes, owner_perms)?;
-    }
+    let ceiling = caller.authority(&mut tx).await?;
+    let scopes = match body.scopes {
+        Some(scopes) => {
+            let set = validate_scopes(&scopes, member.permissions)?;
+            within_ceiling(
+                ceiling,
+                member.credential(Some(set)),
+                "create a key with these scopes",
+                Some("scopes"),
+            )?;
+            Some(scopes)
+        }
+        None => inherited_scopes(ceiling, member.credential(None), |p| {
+            member.credential(Some(p))
+        })?,
+    };
     let spec = NewKeySpec {
         tenant_id: caller.tenant_id.to_string(),
         user_id: Some(owner),
         subscription_id: None,
         name,
         expires_at,
-        scopes: body.scopes,
+        scopes,
         rate_limit: body.rate_limit,
         created_by: caller.user_id.as_deref().map(str::to_string),
     };
@@ -404,11 +487,17 @@ pub async fn patch(
             changed.push("scopes");
         }
         Patch::Value(scopes) => {
-            if let Some(owner) = &rec.user_id {
-                let perms = tenants::resolve_permissions(state.store.pool(), &rec.tenant_id, owner)
-                    .await?
-                    .unwrap_or_default();
-                validate_scopes(&scopes, perms)?;
+            match &rec.user_id {
+                Some(owner) => {
+                    let perms = MemberPowers::load(&mut tx, &rec.tenant_id, owner)
+                        .await?
+                        .map(|m| m.permissions)
+                        .unwrap_or_default();
+                    validate_scopes(&scopes, perms)?;
+                }
+                None => {
+                    validate_subscription_scopes(&scopes)?;
+                }
             }
             rec.scopes = Some(scopes);
             changed.push("scopes");
@@ -427,6 +516,12 @@ pub async fn patch(
         }
     }
     if !changed.is_empty() {
+        // The key as the change leaves it must be within the caller's own authority: a
+        // credential changes only keys it could have created (revoking is always allowed).
+        let ceiling = caller.authority(&mut tx).await?;
+        let after = key_authority(&mut tx, &rec).await?;
+        let param = changed.contains(&"scopes").then_some("scopes");
+        within_ceiling(ceiling, after, "change this key", param)?;
         keystore::update_settings(&mut tx, &rec).await?;
         append(
             &mut tx,
@@ -486,6 +581,14 @@ pub async fn rotate(
     if rec.revoked_at.is_some() {
         return Err(ApiError::conflict("A revoked key cannot be rotated"));
     }
+    // Rotation hands out the key's new secret: only to a caller holding all the key can do.
+    let ceiling = caller.authority(&mut tx).await?;
+    within_ceiling(
+        ceiling,
+        key_authority(&mut tx, &rec).await?,
+        "rotate this key (rotation hands out its new secret)",
+        None,
+    )?;
     let secret = apikey::generate(state.auth.key_prefix());
     let prev_valid_until = now_ms() + (grace as i64) * 1000;
     keystore::rotate(

@@ -1,4 +1,9 @@
 //! Tenants (platform owner only) and `GET /v1/me`.
+//!
+//! `/v1/tenants` needs the platform power: a credential of the platform-owner user whose
+//! effective permissions include `tenant:admin` (the route's guard checks the permission, the
+//! handler the user). A scoped key or a narrowed token of the platform owner without
+//! `tenant:admin` is refused like anyone else.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
+use crate::auth::Permission;
 use crate::auth::middleware::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -14,6 +20,9 @@ use crate::store::audit::{AuditEvent, append};
 use crate::store::tenants;
 
 fn platform_only(caller: &Caller) -> ApiResult<()> {
+    // The guard already required tenant:admin; checked again so the rule holds wherever the
+    // handler is mounted.
+    caller.require(Permission::TenantAdmin)?;
     if caller.platform_admin && caller.user_id.is_some() {
         Ok(())
     } else {

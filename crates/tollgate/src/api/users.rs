@@ -1,6 +1,9 @@
 //! Users and roles of a tenant (SPEC §1, §4.2, §6). Role changes take effect on the next request
 //! of every key and token of the user (the change publishes a permissions invalidation).
-//! Nobody can grant permissions they do not hold, and the last owner cannot be removed.
+//! Nobody can grant permissions they do not hold (checked against the caller's *effective*
+//! permissions: its roles narrowed by its scopes), only an owner grants or removes the `owner`
+//! role or removes an owner (an admin holds every permission bit too, so this is a rule of its
+//! own: see `Caller::authority`), and the last owner cannot be removed.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::middleware::Caller;
-use crate::auth::permissions::{BUILTIN_ROLES, builtin_description, builtin_role};
+use crate::auth::permissions::{
+    BUILTIN_ROLES, OWNER_ROLE, builtin_description, builtin_role, is_builtin_name,
+};
 use crate::auth::{PermSet, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -69,6 +74,12 @@ async fn member_to_api(conn: &mut Conn, tenant_id: &str, m: &Member) -> ApiResul
     Ok(m.to_api(&names))
 }
 
+fn holds_owner(role_ids: &[String]) -> bool {
+    role_ids.iter().any(|r| r == OWNER_ROLE)
+}
+
+/// `caller.permissions` are the effective ones (the subject's current roles narrowed by the
+/// credential's scopes), resolved when the request was authenticated.
 fn no_escalation(caller: &Caller, granted: PermSet) -> ApiResult<()> {
     if granted.is_subset_of(caller.permissions) {
         Ok(())
@@ -85,17 +96,15 @@ fn no_escalation(caller: &Caller, granted: PermSet) -> ApiResult<()> {
     }
 }
 
-/// Fails if removing `user_id`'s owner role would leave the tenant without an owner.
+/// Fails if taking the owner role from a member whose roles are `old_roles` would leave the
+/// tenant without an owner.
 async fn keep_an_owner(
     conn: &mut Conn,
     tenant_id: &str,
-    user_id: &str,
+    old_roles: &[String],
     new_roles: &[String],
 ) -> ApiResult<()> {
-    let Some(m) = tenants::get_member(conn, tenant_id, user_id).await? else {
-        return Ok(());
-    };
-    if m.roles.iter().any(|r| r == "owner") && !new_roles.iter().any(|r| r == "owner") {
+    if holds_owner(old_roles) && !holds_owner(new_roles) {
         let owners = tenants::role_member_count(conn, tenant_id, "owner").await?;
         if owners <= 1 {
             return Err(ApiError::conflict(
@@ -161,6 +170,11 @@ pub async fn create(
     };
     let mut tx = state.store.begin().await?;
     let (role_ids, perms) = resolve_roles(&mut tx, &caller.tenant_id, &roles).await?;
+    if holds_owner(&role_ids) {
+        caller
+            .require_owner(&mut tx, "grant the owner role")
+            .await?;
+    }
     no_escalation(&caller, perms)?;
     let user = match tenants::find_user_by_email(&mut tx, &email).await? {
         Some(u) => u,
@@ -272,8 +286,17 @@ async fn set_roles_in_tx(
     meta: &crate::store::audit::RequestMeta,
 ) -> ApiResult<()> {
     let (role_ids, perms) = resolve_roles(tx, &caller.tenant_id, roles).await?;
+    let old_roles = tenants::get_member(tx, &caller.tenant_id, user_id)
+        .await?
+        .map(|m| m.roles)
+        .unwrap_or_default();
+    if holds_owner(&old_roles) || holds_owner(&role_ids) {
+        caller
+            .require_owner(tx, "grant or remove the owner role")
+            .await?;
+    }
     no_escalation(caller, perms)?;
-    keep_an_owner(tx, &caller.tenant_id, user_id, &role_ids).await?;
+    keep_an_owner(tx, &caller.tenant_id, &old_roles, &role_ids).await?;
     tenants::set_member_roles(tx, &caller.tenant_id, user_id, &role_ids).await?;
     invalidations::publish(tx, Kind::Permissions, user_id, meta).await?;
     Ok(())
@@ -330,7 +353,12 @@ pub async fn delete(
     let m = tenants::get_member(&mut tx, &caller.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    keep_an_owner(&mut tx, &caller.tenant_id, &id, &[]).await?;
+    if holds_owner(&m.roles) {
+        caller
+            .require_owner(&mut tx, "remove an owner from the tenant")
+            .await?;
+    }
+    keep_an_owner(&mut tx, &caller.tenant_id, &m.roles, &[]).await?;
     let revoked = keystore::revoke_user_keys(&mut tx, &caller.tenant_id, &id, now_ms()).await?;
     for key_id in &revoked {
         invalidations::publish(&mut tx, Kind::Credential, key_id, &meta).await?;
@@ -397,7 +425,9 @@ fn validate_role_name(name: &str) -> ApiResult<String> {
             "role names are 1-64 characters of letters, digits and -_.:",
         ));
     }
-    if builtin_role(n).is_some() {
+    // Compared ignoring ASCII case: no custom role may pass for a built-in one (above all for
+    // "owner").
+    if is_builtin_name(n) {
         return Err(ApiError::conflict(format!("{n:?} is a built-in role")));
     }
     Ok(n.to_string())

@@ -1,6 +1,8 @@
 //! OAuth clients of a tenant (SPEC §4.2, `tenant:admin`): public clients (browser and native
 //! apps, PKCE, exact redirect URIs) and confidential clients, which are also service accounts
 //! (client credentials → a token carrying the client's roles). The secret is shown once.
+//! A service account never holds more than the caller's effective permissions, and never the
+//! `owner` role.
 //! Another tenant's client is `404`.
 
 use axum::extract::{Path, State};
@@ -10,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::middleware::Caller;
-use crate::auth::permissions::builtin_role;
+use crate::auth::middleware::{Caller, within_ceiling};
+use crate::auth::permissions::{Authority, OWNER_ROLE, builtin_role};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::identity::oauth::secret_hash;
@@ -101,6 +103,18 @@ pub async fn create(
             "only confidential clients (service accounts) have roles",
         ));
     }
+    // A service account is never a tenant owner: the owner role is for people.
+    if body
+        .roles
+        .iter()
+        .flatten()
+        .any(|r| r.eq_ignore_ascii_case(OWNER_ROLE))
+    {
+        return Err(ApiError::validation(
+            "roles",
+            "a service account cannot hold the owner role; give it admin",
+        ));
+    }
     let mut tx = state.store.begin().await?;
     let (role_ids, perms) = crate::api::users::resolve_roles(
         &mut tx,
@@ -108,11 +122,14 @@ pub async fn create(
         body.roles.as_deref().unwrap_or_default(),
     )
     .await?;
-    if !perms.is_subset_of(caller.permissions) {
-        return Err(ApiError::permission_denied(
-            "You cannot give a service account permissions you do not hold",
-        ));
-    }
+    // Never more than the caller's effective permissions (its roles narrowed by its scopes).
+    // Service-account tokens hold permissions only: no owner or platform powers.
+    within_ceiling(
+        Authority::permissions_only(caller.permissions),
+        Authority::permissions_only(perms),
+        "give a service account these roles",
+        Some("roles"),
+    )?;
     let secret = body
         .confidential
         .then(|| format!("tgcs_{}", random_base62(43)));

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use super::keys::{self, Alg};
 use super::{DEFAULT_MAX_TOKEN_LIFETIME, LARGEST_MAX_TOKEN_LIFETIME};
 use crate::app::AppState;
-use crate::auth::middleware::{Caller, guard};
+use crate::auth::middleware::{Caller, guard, within_ceiling};
+use crate::auth::permissions::Authority;
 use crate::auth::{AuthLevel, PermSet, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -719,6 +720,14 @@ async fn create_jwt_credential(
     sub_id: &str,
     body: CreateCredential,
 ) -> ApiResult<Response> {
+    // A signing credential mints app JWTs, which carry the subscription-key permissions: the
+    // caller must hold them all (its effective permissions; no other power is involved).
+    within_ceiling(
+        Authority::permissions_only(caller.permissions),
+        Authority::permissions_only(crate::auth::subscription_key_permissions()),
+        "create a signing credential for app JWTs",
+        Some("type"),
+    )?;
     let cred_id = new_id("cred");
     let (alg, material, format, secret, jwk_kid) = if body.kind == "jwt_hs256" {
         if body.alg.as_deref().is_some_and(|a| a != "HS256") || body.public_key.is_some() {
@@ -830,7 +839,8 @@ pub struct SubscriptionKeySpec {
 
 /// Creates an API key bound to a subscription of the caller's tenant (its models and limits come
 /// from the plan). Used by `POST /v1/subscriptions/{id}/credentials {"type": "api_key"}` and
-/// `POST /v1/api-keys {"subscription_id": ...}`. Needs `subscriptions:write`.
+/// `POST /v1/api-keys {"subscription_id": ...}`. Needs `subscriptions:write`, and the key never
+/// holds a permission the caller lacks (see `crate::api::keys::inherited_scopes`).
 pub async fn create_subscription_key(
     state: &AppState,
     caller: &Caller,
@@ -855,17 +865,11 @@ pub async fn create_subscription_key(
             Some(at)
         }
     };
-    if let Some(scopes) = &spec.scopes {
-        let set = PermSet::parse(scopes.iter().map(String::as_str))
-            .map_err(|bad| ApiError::validation("scopes", format!("unknown permission {bad:?}")))?;
-        if !set.is_subset_of(crate::auth::subscription_key_permissions()) {
-            return Err(ApiError::validation(
-                "scopes",
-                "a subscription key's scopes can only narrow models:read, chat:write, \
-                 embeddings:write, images:write, operations:read",
-            ));
-        }
-    }
+    let scope_set = spec
+        .scopes
+        .as_deref()
+        .map(crate::api::keys::validate_subscription_scopes)
+        .transpose()?;
     if let Some(rl) = &spec.rate_limit
         && (rl.requests_per_minute == Some(0) || rl.tokens_per_minute == Some(0))
     {
@@ -883,13 +887,31 @@ pub async fn create_subscription_key(
             "A cancelled subscription cannot get new credentials",
         ));
     }
+    // The key never holds more than the caller: explicit scopes must be held by the caller, and
+    // without scopes a narrower caller's key inherits the caller's permissions. A subscription
+    // key has permissions only, so the caller's effective permissions are the whole ceiling.
+    let ceiling = Authority::permissions_only(caller.permissions);
+    let base = crate::auth::subscription_key_permissions();
+    let sub_key = |p: PermSet| Authority::permissions_only(base.intersect(p));
+    let scopes = match (spec.scopes, scope_set) {
+        (Some(scopes), Some(set)) => {
+            within_ceiling(
+                ceiling,
+                sub_key(set),
+                "create a key with these scopes",
+                Some("scopes"),
+            )?;
+            Some(scopes)
+        }
+        _ => crate::api::keys::inherited_scopes(ceiling, sub_key(base), sub_key)?,
+    };
     let key_spec = crate::api::keys::NewKeySpec {
         tenant_id: s.tenant_id.clone(),
         user_id: None,
         subscription_id: Some(s.id.clone()),
         name,
         expires_at,
-        scopes: spec.scopes,
+        scopes,
         rate_limit: spec.rate_limit,
         created_by: caller.user_id.as_deref().map(str::to_string),
     };

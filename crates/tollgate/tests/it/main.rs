@@ -28,6 +28,9 @@ mod subscriptions;
 mod usage;
 mod users;
 
+// Privilege escalation: the credential ceiling, platform routes, owners.
+mod escalation;
+
 // Identity (issue 3).
 mod forged_tokens;
 mod identity;
