@@ -26,9 +26,45 @@ store_tests!(
     permissions_follow_current_roles,
     signing_key_rotation_keeps_old_tokens_valid,
     tokens_verify_and_revoke_across_instances,
-    external_idp_tokens,
     signup_verify_and_reset_through_the_outbox
 );
+
+/// The JWKS server is on 127.0.0.1, which the outbound-URL guard refuses: each app of this
+/// scenario lists exactly that server's address in `[outbound] allow`.
+mod external_idp_tokens {
+    use super::*;
+
+    async fn run(db: Db) {
+        let doc = Arc::new(std::sync::Mutex::new(json!({"keys": []})));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let jwks_url = jwks_server(doc.clone(), hits.clone()).await;
+        if let Some(app) = spawn_allowing(db, &jwks_url).await {
+            super::external_idp_tokens(app, doc, hits, jwks_url).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        run(Db::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        run(Db::Postgres).await
+    }
+}
+
+/// An app whose `[outbound] allow` lists the `host:port` of `url` (and nothing else); `None`
+/// when the PostgreSQL variant is skipped.
+pub async fn spawn_allowing(db: Db, url: &str) -> Option<TestApp> {
+    let u = url::Url::parse(url).unwrap();
+    let entry = format!(
+        "{}:{}",
+        u.host_str().unwrap(),
+        u.port_or_known_default().unwrap()
+    );
+    TestApp::spawn_with(Opts::new(db).edit(move |c| c.outbound.allow = vec![entry])).await
+}
 
 async fn discovery_and_jwks(app: TestApp) {
     let d: Value = app
@@ -928,7 +964,7 @@ async fn tokens_verify_and_revoke_across_instances(app: TestApp) {
 }
 
 /// A JWKS server on a real socket, counting fetches.
-async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) -> String {
+pub async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
@@ -946,14 +982,14 @@ async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) 
     format!("http://{addr}/jwks.json")
 }
 
-fn rsa_jwk(kp: &aws_lc_rs::rsa::KeyPair, kid: &str) -> Value {
+pub fn rsa_jwk(kp: &aws_lc_rs::rsa::KeyPair, kid: &str) -> Value {
     let pk = kp.public_key();
     json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
         "n": URL_SAFE_NO_PAD.encode(pk.modulus().big_endian_without_leading_zero()),
         "e": URL_SAFE_NO_PAD.encode(pk.exponent().big_endian_without_leading_zero())})
 }
 
-fn sign_rs256(kp: &aws_lc_rs::rsa::KeyPair, kid: &str, claims: &Value) -> String {
+pub fn sign_rs256(kp: &aws_lc_rs::rsa::KeyPair, kid: &str, claims: &Value) -> String {
     let h = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
     let msg = format!("{}.{}", b64json(&h), b64json(claims));
     let mut sig = vec![0u8; kp.public_modulus_len()];
@@ -967,12 +1003,15 @@ fn sign_rs256(kp: &aws_lc_rs::rsa::KeyPair, kid: &str, claims: &Value) -> String
     format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
-async fn external_idp_tokens(app: TestApp) {
+async fn external_idp_tokens(
+    app: TestApp,
+    doc: Arc<std::sync::Mutex<Value>>,
+    hits: Arc<AtomicUsize>,
+    jwks_url: String,
+) {
     let k1 = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let k2 = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let doc = Arc::new(std::sync::Mutex::new(json!({"keys": [rsa_jwk(&k1, "k1")]})));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let jwks_url = jwks_server(doc.clone(), hits.clone()).await;
+    *doc.lock().unwrap() = json!({"keys": [rsa_jwk(&k1, "k1")]});
     let issuer = "https://idp.example.com";
     let res = app
         .post(
