@@ -1218,6 +1218,43 @@ fn read_outbox(app: &TestApp, count: usize) -> String {
         .replace("=3D", "=")
 }
 
+/// Every message in the outbox, decoded.
+fn outbox_mails(app: &TestApp) -> Vec<String> {
+    let dir = app.state.config.data_dir.join("outbox");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .replace("=\r\n", "")
+                .replace("=\n", "")
+                .replace("=3D", "=")
+        })
+        .collect()
+}
+
+/// The personal tenant and Console client that the sign-up of `email` created.
+async fn signup_console(app: &TestApp, email: &str) -> (String, String) {
+    let pool = app.state.store.pool();
+    let mut conn = pool.acquire().await.unwrap();
+    let user = tollgate::store::tenants::find_user_by_email(&mut conn, email)
+        .await
+        .unwrap()
+        .unwrap();
+    let tenants = tollgate::store::identity::user_tenant_ids(&mut conn, &user.id)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(tenants.len(), 1);
+    let clients = tollgate::store::identity::list_clients(pool, &tenants[0])
+        .await
+        .unwrap();
+    let console = clients.iter().find(|c| c.name == "Console").unwrap();
+    (tenants[0].clone(), console.id.clone())
+}
+
 fn token_after(text: &str, marker: &str) -> String {
     let i = text.find(marker).unwrap() + marker.len();
     text[i..]
@@ -1243,10 +1280,11 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
             json!({"email": email, "password": PASSWORD}),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
+    // Sign-up answers a new and a known address alike (202, one body): it reveals nothing about
+    // which addresses are registered. Only the mailbox learns which it was.
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
     let s: Value = res.json().await.unwrap();
-    assert_eq!(s["email_verified"], false);
-    let console = s["console_client_id"].as_str().unwrap().to_string();
+    assert_eq!(s["status"], "check_your_email");
     let redirect = format!("{}/console/callback", app.state.config.public_url);
     let res = app
         .post(
@@ -1255,13 +1293,31 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
             json!({"email": email, "password": PASSWORD}),
         )
         .await;
-    expect_error(res, StatusCode::CONFLICT, "CONFLICT").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.json::<Value>().await.unwrap(), s);
 
-    let mail = read_outbox(&app, 1);
+    let mails = outbox_mails(&app);
+    assert_eq!(
+        mails.len(),
+        2,
+        "a verification, then a sign-up attempt notice"
+    );
+    let mail = mails
+        .iter()
+        .find(|m| m.contains("Subject: Verify your email address"))
+        .unwrap();
     assert!(mail.contains(&format!("To: {email}")));
     assert!(!mail.contains(PASSWORD));
-    let token = token_after(&mail, "verify-email?token=");
+    let token = token_after(mail, "verify-email?token=");
     assert!(token.len() >= 40);
+    let attempt = mails
+        .iter()
+        .find(|m| m.contains("Subject: Someone tried to sign up"))
+        .unwrap();
+    assert!(attempt.contains(&format!("To: {email}")));
+    assert!(!attempt.contains("token=") && !attempt.contains(PASSWORD));
+    // The sign-up's Console client, read from the store: the caller learns it on verification.
+    let (tenant_id, console) = signup_console(&app, email).await;
 
     // Not verified yet: the login page refuses (with the right password).
     let (verifier, challenge) = pkce();
@@ -1278,12 +1334,15 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .get(&format!("/v1/auth/verify-email?token={token}"), "")
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.json::<Value>().await.unwrap()["email_verified"], true);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["email_verified"], true);
+    assert_eq!(v["tenant_id"], tenant_id.as_str());
+    assert_eq!(v["console_client_id"], console.as_str());
     let res = app
         .get(&format!("/v1/auth/verify-email?token={token}"), "")
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
-    let events = audit_events(&app, s["tenant_id"].as_str().unwrap()).await;
+    let events = audit_events(&app, &tenant_id).await;
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert!(
         actions.contains(&"user.signed_up") && actions.contains(&"auth.email_verified"),
@@ -1302,7 +1361,7 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .unwrap();
     let access = t["access_token"].as_str().unwrap().to_string();
     let me: Value = app.get("/v1/me", &access).await.json().await.unwrap();
-    assert_eq!(me["tenant_id"], s["tenant_id"]);
+    assert_eq!(me["tenant_id"], tenant_id.as_str());
     assert!(
         me["permissions"]
             .as_array()
@@ -1323,7 +1382,7 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .post("/v1/auth/password-reset", "", json!({"email": email}))
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let mail = read_outbox(&app, 2);
+    let mail = read_outbox(&app, 3);
     let reset = token_after(&mail, "valid for 1 hour):\r\n\r\n");
     let reset = if reset.is_empty() {
         token_after(&mail, "valid for 1 hour):\n\n")
@@ -1439,7 +1498,7 @@ async fn signup_email_over_smtp() {
             json!({"email": "smtp.user@example.com", "password": PASSWORD}),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
     let got = eventually(std::time::Duration::from_secs(5), || async {
         !messages.lock().unwrap().is_empty()
     })

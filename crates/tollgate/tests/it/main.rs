@@ -22,6 +22,7 @@ mod ops;
 mod proxy;
 mod quotas;
 mod redis;
+mod signup;
 mod ssrf;
 #[allow(dead_code)]
 mod subs;
