@@ -47,6 +47,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        crate::store::warn_loose_data_dir(&config.data_dir);
         let store = Store::connect(config.database_url.expose()).await?;
         let state = Self::with_store(config, store)?;
         // Platform JWT signing key: generated on first start, loaded otherwise.
