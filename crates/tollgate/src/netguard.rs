@@ -24,6 +24,8 @@
 //!
 //! `[outbound] allow` (see [`Policy`]) admits internal destinations a deployment really uses.
 
+#[cfg(test)]
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -426,6 +428,9 @@ pub struct Outbound {
     /// rustls with the upstream client's roots, built on first use and shared by every
     /// request's client (loading the system store for each fetch would cost ~40 ms).
     tls: std::sync::OnceLock<Option<rustls::ClientConfig>>,
+    /// Unit tests only: names answered without DNS (as a hostile resolver would answer them).
+    #[cfg(test)]
+    hosts: HashMap<String, Vec<IpAddr>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -445,7 +450,18 @@ impl Outbound {
         Self {
             policy,
             tls: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            hosts: HashMap::new(),
         }
+    }
+
+    /// Resolves `name` (bounded by [`DNS_TIMEOUT`]).
+    async fn lookup(&self, name: &str, port: u16) -> Result<Vec<IpAddr>, OutboundError> {
+        #[cfg(test)]
+        if let Some(ips) = self.hosts.get(trim_dot(name)) {
+            return Ok(ips.clone());
+        }
+        resolve(name, port).await
     }
 
     fn tls(&self) -> Result<rustls::ClientConfig, OutboundError> {
@@ -538,7 +554,7 @@ impl Outbound {
                 if !name_listed && (bare == "localhost" || bare.ends_with(".localhost")) {
                     return Err(OutboundError::new("localhost"));
                 }
-                match resolve(&d, t.port).await {
+                match self.lookup(&d, t.port).await {
                     Ok(ips) => (Some(d), ips),
                     Err(e) => {
                         if on_failure == OnDnsFailure::Accept && (t.https || name_listed) {
@@ -976,6 +992,150 @@ mod tests {
         assert!(g.check_syntax("http://127.0.0.1:9000/hook").is_ok());
         assert!(g.check_syntax("http://127.0.0.1:9001/hook").is_err());
         assert!(g.check_syntax("https://hooks.example.com/x").is_ok());
+    }
+
+    /// A guard whose resolver answers `names` as given (a hostile or rebinding DNS).
+    fn with_hosts(allow: &[&str], names: &[(&str, &[&str])]) -> Outbound {
+        let mut g = Outbound::new(Policy::parse(allow).unwrap());
+        for (n, ips) in names {
+            g.hosts
+                .insert((*n).to_string(), ips.iter().map(|a| ip(a)).collect());
+        }
+        g
+    }
+
+    /// A server on 127.0.0.1 answering every request with `{"keys": []}`, counting connections.
+    async fn local_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = n.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let body = br#"{"keys": []}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(body).await;
+                });
+            }
+        });
+        (port, n)
+    }
+
+    #[tokio::test]
+    async fn a_name_is_judged_by_every_address_it_resolves_to() {
+        let g = with_hosts(
+            &[],
+            &[
+                ("rebind.example", &["127.0.0.1"]),
+                ("metadata.example", &["169.254.169.254"]),
+                ("mixed.example", &["8.8.8.8", "10.0.0.1"]),
+                ("mapped.example", &["::ffff:127.0.0.1"]),
+                ("v6.example", &["::1"]),
+                ("public.example", &["8.8.8.8", "2606:4700:4700::1111"]),
+            ],
+        );
+        for name in [
+            "rebind.example",
+            "metadata.example",
+            "mixed.example",
+            "mapped.example",
+            "v6.example",
+        ] {
+            let url = format!("https://{name}/jwks");
+            assert!(g.check_registration(&url).await.is_err(), "{url}");
+            let e = g.get(&url, 1024, Duration::from_secs(2)).await.unwrap_err();
+            assert_eq!(e.reason(), "non-public address", "{url}");
+        }
+        assert!(
+            g.check_registration("https://public.example/jwks")
+                .await
+                .is_ok()
+        );
+        // Plain http to a public name is not listed, so refused.
+        assert!(
+            g.check_registration("http://public.example/jwks")
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_connection_goes_to_the_vetted_address_only() {
+        use std::sync::atomic::Ordering;
+        let (port, conns) = local_server().await;
+        // `pinned.example` does not exist in real DNS: reaching the server proves the client used
+        // the vetted address instead of resolving again.
+        let listed = format!("127.0.0.1:{port}");
+        let g = with_hosts(&[&listed], &[("pinned.example", &["127.0.0.1"])]);
+        let url = format!("http://pinned.example:{port}/jwks");
+        let body = g.get(&url, 1024, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(&body[..], br#"{"keys": []}"#);
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        // The same name and server without the allow-list entry: refused, nothing connected.
+        let g = with_hosts(&[], &[("pinned.example", &["127.0.0.1"])]);
+        let e = g.get(&url, 1024, Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(e.reason(), "http to an unlisted destination");
+        let e = g
+            .get(
+                &format!("https://pinned.example:{port}/jwks"),
+                1024,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "non-public address");
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        // A body over the limit is refused.
+        let g = with_hosts(&[&listed], &[]);
+        let e = g
+            .get(
+                &format!("http://127.0.0.1:{port}/"),
+                4,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "body too large");
+    }
+
+    #[tokio::test]
+    async fn the_pinned_resolver_answers_only_the_vetted_name() {
+        use reqwest::dns::Resolve;
+        let addr: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        let r = Pinned {
+            name: "idp.example.com".into(),
+            addrs: vec![addr],
+        };
+        let got: Vec<SocketAddr> = r
+            .resolve("IDP.example.com".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(got, [addr]);
+        assert!(
+            r.resolve("other.example.com".parse().unwrap())
+                .await
+                .is_err()
+        );
+        let none = Pinned {
+            name: String::new(),
+            addrs: vec![addr],
+        };
+        assert!(
+            none.resolve("idp.example.com".parse().unwrap())
+                .await
+                .is_err()
+        );
     }
 
     #[test]

@@ -92,7 +92,9 @@ struct NewAccount {
 /// `POST /v1/auth/signup`: an unverified user, a personal tenant they own, a verification email
 /// — or, when the address already has an account, nothing but an email telling its owner that
 /// someone tried. Both answer `202` with the same body, so sign-up does not reveal which
-/// addresses are registered; both pay the password hash and send one email.
+/// addresses are registered. The request does the same work either way (validation, the email
+/// limit, the password hash); the account and the email are made after the answer, off the
+/// request path, so neither the store's writes nor the mail server's latency shows in its time.
 pub async fn signup(
     State(state): State<AppState>,
     Meta(meta): Meta,
@@ -106,6 +108,8 @@ pub async fn signup(
     let email = crate::api::users::validate_email(&body.email)?;
     crate::passwords::validate(&body.password)?;
     email_quota(&state, &email, &meta)?;
+    // Fails on the configuration alone, the same for every address.
+    state.auth.identity.mailer(&state.config)?;
     let hash = crate::passwords::hash(&body.password).await?;
     let name = body
         .name
@@ -114,28 +118,55 @@ pub async fn signup(
         .chars()
         .take(200)
         .collect::<String>();
+    let answer = signup_accepted(&email);
+    tokio::spawn(finish_signup(state, meta, email, name, hash));
+    Ok(answer)
+}
+
+/// The part of a sign-up that depends on whether the address is known: creates the account and
+/// sends the verification link, or sends the known address its notice. Failures are logged (the
+/// answer has been given; signing up again is the retry).
+async fn finish_signup(
+    state: AppState,
+    meta: RequestMeta,
+    email: String,
+    name: String,
+    hash: String,
+) {
     let token = new_email_token();
     let created = match create_account(&state, &meta, &email, &name, hash, &token).await {
         Ok(created) => created,
         // Another sign-up for the same address won the race: it is a known address now.
         Err(StoreError::Conflict(what)) => {
-            let mut conn = state
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(StoreError::from)?;
-            if tenants::find_user_by_email(&mut conn, &email)
-                .await?
-                .is_none()
-            {
-                return Err(StoreError::Conflict(what).into());
+            let known = async {
+                let mut conn = state.store.pool().acquire().await?;
+                tenants::find_user_by_email(&mut conn, &email).await
             }
-            None
+            .await;
+            match known {
+                Ok(Some(_)) => None,
+                Ok(None) => {
+                    tracing::error!(conflict = %what, "sign-up failed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sign-up failed");
+                    return;
+                }
+            }
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "sign-up failed");
+            return;
+        }
     };
-    let mailer = state.auth.identity.mailer(&state.config)?;
+    let mailer = match state.auth.identity.mailer(&state.config) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "no mailer for the sign-up email");
+            return;
+        }
+    };
     match created {
         Some(account) => {
             let link = format!(
@@ -170,7 +201,6 @@ pub async fn signup(
             }
         }
     }
-    Ok(signup_accepted(&email))
 }
 
 /// Creates the account of a new sign-up in one transaction; `None` when the address already has

@@ -47,6 +47,12 @@ async fn a_new_data_dir_and_its_files_are_owner_only() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let outbox = data.join("outbox");
+    let mailed = eventually(std::time::Duration::from_secs(10), || async {
+        std::fs::read_dir(&outbox).is_ok_and(|mut d| d.next().is_some())
+    })
+    .await;
+    assert!(mailed, "the verification email was written");
 
     for dir in [tmp.path().join("fresh"), data.clone(), data.join("outbox")] {
         assert_eq!(mode(&dir) & 0o077, 0, "{}: {:o}", dir.display(), mode(&dir));

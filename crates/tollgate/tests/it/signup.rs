@@ -34,6 +34,18 @@ fn mails(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the outbox holds `n` messages (sign-ups finish after their answer), then
+/// returns them all.
+async fn settled(app: &TestApp, n: usize) -> Vec<String> {
+    eventually(std::time::Duration::from_secs(10), || async {
+        mails(app).len() >= n
+    })
+    .await;
+    let all = mails(app);
+    assert_eq!(all.len(), n, "messages in the outbox");
+    all
+}
+
 fn mails_to<'a>(all: &'a [String], email: &str) -> Vec<&'a String> {
     all.iter()
         .filter(|m| m.contains(&format!("To: {email}")))
@@ -85,14 +97,13 @@ async fn a_known_address_answers_like_a_new_one(app: TestApp) {
     assert_eq!(known.1["email"], OWNER_EMAIL);
 
     // The known address: nothing created or changed, one notice without a link.
+    let all = settled(&app, 2).await;
     assert_eq!(
         tenant_count(&app).await,
         tenants + 1,
         "only the new address got a tenant"
     );
     assert_eq!(password_hash(&app, OWNER_EMAIL).await, owner_hash);
-    let all = mails(&app);
-    assert_eq!(all.len(), 2);
     let to_owner = mails_to(&all, OWNER_EMAIL);
     assert_eq!(to_owner.len(), 1);
     let notice = to_owner[0];
@@ -123,6 +134,7 @@ async fn a_known_address_answers_like_a_new_one(app: TestApp) {
     let first = password_hash(&app, "fresh.person@example.com").await;
     let again = signup(&app, "fresh.person@example.com", "another long password").await;
     assert_eq!(again, new);
+    settled(&app, 3).await;
     assert_eq!(password_hash(&app, "fresh.person@example.com").await, first);
     assert_eq!(tenant_count(&app).await, tenants + 1);
 
@@ -140,7 +152,8 @@ async fn a_known_address_answers_like_a_new_one(app: TestApp) {
     }
     let (status, _) = signup(&app, "fresh.person@example.com", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(mails_to(&mails(&app), OWNER_EMAIL).len(), 5);
+    let all = settled(&app, 10).await;
+    assert_eq!(mails_to(&all, OWNER_EMAIL).len(), 5);
 }
 
 async fn concurrent_sign_ups_of_one_address_make_one_account(app: TestApp) {
@@ -169,8 +182,8 @@ async fn concurrent_sign_ups_of_one_address_make_one_account(app: TestApp) {
             .all(|a| a.0 == StatusCode::ACCEPTED && a.1 == answers[0].1),
         "{answers:?}"
     );
+    let all = settled(&app, 4).await;
     assert_eq!(tenant_count(&app).await, tenants + 1);
-    let all = mails(&app);
     let to = mails_to(&all, email);
     assert_eq!(to.len(), 4);
     assert_eq!(
