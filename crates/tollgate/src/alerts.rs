@@ -1,13 +1,18 @@
 //! Spike alerts (SPEC §7): a key whose requests in the current minute exceed `spike_multiple` ×
 //! its trailing per-minute baseline (the mean of the previous `baseline_minutes`, counting quiet
 //! minutes as zero) — and at least `spike_min_requests` — raises `alert.usage_spike` in the audit
-//! log (its own transaction, actor `system`) and, when configured, POSTs it to a webhook.
+//! log (its own transaction, actor `system`) and, when configured, POSTs it to a webhook through
+//! the outbound-URL guard (`crate::netguard`: public `https`, or a destination in
+//! `[outbound] allow`; no redirects).
 //!
 //! The detector runs in the usage writer (off the request path) and sees this instance's traffic.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Deadline of one webhook POST (DNS, connection and answer).
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 use serde_json::json;
 
@@ -160,21 +165,11 @@ pub async fn raise(state: &AppState, s: Spike) {
             "api_key_id": &*s.api_key_id,
             "details": details,
         });
+        let outbound = state.outbound.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let res = client
-                .post(&url)
-                .timeout(Duration::from_secs(10))
-                .json(&body)
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(
-                    status = r.status().as_u16(),
-                    "alert webhook refused the alert"
-                ),
-                Err(e) => tracing::warn!(error = %e, "alert webhook unreachable"),
+            // Through the outbound-URL guard, like every request to a configured URL.
+            if let Err(e) = outbound.post_json(&url, &body, WEBHOOK_TIMEOUT).await {
+                tracing::warn!(reason = e.reason(), "alert webhook did not take the alert");
             }
         });
     }

@@ -34,6 +34,8 @@ pub struct Inner {
     pub limits: Arc<crate::limits::Limits>,
     /// The usage queue and its batched writer.
     pub usage: crate::usage::Usage,
+    /// The guard of every outbound request to a user-supplied URL.
+    pub outbound: Arc<crate::netguard::Outbound>,
 }
 
 impl std::ops::Deref for AppState {
@@ -45,6 +47,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        crate::store::warn_loose_data_dir(&config.data_dir);
         let store = Store::connect(config.database_url.expose()).await?;
         let state = Self::with_store(config, store)?;
         // Platform JWT signing key: generated on first start, loaded otherwise.
@@ -65,6 +68,8 @@ impl AppState {
             Duration::from_secs(config.key_cache_ttl_seconds.max(1)),
         );
         crate::subscriptions::configure(&auth, &config)?;
+        let outbound = Arc::new(crate::netguard::Outbound::from_config(&config.outbound)?);
+        auth.identity.external.configure(outbound.clone());
         let proxy = Proxy::from_config(&config)?;
         let mut metrics = Metrics::default();
         let limits = Arc::new(crate::limits::Limits::new(
@@ -82,6 +87,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             limits,
             usage,
+            outbound,
         })))
     }
 }

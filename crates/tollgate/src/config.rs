@@ -72,6 +72,20 @@ pub struct Config {
     pub usage: UsageConfig,
     /// Spike alerts (`alert.usage_spike`).
     pub alerts: AlertsConfig,
+    /// Outbound requests to user-supplied URLs (identity providers' JWKS, the alert webhook).
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`: what the outbound-URL guard (`crate::netguard`) admits besides public `https`
+/// destinations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Internal destinations that may be fetched (also over plain `http`): CIDR prefixes
+    /// (`10.0.0.0/8`), addresses with or without a port (`127.0.0.1:9000`, `[::1]:9000`), host
+    /// names with or without a port (`idp.internal`). Env `TOLLGATE_OUTBOUND_ALLOW`
+    /// (comma-separated).
+    pub allow: Vec<String>,
 }
 
 /// `[limits]`: ceilings that apply besides a key's own `rate_limit` and a subscription's plan.
@@ -274,6 +288,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             usage: UsageConfig::default(),
             alerts: AlertsConfig::default(),
+            outbound: OutboundConfig::default(),
         }
     }
 }
@@ -364,6 +379,14 @@ impl Config {
         if let Some(v) = get("TOLLGATE_SIGNING_KEY_SECRET") {
             self.auth.signing_key_secret = Some(Secret::new(v));
         }
+        if let Some(v) = get("TOLLGATE_OUTBOUND_ALLOW") {
+            self.outbound.allow = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         Ok(())
     }
 
@@ -409,10 +432,13 @@ impl Config {
         if self.alerts.spike_multiple.is_nan() || self.alerts.spike_multiple <= 1.0 {
             anyhow::bail!("alerts.spike_multiple must be greater than 1");
         }
+        let outbound = crate::netguard::Outbound::from_config(&self.outbound)?;
         if let Some(url) = &self.alerts.webhook_url
-            && !url.starts_with("http")
+            && outbound.check_syntax(url).is_err()
         {
-            anyhow::bail!("alerts.webhook_url must be an http(s) URL");
+            anyhow::bail!(
+                "alerts.webhook_url must be an https URL without user info (plain http only to a destination in [outbound] allow)"
+            );
         }
         let mut models = std::collections::HashSet::new();
         for m in &self.models {
@@ -493,6 +519,38 @@ upstream_model = "gpt-4o-mini"
             key_prefix: "Bad_".into(),
             ..Config::default()
         };
+        assert!(cfg.finish().is_err());
+    }
+
+    #[test]
+    fn the_outbound_allow_list_is_validated_and_read_from_the_environment() {
+        let mut cfg = Config::from_toml(
+            "[outbound]\nallow = [\"10.0.0.0/8\", \"idp.internal\", \"127.0.0.1:9000\"]\n",
+        )
+        .unwrap();
+        cfg.finish().unwrap();
+        assert_eq!(cfg.outbound.allow.len(), 3);
+        let mut cfg = Config::from_toml("[outbound]\nallow = [\"10.1.0.0/8\"]\n").unwrap();
+        assert!(cfg.finish().is_err(), "host bits past the prefix");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| {
+            (k == "TOLLGATE_OUTBOUND_ALLOW").then(|| "10.0.0.0/8, idp.internal:8443".to_string())
+        })
+        .unwrap();
+        assert_eq!(cfg.outbound.allow, ["10.0.0.0/8", "idp.internal:8443"]);
+    }
+
+    #[test]
+    fn a_plain_http_webhook_needs_the_allow_list() {
+        let mut cfg = Config::default();
+        cfg.alerts.webhook_url = Some("http://10.0.0.7/hook".into());
+        assert!(cfg.finish().is_err());
+        let mut cfg = Config::default();
+        cfg.alerts.webhook_url = Some("http://10.0.0.7/hook".into());
+        cfg.outbound.allow = vec!["10.0.0.0/8".into()];
+        cfg.finish().unwrap();
+        let mut cfg = Config::default();
+        cfg.alerts.webhook_url = Some("https://user:pw@hooks.example.com/x".into());
         assert!(cfg.finish().is_err());
     }
 

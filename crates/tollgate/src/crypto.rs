@@ -128,7 +128,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)
+        crate::util::create_private_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
     match std::fs::OpenOptions::new()

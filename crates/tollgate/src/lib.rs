@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod netguard;
 pub mod ops;
 pub mod passwords;
 pub mod proxy;

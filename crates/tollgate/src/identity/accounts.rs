@@ -1,6 +1,8 @@
 //! Accounts (SPEC §4.3): sign-up with email verification, password reset by emailed token.
 //! Sign-up creates the user, a personal tenant they own and a public "Console" OAuth client
-//! (redirect `<public_url>/console/callback`) through which they sign in once verified.
+//! (redirect `<public_url>/console/callback`) through which they sign in once verified; the
+//! verification answer names them. Sign-up and password reset never reveal whether an address
+//! is registered: the same answer either way, and only the mailbox learns the difference.
 //! Tokens are random, single-use, stored as SHA-256 only, and expire (verification 24 h, reset
 //! 1 h). A signed-up user cannot log in until the email is verified. Security events without a
 //! single tenant (email verified, password reset) are recorded on every tenant chain the user
@@ -26,6 +28,8 @@ const VERIFY_TTL_MS: i64 = 24 * 3_600_000;
 const RESET_TTL_MS: i64 = 3_600_000;
 pub const PURPOSE_VERIFY: &str = "verify_email";
 pub const PURPOSE_RESET: &str = "password_reset";
+/// Name of the public OAuth client a sign-up creates in its personal tenant.
+const CONSOLE_CLIENT: &str = "Console";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +69,32 @@ fn email_quota(state: &AppState, email: &str, meta: &RequestMeta) -> ApiResult<(
     Ok(())
 }
 
-/// `POST /v1/auth/signup`: an unverified user, a personal tenant they own, a verification email.
+/// The one answer to a sign-up, whether or not the address already has an account: the
+/// status, body and the single email sent are what differ only for the mailbox's owner.
+fn signup_accepted(email: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "status": "check_your_email",
+            "email": email,
+            "message": "Check your email: we sent a message to finish signing up.",
+        })),
+    )
+        .into_response()
+}
+
+/// What a new sign-up created.
+struct NewAccount {
+    user_id: String,
+    email: String,
+}
+
+/// `POST /v1/auth/signup`: an unverified user, a personal tenant they own, a verification email
+/// — or, when the address already has an account, nothing but an email telling its owner that
+/// someone tried. Both answer `202` with the same body, so sign-up does not reveal which
+/// addresses are registered. The request does the same work either way (validation, the email
+/// limit, the password hash); the account and the email are made after the answer, off the
+/// request path, so neither the store's writes nor the mail server's latency shows in its time.
 pub async fn signup(
     State(state): State<AppState>,
     Meta(meta): Meta,
@@ -79,6 +108,8 @@ pub async fn signup(
     let email = crate::api::users::validate_email(&body.email)?;
     crate::passwords::validate(&body.password)?;
     email_quota(&state, &email, &meta)?;
+    // Fails on the configuration alone, the same for every address.
+    state.auth.identity.mailer(&state.config)?;
     let hash = crate::passwords::hash(&body.password).await?;
     let name = body
         .name
@@ -87,17 +118,106 @@ pub async fn signup(
         .chars()
         .take(200)
         .collect::<String>();
+    let answer = signup_accepted(&email);
+    tokio::spawn(finish_signup(state, meta, email, name, hash));
+    Ok(answer)
+}
+
+/// The part of a sign-up that depends on whether the address is known: creates the account and
+/// sends the verification link, or sends the known address its notice. Failures are logged (the
+/// answer has been given; signing up again is the retry).
+async fn finish_signup(
+    state: AppState,
+    meta: RequestMeta,
+    email: String,
+    name: String,
+    hash: String,
+) {
     let token = new_email_token();
-    let mut tx = state.store.begin().await?;
-    if tenants::find_user_by_email(&mut tx, &email)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::conflict(
-            "An account with that email already exists",
-        ));
+    let created = match create_account(&state, &meta, &email, &name, hash, &token).await {
+        Ok(created) => created,
+        // Another sign-up for the same address won the race: it is a known address now.
+        Err(StoreError::Conflict(what)) => {
+            let known = async {
+                let mut conn = state.store.pool().acquire().await?;
+                tenants::find_user_by_email(&mut conn, &email).await
+            }
+            .await;
+            match known {
+                Ok(Some(_)) => None,
+                Ok(None) => {
+                    tracing::error!(conflict = %what, "sign-up failed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sign-up failed");
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "sign-up failed");
+            return;
+        }
+    };
+    let mailer = match state.auth.identity.mailer(&state.config) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "no mailer for the sign-up email");
+            return;
+        }
+    };
+    match created {
+        Some(account) => {
+            let link = format!(
+                "{}/v1/auth/verify-email?token={token}",
+                state.config.public_url
+            );
+            let text = format!(
+                "Welcome to Tollgate.\n\nPlease confirm your email address by opening this link (valid for 24 hours):\n\n{link}\n\nIf you did not sign up, ignore this message.\n"
+            );
+            if let Err(e) = mailer
+                .send(&account.email, "Verify your email address", text)
+                .await
+            {
+                tracing::error!(error = %e, user = %account.user_id, "could not send the verification email");
+            }
+        }
+        None => {
+            let public = &state.config.public_url;
+            let text = format!(
+                "Someone (perhaps you) tried to sign up for Tollgate at {public} with this email address, which already has an account. Nothing was changed.\n\nIf it was you, sign in as usual. If you forgot your password, or never confirmed your address, request a password reset (POST {public}/v1/auth/password-reset with {{\"email\": \"...\"}}); completing it also confirms the address.\n\nIf it was not you, ignore this message; your account is unchanged.\n"
+            );
+            tracing::info!("sign-up attempted for an address that has an account");
+            if let Err(e) = mailer
+                .send(
+                    &email,
+                    "Someone tried to sign up with your email address",
+                    text,
+                )
+                .await
+            {
+                tracing::error!(error = %e, "could not send the sign-up attempt email");
+            }
+        }
     }
-    let user = tenants::create_user(&mut tx, &email, &name, Some(hash), false).await?;
+}
+
+/// Creates the account of a new sign-up in one transaction; `None` when the address already has
+/// one (nothing is written then).
+async fn create_account(
+    state: &AppState,
+    meta: &RequestMeta,
+    email: &str,
+    name: &str,
+    hash: String,
+    token: &str,
+) -> Result<Option<NewAccount>, StoreError> {
+    let mut tx = state.store.begin().await?;
+    if tenants::find_user_by_email(&mut tx, email).await?.is_some() {
+        return Ok(None);
+    }
+    let user = tenants::create_user(&mut tx, email, name, Some(hash), false).await?;
     let mut tenant_name: String = format!("{email}'s workspace").chars().take(80).collect();
     if tenants::find_tenant_by_name(&mut tx, &tenant_name)
         .await?
@@ -113,7 +233,7 @@ pub async fn signup(
     let console = idstore::OAuthClient {
         id: crate::util::new_id("cli"),
         tenant_id: tenant.id.clone(),
-        name: "Console".into(),
+        name: CONSOLE_CLIENT.into(),
         redirect_uris: vec![format!("{}/console/callback", state.config.public_url)],
         confidential: false,
         secret_hash: None,
@@ -125,7 +245,7 @@ pub async fn signup(
     idstore::insert_client(&mut tx, &console).await?;
     idstore::insert_email_token(
         &mut tx,
-        &secret_hash(&token),
+        &secret_hash(token),
         &user.id,
         PURPOSE_VERIFY,
         now_ms() + VERIFY_TTL_MS,
@@ -137,44 +257,45 @@ pub async fn signup(
     };
     append(
         &mut tx,
-        AuditEvent::new(tenant.id.clone(), actor.clone(), "tenant.created", &meta)
+        AuditEvent::new(tenant.id.clone(), actor.clone(), "tenant.created", meta)
             .target("tenant", tenant.id.clone())
             .details(json!({"name": tenant.name, "signup": true})),
     )
     .await?;
     append(
         &mut tx,
-        AuditEvent::new(tenant.id.clone(), actor, "user.signed_up", &meta)
+        AuditEvent::new(tenant.id.clone(), actor, "user.signed_up", meta)
             .target("user", user.id.clone())
             .details(json!({"email": user.email, "console_client_id": console.id})),
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    let link = format!(
-        "{}/v1/auth/verify-email?token={token}",
-        state.config.public_url
-    );
-    let text = format!(
-        "Welcome to Tollgate.\n\nPlease confirm your email address by opening this link (valid for 24 hours):\n\n{link}\n\nIf you did not sign up, ignore this message.\n"
-    );
-    if let Err(e) = state
-        .auth
-        .identity
-        .mailer(&state.config)?
-        .send(&user.email, "Verify your email address", text)
-        .await
-    {
-        tracing::error!(error = %e, user = %user.id, "could not send the verification email");
+    Ok(Some(NewAccount {
+        user_id: user.id,
+        email: user.email,
+    }))
+}
+
+/// The personal tenant a sign-up created for `user_id` and its Console client, if any.
+async fn personal_tenant(
+    state: &AppState,
+    user_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let tenant_ids = {
+        let mut conn = state.store.pool().acquire().await?;
+        idstore::user_tenant_ids(&mut conn, user_id).await?
+    };
+    for tenant_id in tenant_ids {
+        let clients = idstore::list_clients(state.store.pool(), &tenant_id).await?;
+        if let Some(c) = clients.iter().find(|c| {
+            c.name == CONSOLE_CLIENT
+                && c.created_by.as_deref() == Some(user_id)
+                && c.revoked_at.is_none()
+        }) {
+            return Ok(Some((tenant_id, c.id.clone())));
+        }
     }
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "user_id": user.id, "email": user.email, "email_verified": false,
-            "tenant_id": tenant.id, "tenant_name": tenant.name,
-            "console_client_id": console.id,
-        })),
-    )
-        .into_response())
+    Ok(None)
 }
 
 /// Appends one event per tenant the user belongs to.
@@ -252,7 +373,17 @@ pub async fn verify_email(
         let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Email verified · Tollgate</title></head><body><h1>Email verified</h1><p>You can now sign in.</p></body></html>";
         return Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response());
     }
-    Ok(axum::Json(json!({"user_id": user_id, "email_verified": true})).into_response())
+    // The link's holder has proven the address: now (not at sign-up, which must not tell a new
+    // address from a known one) they learn where to sign in.
+    let (tenant_id, console_client_id) = match personal_tenant(&state, &user_id).await? {
+        Some((t, c)) => (Some(t), Some(c)),
+        None => (None, None),
+    };
+    Ok(axum::Json(json!({
+        "user_id": user_id, "email_verified": true,
+        "tenant_id": tenant_id, "console_client_id": console_client_id,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,8 +90,10 @@ impl Mailer {
 
 async fn write_eml(dir: &std::path::Path, bytes: &[u8]) -> Result<(), ApiError> {
     use tokio::io::AsyncWriteExt;
-    tokio::fs::create_dir_all(dir)
+    let owned = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::util::create_private_dir(&owned))
         .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let name = format!(
         "{}-{}.eml",

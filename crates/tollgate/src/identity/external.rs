@@ -2,6 +2,8 @@
 //! URL, audience, the claim naming the user, default role). Tokens are verified against the
 //! issuer's cached JWKS; an unknown `kid` refetches it at most once a minute per issuer, and the
 //! cache is refreshed hourly. Keys come only from the registered JWKS URL, never from the token.
+//! That URL is user-supplied: it is checked by the outbound-URL guard (`crate::netguard`) when
+//! registered and again, after DNS resolution, on every fetch; any failure reads the same.
 //!
 //! Mapping: with `claim = "email"` the token's email is matched to a member of the tenant, whose
 //! current roles apply; otherwise (or when the email is not a member) the issuer's
@@ -26,6 +28,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::identity::jws;
 use crate::identity::keys::{VerifyKey, verify_key_from_jwk};
+use crate::netguard::{self, Outbound};
 use crate::store::audit::{AuditEvent, append};
 use crate::store::identity::{self as idstore, ExternalIssuer};
 use crate::store::invalidations::{self, Kind};
@@ -38,17 +41,32 @@ pub const REFETCH_MIN: Duration = Duration::from_secs(60);
 const MAX_AGE: Duration = Duration::from_secs(3600);
 /// Clock skew accepted on external tokens.
 const LEEWAY_SECONDS: u64 = 60;
+/// The largest JWKS document read.
+const JWKS_MAX_BYTES: usize = 512 * 1024;
+/// Deadline of one JWKS fetch (DNS, connection and answer).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The one answer for a JWKS that could not be had, whatever the reason (refused destination,
+/// closed port, timeout, error status, not a JWKS): a token cannot probe the network through it.
+const KEYS_UNAVAILABLE: &str = "The identity provider's keys are unavailable";
 
 struct IssuerKeys {
     keys: HashMap<String, Arc<VerifyKey>>,
     fetched_at: Instant,
+    /// Whether a fetch ever succeeded; until one does, the keys are "unavailable".
+    ok: bool,
 }
+
+/// One issuer's cached keys, locked on their own: a slow identity provider delays only the
+/// tokens of its own registration.
+type Slot = Arc<tokio::sync::Mutex<Option<IssuerKeys>>>;
 
 /// JWKS per registered issuer (keyed by registration id).
 #[derive(Default)]
 pub struct JwksCache {
-    entries: tokio::sync::Mutex<HashMap<String, IssuerKeys>>,
-    http: OnceLock<reqwest::Client>,
+    entries: std::sync::Mutex<HashMap<String, Slot>>,
+    /// The outbound-URL guard every fetch goes through (set by `AppState`; unset, the default
+    /// guard: public `https` destinations only).
+    outbound: OnceLock<Arc<Outbound>>,
     /// Override of [`REFETCH_MIN`] in milliseconds (0 = the default); for tests.
     refetch_min_ms: std::sync::atomic::AtomicU64,
 }
@@ -60,6 +78,15 @@ impl std::fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
+    /// Sets the guard that JWKS fetches go through (once; later calls are ignored).
+    pub fn configure(&self, outbound: Arc<Outbound>) {
+        let _ = self.outbound.set(outbound);
+    }
+
+    fn outbound(&self) -> &Outbound {
+        self.outbound.get_or_init(Arc::default)
+    }
+
     /// Changes the minimum interval between refetches triggered by unknown kids (tests use a
     /// short one to see the refetch happen without waiting a minute).
     pub fn set_refetch_min(&self, d: Duration) {
@@ -78,44 +105,36 @@ impl JwksCache {
         }
     }
 
-    fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default()
-        })
+    async fn fetch(
+        &self,
+        reg: &ExternalIssuer,
+    ) -> Result<HashMap<String, Arc<VerifyKey>>, ApiError> {
+        let unavailable = |reason: &str| {
+            tracing::warn!(identity_provider = %reg.id, reason, "JWKS fetch failed");
+            ApiError::auth_invalid(KEYS_UNAVAILABLE)
+        };
+        let bytes = self
+            .outbound()
+            .get(&reg.jwks_url, JWKS_MAX_BYTES, FETCH_TIMEOUT)
+            .await
+            .map_err(|e| unavailable(e.reason()))?;
+        let doc: Value = serde_json::from_slice(&bytes).map_err(|_| unavailable("not JSON"))?;
+        let Some(keys) = doc.get("keys").and_then(Value::as_array) else {
+            return Err(unavailable("no keys array"));
+        };
+        Ok(keys
+            .iter()
+            .filter_map(verify_key_from_jwk)
+            .map(|k| (k.kid.clone(), Arc::new(k)))
+            .collect())
     }
 
-    async fn fetch(&self, url: &str) -> Result<HashMap<String, Arc<VerifyKey>>, ApiError> {
-        let res = self.http().get(url).send().await.map_err(|e| {
-            tracing::warn!(error = %e, "JWKS fetch failed");
-            ApiError::auth_invalid("The identity provider's keys are unavailable")
-        })?;
-        if !res.status().is_success() {
-            tracing::warn!(status = %res.status(), "JWKS fetch failed");
-            return Err(ApiError::auth_invalid(
-                "The identity provider's keys are unavailable",
-            ));
-        }
-        let bytes = res
-            .bytes()
-            .await
-            .map_err(|_| ApiError::auth_invalid("The identity provider's keys are unavailable"))?;
-        let doc: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| ApiError::auth_invalid("The identity provider's JWKS is malformed"))?;
-        let keys = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .map(|ks| {
-                ks.iter()
-                    .filter_map(verify_key_from_jwk)
-                    .map(|k| (k.kid.clone(), Arc::new(k)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(keys)
+    fn slot(&self, id: &str) -> Slot {
+        let mut map = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(id.to_string()).or_default().clone()
     }
 
     /// The issuer's key for `kid`: cached, or refetched (at most once a minute per issuer).
@@ -124,49 +143,54 @@ impl JwksCache {
         reg: &ExternalIssuer,
         kid: &str,
     ) -> Result<Option<Arc<VerifyKey>>, ApiError> {
-        let mut entries = self.entries.lock().await;
-        if let Some(e) = entries.get(&reg.id) {
+        let slot = self.slot(&reg.id);
+        let mut entry = slot.lock().await;
+        if let Some(e) = entry.as_ref() {
             if let Some(k) = e.keys.get(kid)
                 && e.fetched_at.elapsed() < MAX_AGE
             {
                 return Ok(Some(k.clone()));
             }
             if e.fetched_at.elapsed() < self.refetch_min() {
+                if !e.ok {
+                    return Err(ApiError::auth_invalid(KEYS_UNAVAILABLE));
+                }
                 return Ok(e.keys.get(kid).cloned());
             }
         }
-        let fetched = self.fetch(&reg.jwks_url).await;
-        let keys = match fetched {
-            Ok(k) => k,
-            Err(e) => {
+        match self.fetch(reg).await {
+            Ok(keys) => {
+                let found = keys.get(kid).cloned();
+                *entry = Some(IssuerKeys {
+                    keys,
+                    fetched_at: Instant::now(),
+                    ok: true,
+                });
+                Ok(found)
+            }
+            Err(e) => match entry.as_mut() {
                 // Keep serving the previous keys, and wait before trying again.
-                if let Some(old) = entries.get_mut(&reg.id) {
+                Some(old) if old.ok => {
                     old.fetched_at = Instant::now();
-                    return Ok(old.keys.get(kid).cloned());
+                    Ok(old.keys.get(kid).cloned())
                 }
-                entries.insert(
-                    reg.id.clone(),
-                    IssuerKeys {
+                _ => {
+                    *entry = Some(IssuerKeys {
                         keys: HashMap::new(),
                         fetched_at: Instant::now(),
-                    },
-                );
-                return Err(e);
-            }
-        };
-        let found = keys.get(kid).cloned();
-        entries.insert(
-            reg.id.clone(),
-            IssuerKeys {
-                keys,
-                fetched_at: Instant::now(),
+                        ok: false,
+                    });
+                    Err(e)
+                }
             },
-        );
-        Ok(found)
+        }
     }
 
     async fn forget(&self, id: &str) {
-        self.entries.lock().await.remove(id);
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
     }
 }
 
@@ -321,11 +345,15 @@ pub async fn create(
             "issuer must not look like a subscription id",
         ));
     }
-    let jwks = url::Url::parse(&body.jwks_url)
-        .map_err(|_| ApiError::validation("jwks_url", "jwks_url must be an absolute URL"))?;
-    if !matches!(jwks.scheme(), "https" | "http") {
-        return Err(ApiError::validation("jwks_url", "jwks_url must be http(s)"));
-    }
+    // Strict syntax and the host's current addresses; the fetch checks the addresses again.
+    let jwks = state
+        .outbound
+        .check_registration(body.jwks_url.trim())
+        .await
+        .map_err(|e| {
+            tracing::info!(reason = e.reason(), "identity provider's jwks_url refused");
+            ApiError::validation("jwks_url", format!("jwks_url {}", netguard::REFUSED_URL))
+        })?;
     if body.audience.trim().is_empty() {
         return Err(ApiError::validation("audience", "audience is required"));
     }
@@ -352,7 +380,7 @@ pub async fn create(
         id: new_id("idp"),
         tenant_id: caller.tenant_id.to_string(),
         issuer,
-        jwks_url: body.jwks_url.clone(),
+        jwks_url: jwks.to_string(),
         audience: body.audience.trim().to_string(),
         claim,
         default_role,

@@ -70,7 +70,7 @@ impl KeyEncryptionKey {
     fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
         use std::io::Write;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::util::create_private_dir(dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
         let mut opts = std::fs::OpenOptions::new();

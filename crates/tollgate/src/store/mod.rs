@@ -119,17 +119,29 @@ impl Store {
             anyhow::bail!("database_url must start with sqlite:// or postgres://");
         };
         let mut url = url.to_string();
+        // SQLite: the database file (and so its -wal and -shm files, which SQLite creates with
+        // the database file's mode) is created 0600 in a 0700 folder; wider ones are reported.
+        let mut sqlite_file = None;
         if backend == Backend::Sqlite {
-            let path = url
+            let rest = url
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
-            let path = path.split('?').next().unwrap_or_default().to_string();
-            if path != ":memory:"
-                && let Some(dir) = std::path::Path::new(&path).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let path = path.to_string();
+            if path != ":memory:" && !path.is_empty() {
+                let file = std::path::PathBuf::from(&path);
+                if let Some(dir) = file.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    crate::util::create_private_dir(dir)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                }
+                let read_only = query.split('&').any(|kv| kv == "mode=ro");
+                if !read_only {
+                    crate::util::create_private_file(&file)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", file.display()))?;
+                }
+                sqlite_file = Some(file);
             }
             if !url.contains('?') {
                 url.push_str("?mode=rwc");
@@ -180,6 +192,11 @@ impl Store {
             usage_sqlite,
         };
         migrate::run(&store).await?;
+        if let Some(file) = &sqlite_file {
+            for f in sqlite_files(file) {
+                crate::util::warn_if_wider(&f, 0o600);
+            }
+        }
         Ok(store)
     }
 
@@ -246,6 +263,26 @@ impl Store {
         .execute(conn)
         .await?;
         Ok(res.rows_affected() == 1)
+    }
+}
+
+/// A SQLite database file and its write-ahead log and shared-memory files.
+pub fn sqlite_files(db: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut s = db.as_os_str().to_owned();
+        s.push(suffix);
+        std::path::PathBuf::from(s)
+    };
+    [db.to_path_buf(), with("-wal"), with("-shm")]
+}
+
+/// At start: warns about a `data_dir` (and the folders and key files Tollgate keeps in it) that
+/// other local users can read. Existing modes are reported, never changed.
+pub fn warn_loose_data_dir(data_dir: &std::path::Path) {
+    crate::util::warn_if_wider(data_dir, 0o700);
+    crate::util::warn_if_wider(&data_dir.join("outbox"), 0o700);
+    for key in ["signing.key", "credentials.key"] {
+        crate::util::warn_if_wider(&data_dir.join(key), 0o600);
     }
 }
 

@@ -33,7 +33,13 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_spike_is_audited_and_posted_to_the_webhook() {
     let (url, got) = webhook_receiver().await;
+    // The receiver is on 127.0.0.1, which the outbound-URL guard refuses unless listed.
+    let allow = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .to_string();
     let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(move |cfg| {
+        cfg.outbound.allow = vec![allow];
         cfg.alerts.spike_multiple = 3.0;
         cfg.alerts.spike_min_requests = 5;
         cfg.alerts.webhook_url = Some(url);

@@ -26,9 +26,45 @@ store_tests!(
     permissions_follow_current_roles,
     signing_key_rotation_keeps_old_tokens_valid,
     tokens_verify_and_revoke_across_instances,
-    external_idp_tokens,
     signup_verify_and_reset_through_the_outbox
 );
+
+/// The JWKS server is on 127.0.0.1, which the outbound-URL guard refuses: each app of this
+/// scenario lists exactly that server's address in `[outbound] allow`.
+mod external_idp_tokens {
+    use super::*;
+
+    async fn run(db: Db) {
+        let doc = Arc::new(std::sync::Mutex::new(json!({"keys": []})));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let jwks_url = jwks_server(doc.clone(), hits.clone()).await;
+        if let Some(app) = spawn_allowing(db, &jwks_url).await {
+            super::external_idp_tokens(app, doc, hits, jwks_url).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        run(Db::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        run(Db::Postgres).await
+    }
+}
+
+/// An app whose `[outbound] allow` lists the `host:port` of `url` (and nothing else); `None`
+/// when the PostgreSQL variant is skipped.
+pub async fn spawn_allowing(db: Db, url: &str) -> Option<TestApp> {
+    let u = url::Url::parse(url).unwrap();
+    let entry = format!(
+        "{}:{}",
+        u.host_str().unwrap(),
+        u.port_or_known_default().unwrap()
+    );
+    TestApp::spawn_with(Opts::new(db).edit(move |c| c.outbound.allow = vec![entry])).await
+}
 
 async fn discovery_and_jwks(app: TestApp) {
     let d: Value = app
@@ -928,7 +964,7 @@ async fn tokens_verify_and_revoke_across_instances(app: TestApp) {
 }
 
 /// A JWKS server on a real socket, counting fetches.
-async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) -> String {
+pub async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
@@ -946,14 +982,14 @@ async fn jwks_server(doc: Arc<std::sync::Mutex<Value>>, hits: Arc<AtomicUsize>) 
     format!("http://{addr}/jwks.json")
 }
 
-fn rsa_jwk(kp: &aws_lc_rs::rsa::KeyPair, kid: &str) -> Value {
+pub fn rsa_jwk(kp: &aws_lc_rs::rsa::KeyPair, kid: &str) -> Value {
     let pk = kp.public_key();
     json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
         "n": URL_SAFE_NO_PAD.encode(pk.modulus().big_endian_without_leading_zero()),
         "e": URL_SAFE_NO_PAD.encode(pk.exponent().big_endian_without_leading_zero())})
 }
 
-fn sign_rs256(kp: &aws_lc_rs::rsa::KeyPair, kid: &str, claims: &Value) -> String {
+pub fn sign_rs256(kp: &aws_lc_rs::rsa::KeyPair, kid: &str, claims: &Value) -> String {
     let h = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
     let msg = format!("{}.{}", b64json(&h), b64json(claims));
     let mut sig = vec![0u8; kp.public_modulus_len()];
@@ -967,12 +1003,15 @@ fn sign_rs256(kp: &aws_lc_rs::rsa::KeyPair, kid: &str, claims: &Value) -> String
     format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
-async fn external_idp_tokens(app: TestApp) {
+async fn external_idp_tokens(
+    app: TestApp,
+    doc: Arc<std::sync::Mutex<Value>>,
+    hits: Arc<AtomicUsize>,
+    jwks_url: String,
+) {
     let k1 = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let k2 = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let doc = Arc::new(std::sync::Mutex::new(json!({"keys": [rsa_jwk(&k1, "k1")]})));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let jwks_url = jwks_server(doc.clone(), hits.clone()).await;
+    *doc.lock().unwrap() = json!({"keys": [rsa_jwk(&k1, "k1")]});
     let issuer = "https://idp.example.com";
     let res = app
         .post(
@@ -1179,6 +1218,44 @@ fn read_outbox(app: &TestApp, count: usize) -> String {
         .replace("=3D", "=")
 }
 
+/// Every message in the outbox, decoded.
+fn outbox_mails(app: &TestApp) -> Vec<String> {
+    let dir = app.state.config.data_dir.join("outbox");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    rd.map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .replace("=\r\n", "")
+                .replace("=\n", "")
+                .replace("=3D", "=")
+        })
+        .collect()
+}
+
+/// The personal tenant and Console client that the sign-up of `email` created.
+async fn signup_console(app: &TestApp, email: &str) -> (String, String) {
+    let pool = app.state.store.pool();
+    let mut conn = pool.acquire().await.unwrap();
+    let user = tollgate::store::tenants::find_user_by_email(&mut conn, email)
+        .await
+        .unwrap()
+        .unwrap();
+    let tenants = tollgate::store::identity::user_tenant_ids(&mut conn, &user.id)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(tenants.len(), 1);
+    let clients = tollgate::store::identity::list_clients(pool, &tenants[0])
+        .await
+        .unwrap();
+    let console = clients.iter().find(|c| c.name == "Console").unwrap();
+    (tenants[0].clone(), console.id.clone())
+}
+
 fn token_after(text: &str, marker: &str) -> String {
     let i = text.find(marker).unwrap() + marker.len();
     text[i..]
@@ -1204,10 +1281,11 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
             json!({"email": email, "password": PASSWORD}),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
+    // Sign-up answers a new and a known address alike (202, one body): it reveals nothing about
+    // which addresses are registered. Only the mailbox learns which it was.
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
     let s: Value = res.json().await.unwrap();
-    assert_eq!(s["email_verified"], false);
-    let console = s["console_client_id"].as_str().unwrap().to_string();
+    assert_eq!(s["status"], "check_your_email");
     let redirect = format!("{}/console/callback", app.state.config.public_url);
     let res = app
         .post(
@@ -1216,13 +1294,36 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
             json!({"email": email, "password": PASSWORD}),
         )
         .await;
-    expect_error(res, StatusCode::CONFLICT, "CONFLICT").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.json::<Value>().await.unwrap(), s);
 
-    let mail = read_outbox(&app, 1);
+    // The account and the emails are made after the answer.
+    eventually(std::time::Duration::from_secs(10), || async {
+        outbox_mails(&app).len() >= 2
+    })
+    .await;
+    let mails = outbox_mails(&app);
+    assert_eq!(
+        mails.len(),
+        2,
+        "a verification and a sign-up attempt notice"
+    );
+    let mail = mails
+        .iter()
+        .find(|m| m.contains("Subject: Verify your email address"))
+        .unwrap();
     assert!(mail.contains(&format!("To: {email}")));
     assert!(!mail.contains(PASSWORD));
-    let token = token_after(&mail, "verify-email?token=");
+    let token = token_after(mail, "verify-email?token=");
     assert!(token.len() >= 40);
+    let attempt = mails
+        .iter()
+        .find(|m| m.contains("Subject: Someone tried to sign up"))
+        .unwrap();
+    assert!(attempt.contains(&format!("To: {email}")));
+    assert!(!attempt.contains("token=") && !attempt.contains(PASSWORD));
+    // The sign-up's Console client, read from the store: the caller learns it on verification.
+    let (tenant_id, console) = signup_console(&app, email).await;
 
     // Not verified yet: the login page refuses (with the right password).
     let (verifier, challenge) = pkce();
@@ -1239,12 +1340,15 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .get(&format!("/v1/auth/verify-email?token={token}"), "")
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.json::<Value>().await.unwrap()["email_verified"], true);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["email_verified"], true);
+    assert_eq!(v["tenant_id"], tenant_id.as_str());
+    assert_eq!(v["console_client_id"], console.as_str());
     let res = app
         .get(&format!("/v1/auth/verify-email?token={token}"), "")
         .await;
     expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
-    let events = audit_events(&app, s["tenant_id"].as_str().unwrap()).await;
+    let events = audit_events(&app, &tenant_id).await;
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert!(
         actions.contains(&"user.signed_up") && actions.contains(&"auth.email_verified"),
@@ -1263,7 +1367,7 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .unwrap();
     let access = t["access_token"].as_str().unwrap().to_string();
     let me: Value = app.get("/v1/me", &access).await.json().await.unwrap();
-    assert_eq!(me["tenant_id"], s["tenant_id"]);
+    assert_eq!(me["tenant_id"], tenant_id.as_str());
     assert!(
         me["permissions"]
             .as_array()
@@ -1284,7 +1388,7 @@ async fn signup_verify_and_reset_through_the_outbox(app: TestApp) {
         .post("/v1/auth/password-reset", "", json!({"email": email}))
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let mail = read_outbox(&app, 2);
+    let mail = read_outbox(&app, 3);
     let reset = token_after(&mail, "valid for 1 hour):\r\n\r\n");
     let reset = if reset.is_empty() {
         token_after(&mail, "valid for 1 hour):\n\n")
@@ -1400,7 +1504,7 @@ async fn signup_email_over_smtp() {
             json!({"email": "smtp.user@example.com", "password": PASSWORD}),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
     let got = eventually(std::time::Duration::from_secs(5), || async {
         !messages.lock().unwrap().is_empty()
     })

@@ -15,6 +15,7 @@ mod alerts;
 mod app_jwt;
 mod audit;
 mod errors;
+mod file_modes;
 mod keys;
 mod limits;
 mod operations;
@@ -22,6 +23,8 @@ mod ops;
 mod proxy;
 mod quotas;
 mod redis;
+mod signup;
+mod ssrf;
 #[allow(dead_code)]
 mod subs;
 mod subscriptions;
