@@ -22,6 +22,7 @@ mod ops;
 mod proxy;
 mod quotas;
 mod redis;
+mod sdk_vectors;
 #[allow(dead_code)]
 mod subs;
 mod subscriptions;
