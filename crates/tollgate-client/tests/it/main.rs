@@ -12,6 +12,7 @@ mod helpers;
 
 mod calls;
 mod jwt;
+mod layering;
 mod limits;
 mod oauth;
 mod stream;
