@@ -25,6 +25,7 @@ mod quotas;
 mod redis;
 mod signup;
 mod ssrf;
+mod sdk_vectors;
 #[allow(dead_code)]
 mod subs;
 mod subscriptions;
