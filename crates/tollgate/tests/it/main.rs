@@ -23,9 +23,9 @@ mod ops;
 mod proxy;
 mod quotas;
 mod redis;
+mod sdk_vectors;
 mod signup;
 mod ssrf;
-mod sdk_vectors;
 #[allow(dead_code)]
 mod subs;
 mod subscriptions;
