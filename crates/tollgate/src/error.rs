@@ -1,6 +1,12 @@
 //! The one HTTP error type. Every failure a client can see is an [`ApiError`]; it maps to a status,
 //! an OpenAI-shaped JSON body with the spec's `code`, and (for 401/403) an RFC 6750 challenge.
 //! `IntoResponse` has no side effects: logging happens in the request middleware.
+//!
+//! Retry hints: `429 RATE_LIMITED` carries `Retry-After` only (retrying after it succeeds);
+//! `429 QUOTA_EXCEEDED` carries `x-should-retry: false` as well, which the official OpenAI SDKs
+//! obey before `Retry-After` (which stays informative: when the period resets). A `413` carries
+//! `Connection: close`: its body was not read, so the connection cannot carry another request
+//! (the server closes it in stages, see `server.rs`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -187,6 +193,9 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// `x-should-retry`: read by the official OpenAI SDKs before `Retry-After`.
+pub const SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
+
 /// Marker placed in response extensions so the access log and metrics can read the error code.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorMarker(pub ErrorCode);
@@ -202,6 +211,15 @@ impl IntoResponse for ApiError {
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        match self.code {
+            ErrorCode::QuotaExceeded => {
+                headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+            }
+            ErrorCode::PayloadTooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         for (k, v) in self.headers {
             headers.insert(k, v);
