@@ -248,3 +248,31 @@ impl From<crate::store::StoreError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The official SDKs read `x-should-retry` before `Retry-After`: a spent quota must say
+    /// `false` (the `openai` Node SDK would otherwise sleep until the period resets), a rate
+    /// limit must not (it is worth retrying after `Retry-After`).
+    #[test]
+    fn retry_hints() {
+        let mut quota = ApiError::new(ErrorCode::QuotaExceeded, "spent");
+        quota.retry_after = Some(54_000);
+        let res = quota.into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[SHOULD_RETRY], "false");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "54000");
+        let mut rate = ApiError::new(ErrorCode::RateLimited, "slow down");
+        rate.retry_after = Some(3);
+        let res = rate.into_response();
+        assert!(res.headers().get(SHOULD_RETRY).is_none());
+        assert_eq!(res.headers()[header::RETRY_AFTER], "3");
+        // A 413's body was not read: the connection cannot carry another request.
+        let res = ApiError::new(ErrorCode::PayloadTooLarge, "big").into_response();
+        assert_eq!(res.headers()[header::CONNECTION], "close");
+        let res = ApiError::validation("n", "bad").into_response();
+        assert!(res.headers().get(header::CONNECTION).is_none());
+    }
+}

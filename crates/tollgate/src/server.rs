@@ -309,6 +309,137 @@ mod tests {
         (addr, shutdown, task)
     }
 
+    /// A server whose `/refuse` answers 413 without reading the body (as the body limit does).
+    async fn spawn_refusing(
+        linger: Lingering,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/refuse",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    [(axum::http::header::CONNECTION, "close")],
+                    "too large",
+                )
+            }),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve_with(
+            listener,
+            router,
+            shutdown.clone(),
+            Duration::from_secs(1),
+            HEAD_TIMEOUT,
+            linger,
+        ));
+        (addr, shutdown, task)
+    }
+
+    const UPLOAD_HEAD: &[u8] =
+        b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n";
+
+    /// Reads until end of file (`Ok`) or a reset (`Err`), with what arrived.
+    async fn read_all(tcp: &mut tokio::net::tcp::OwnedReadHalf) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+                Ok(Ok(0)) => return (got, true),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) => return (got, false),
+                Err(_) => panic!("never closed"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_is_read_and_discarded_while_the_connection_closes() {
+        let (addr, shutdown, task) = spawn_refusing(Lingering::default()).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        wr.write_all(UPLOAD_HEAD).await.unwrap();
+        // The client keeps uploading 4 MiB after the answer was sent; every write succeeds.
+        let chunk = vec![b'x'; 64 * 1024];
+        for i in 0..64 {
+            wr.write_all(&chunk)
+                .await
+                .unwrap_or_else(|e| panic!("write {i}: {e}"));
+            if i % 8 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Then it stops and reads: the whole answer, then the server's FIN.
+        wr.shutdown().await.unwrap();
+        let (got, clean) = read_all(&mut rd).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.ends_with("too large"), "{text}");
+        assert!(clean, "closed, not reset");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_reads_within_its_bounds() {
+        let linger = Lingering {
+            time: Duration::from_secs(5),
+            idle: Duration::from_millis(200),
+            max_bytes: 1024 * 1024,
+        };
+        // Past `max_bytes` the connection is closed, though the client keeps sending.
+        let (addr, shutdown, task) = spawn_refusing(linger).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        wr.write_all(UPLOAD_HEAD).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            while sent < 100_000_000 && wr.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let (got, _) = read_all(&mut rd).await;
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"));
+        let sent = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the upload was cut")
+            .unwrap();
+        assert!(
+            (1024 * 1024..100_000_000).contains(&sent),
+            "read about max_bytes, then closed: {sent}"
+        );
+        // A client that goes quiet is closed after `idle`.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        wr.write_all(UPLOAD_HEAD).await.unwrap();
+        let started = std::time::Instant::now();
+        let (got, _) = read_all(&mut rd).await;
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        shutdown.cancel();
+        task.await.unwrap();
+        // The server's shutdown ends lingering too (long before its bounds).
+        let (addr, shutdown, task) = spawn_refusing(Lingering {
+            idle: Duration::from_secs(5),
+            ..linger
+        })
+        .await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_rd, mut wr) = tcp.into_split();
+        wr.write_all(UPLOAD_HEAD).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_millis(500), task)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(wr);
+    }
+
     #[tokio::test]
     async fn serves_keep_alive_requests_with_the_peer_address() {
         let (addr, shutdown, task) = spawn(Duration::from_secs(1)).await;
