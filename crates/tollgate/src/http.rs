@@ -204,7 +204,7 @@ fn finish(res: &mut Response, done: Done, span: &tracing::Span) {
     }
 }
 
-/// Fallback for unknown paths: a JSON 404 (with `x-request-id`, added by [`observe`]).
+/// Fallback for unknown paths: a JSON 404 (with `x-request-id`, added by [`ObserveLayer`]).
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No such route")
 }
@@ -260,9 +260,9 @@ pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes,
 /// The body limit of every route (see the module docs). A request whose `Content-Length` is
 /// over the limit is answered `413` at once, its body unread (the response says `Connection:
 /// close`, and the server reads and discards the rest while it closes, so the client can read
-/// the answer); a body without `Content-Length` is wrapped so that reading past the limit fails.
-/// Bodies with a `Content-Length` within the limit pass untouched (hyper never delivers more than
-/// the announced length).
+/// the answer); a body of unknown length (chunked) is wrapped so that reading past the limit
+/// fails. Bodies of a known length within the limit pass untouched (hyper never delivers more
+/// than the announced length).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimitLayer {
     limit: usize,
@@ -309,11 +309,17 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        use axum::body::HttpBody as _;
         use futures_util::future::Either;
-        match content_length(req.headers()) {
-            Some(len) if len > self.limit as u64 => Either::Left(std::future::ready(Ok(
-                too_large(self.limit).into_response(),
-            ))),
+        // The body's own framing as hyper parsed it: an exact length for a `Content-Length`
+        // body, no upper bound for a chunked one (even when a `Content-Length` header came too).
+        let hint = req.body().size_hint();
+        let limit = self.limit as u64;
+        match hint.upper() {
+            _ if hint.lower() > limit => Either::Left(std::future::ready(Ok(too_large(
+                self.limit,
+            )
+            .into_response()))),
             Some(_) => Either::Right(self.inner.call(req)),
             None => {
                 let limit = self.limit;

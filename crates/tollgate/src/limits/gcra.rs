@@ -34,13 +34,13 @@ pub fn gcra(tat: f64, now: f64, limit: u64, window_ms: f64, cost: u64) -> GcraOu
     let new_tat = tat + cost as f64 * interval;
     let over = new_tat - now - window_ms;
     let remaining = |t: f64| ((window_ms - (t - now)) / interval + 1e-6).floor().max(0.0) as u64;
-    if over > EPS {
+    if cost > limit || over > EPS {
         GcraOutcome {
             allowed: false,
             new_tat: tat,
             remaining: remaining(tat),
             reset_ms: tat - now,
-            retry_ms: over,
+            retry_ms: over.max(0.0),
         }
     } else {
         GcraOutcome {
@@ -179,6 +179,10 @@ mod tests {
         assert!(!gcra(0.0, NOW, 1000, MINUTE_MS, u64::MAX).allowed);
         assert!(!gcra(0.0, NOW, 1000, MINUTE_MS, 1001).allowed);
         assert!(gcra(0.0, NOW, 1000, MINUTE_MS, 1000).allowed);
+        // Exactly, also where the float tolerance is larger than one unit.
+        let big = 10_000_000_000;
+        assert!(!gcra(0.0, NOW, big, MINUTE_MS, big + 1).allowed);
+        assert!(gcra(0.0, NOW, big, MINUTE_MS, big).allowed);
         // Refunds never push the TAT before now.
         assert_eq!(gcra_adjust(0.0, NOW, 10, MINUTE_MS, -5), NOW);
     }

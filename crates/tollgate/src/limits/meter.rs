@@ -123,8 +123,10 @@ pub fn estimate_tokens(
     })
 }
 
-/// Admission for one inference request. Errors are `429 RATE_LIMITED` / `QUOTA_EXCEEDED`
-/// carrying `Retry-After` and the rate-limit headers (their usage record is written here).
+/// Admission for one inference request. Errors are `422 VALIDATION_FAILED` for an out-of-range
+/// number in the body (nothing reserved, no usage record) or for an estimate no per-minute limit
+/// could ever admit, and `429 RATE_LIMITED` / `QUOTA_EXCEEDED` carrying `Retry-After`; those
+/// decided by the limiter carry the rate-limit headers and their usage record is written here.
 pub async fn admit(
     state: &AppState,
     caller: &Principal,

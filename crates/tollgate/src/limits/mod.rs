@@ -6,7 +6,10 @@
 //! scope that applies, all-or-nothing, so the tightest one decides.
 //!
 //! * Admission ([`meter::admit`]) reserves: one request, the estimated tokens (prompt size +
-//!   `max_tokens`), one concurrency slot, and the quota units.
+//!   `max_tokens`), one concurrency slot, and the quota units. The body's numbers are
+//!   range-checked first and all arithmetic saturates (limits and costs enter a decision at most
+//!   [`MAX_UNITS`]); a request whose estimate alone exceeds a limit is refused outright (`422`
+//!   for a per-minute limit, `QUOTA_EXCEEDED` for a quota), never told to retry.
 //! * Settlement (when the [`meter::Meter`] drops: response sent, stream finished *or* cut by the
 //!   client) releases the slot, reconciles tokens with the upstream's reported usage, and refunds
 //!   the quota of a request that failed.

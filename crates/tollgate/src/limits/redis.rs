@@ -73,7 +73,7 @@ for i = 1, n do
     if tat < now then tat = now end
     local new_tat = tat + cost * interval
     local over = new_tat - now - WINDOW
-    if over > 0.01 then
+    if cost > limit or over > 0.01 then
       denied(i, over, false)
       remaining = math.floor((WINDOW - (tat - now)) / interval + 1e-6)
       reset = tat - now
