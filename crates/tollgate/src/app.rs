@@ -226,6 +226,11 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::identity::routes(&state))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
+        // One body limit for every route (inside `Observe`, so a 413 has its request id and
+        // its access-log line).
+        .layer(crate::http::BodyLimitLayer::new(
+            state.config.max_body_bytes,
+        ))
         .layer(crate::http::ObserveLayer::new(state.clone()))
         .layer(
             tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([

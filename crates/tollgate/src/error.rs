@@ -1,6 +1,12 @@
 //! The one HTTP error type. Every failure a client can see is an [`ApiError`]; it maps to a status,
 //! an OpenAI-shaped JSON body with the spec's `code`, and (for 401/403) an RFC 6750 challenge.
 //! `IntoResponse` has no side effects: logging happens in the request middleware.
+//!
+//! Retry hints: `429 RATE_LIMITED` carries `Retry-After` only (retrying after it succeeds);
+//! `429 QUOTA_EXCEEDED` carries `x-should-retry: false` as well, which the official OpenAI SDKs
+//! obey before `Retry-After` (which stays informative: when the period resets). A `413` carries
+//! `Connection: close`: its body was not read, so the connection cannot carry another request
+//! (the server closes it in stages, see `server.rs`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -187,6 +193,9 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// `x-should-retry`: read by the official OpenAI SDKs before `Retry-After`.
+pub const SHOULD_RETRY: header::HeaderName = header::HeaderName::from_static("x-should-retry");
+
 /// Marker placed in response extensions so the access log and metrics can read the error code.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorMarker(pub ErrorCode);
@@ -202,6 +211,15 @@ impl IntoResponse for ApiError {
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        match self.code {
+            ErrorCode::QuotaExceeded => {
+                headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+            }
+            ErrorCode::PayloadTooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         for (k, v) in self.headers {
             headers.insert(k, v);
@@ -228,5 +246,33 @@ impl From<crate::store::StoreError> for ApiError {
             }
             StoreError::Other(cause) => ApiError::internal(cause),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The official SDKs read `x-should-retry` before `Retry-After`: a spent quota must say
+    /// `false` (the `openai` Node SDK would otherwise sleep until the period resets), a rate
+    /// limit must not (it is worth retrying after `Retry-After`).
+    #[test]
+    fn retry_hints() {
+        let mut quota = ApiError::new(ErrorCode::QuotaExceeded, "spent");
+        quota.retry_after = Some(54_000);
+        let res = quota.into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[SHOULD_RETRY], "false");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "54000");
+        let mut rate = ApiError::new(ErrorCode::RateLimited, "slow down");
+        rate.retry_after = Some(3);
+        let res = rate.into_response();
+        assert!(res.headers().get(SHOULD_RETRY).is_none());
+        assert_eq!(res.headers()[header::RETRY_AFTER], "3");
+        // A 413's body was not read: the connection cannot carry another request.
+        let res = ApiError::new(ErrorCode::PayloadTooLarge, "big").into_response();
+        assert_eq!(res.headers()[header::CONNECTION], "close");
+        let res = ApiError::validation("n", "bad").into_response();
+        assert!(res.headers().get(header::CONNECTION).is_none());
     }
 }

@@ -1,5 +1,13 @@
-//! Request plumbing shared by every route: request ids, the access log and HTTP metrics, the JSON
-//! body extractor whose rejections are our own error shape, and the audit request metadata.
+//! Request plumbing shared by every route: request ids, the access log and HTTP metrics, the body
+//! limit, the body extractors whose rejections are our own error shape, and the audit request
+//! metadata.
+//!
+//! One body limit for every route (`max_body_bytes`), one error shape: [`BodyLimitLayer`] wraps
+//! every route, so a body announced larger than the limit is refused with the JSON `413
+//! PAYLOAD_TOO_LARGE` before any handler, guard or extractor runs, and a body without
+//! `Content-Length` (chunked) cannot be read past the limit by anyone. The extractors ([`Json`],
+//! [`OptionalJson`], [`RawJson`], [`BodyBytes`] for forms) read through [`read_limited`], which
+//! turns the limit into the same `413`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,7 +204,7 @@ fn finish(res: &mut Response, done: Done, span: &tracing::Span) {
     }
 }
 
-/// Fallback for unknown paths: a JSON 404 (with `x-request-id`, added by [`observe`]).
+/// Fallback for unknown paths: a JSON 404 (with `x-request-id`, added by [`ObserveLayer`]).
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No such route")
 }
@@ -219,21 +227,114 @@ pub struct RawJson {
     pub value: serde_json::Value,
 }
 
+/// `413 PAYLOAD_TOO_LARGE` for a body over `limit` bytes.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("The request body is larger than {limit} bytes"),
+    )
+}
+
+/// The announced body length, when there is one.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Reads a whole body of at most `limit` bytes: over it is `413 PAYLOAD_TOO_LARGE`, a body that
+/// cannot be read is `400 INVALID_REQUEST`.
+pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large(limit);
+            }
+            source = s.source();
+        }
+        ApiError::invalid_request("Could not read the request body")
+    })
+}
+
+/// The body limit of every route (see the module docs). A request whose `Content-Length` is
+/// over the limit is answered `413` at once, its body unread (the response says `Connection:
+/// close`, and the server reads and discards the rest while it closes, so the client can read
+/// the answer); a body of unknown length (chunked) is wrapped so that reading past the limit
+/// fails. Bodies of a known length within the limit pass untouched (hyper never delivers more
+/// than the announced length).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitLayer {
+    limit: usize,
+}
+
+impl BodyLimitLayer {
+    pub fn new(limit: usize) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+    fn layer(&self, inner: S) -> BodyLimit<S> {
+        BodyLimit {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BodyLimit<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> tower::Service<Request> for BodyLimit<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response, std::convert::Infallible>>,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use axum::body::HttpBody as _;
+        use futures_util::future::Either;
+        // The body's own framing as hyper parsed it: an exact length for a `Content-Length`
+        // body, no upper bound for a chunked one (even when a `Content-Length` header came too).
+        let hint = req.body().size_hint();
+        let limit = self.limit as u64;
+        match hint.upper() {
+            _ if hint.lower() > limit => Either::Left(std::future::ready(Ok(too_large(
+                self.limit,
+            )
+            .into_response()))),
+            Some(_) => Either::Right(self.inner.call(req)),
+            None => {
+                let limit = self.limit;
+                let req =
+                    req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)));
+                Either::Right(self.inner.call(req))
+            }
+        }
+    }
+}
+
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("The request body is larger than {limit} bytes"),
-        )
-    };
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(too_large());
+    if content_length(req.headers()).is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
     }
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
         && !ct
@@ -246,18 +347,23 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
             "Content-Type must be application/json",
         ));
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = source {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return too_large();
-                }
-                source = s.source();
-            }
-            ApiError::invalid_request("Could not read the request body")
-        })
+    read_limited(req.into_body(), limit).await
+}
+
+/// A whole body of any content type (OAuth form posts), read within the body limit: over it is
+/// the JSON `413 PAYLOAD_TOO_LARGE` (axum's own `Bytes` would answer a plain-text 413 at its
+/// own 2 MB default).
+pub struct BodyBytes(pub Bytes);
+
+impl FromRequest<AppState> for BodyBytes {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.config.max_body_bytes;
+        if content_length(req.headers()).is_some_and(|len| len > limit as u64) {
+            return Err(too_large(limit));
+        }
+        read_limited(req.into_body(), limit).await.map(BodyBytes)
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -127,14 +127,22 @@ pub enum RawCredential<'a> {
     SubscriptionId(&'a str),
 }
 
+/// A credential header's one value. Sent more than once, it is ambiguous: a proxy in front that
+/// reads another of the values than we do would see another caller (`400 AUTH_AMBIGUOUS`).
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim()))
-            .map_err(|_| ApiError::auth_invalid(format!("The {name} header is not valid text"))),
+    let mut values = headers.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::AuthAmbiguous,
+            format!("The {name} header was sent more than once; send one credential"),
+        ));
     }
+    v.to_str()
+        .map(|s| Some(s.trim()))
+        .map_err(|_| ApiError::auth_invalid(format!("The {name} header is not valid text")))
 }
 
 fn looks_like_jwt(s: &str) -> bool {
@@ -152,12 +160,21 @@ fn looks_like_jwt(s: &str) -> bool {
     parts == 3
 }
 
-/// Step 1 and 2: find and classify the credential (SPEC §2). No I/O.
+/// Step 1 and 2: find and classify the credential (SPEC §2). No I/O. Every credential header
+/// this route reads (`Authorization`, `X-API-Key`, and `x-user-id` on optional routes) must
+/// appear at most once, whichever of them wins.
 pub fn extract<'a>(
     headers: &'a HeaderMap,
     level: AuthLevel,
     key_prefix: &str,
 ) -> Result<Option<RawCredential<'a>>, ApiError> {
+    // Even where a secret credential wins over it, an `x-user-id` sent twice is ambiguous.
+    if level == AuthLevel::Optional && headers.get_all("x-user-id").iter().nth(1).is_some() {
+        return Err(ApiError::new(
+            ErrorCode::AuthAmbiguous,
+            "The x-user-id header was sent more than once; send one credential",
+        ));
+    }
     let bearer = match header_str(headers, "authorization")? {
         None => None,
         Some(v) => {
@@ -564,6 +581,51 @@ mod tests {
         ]);
         assert_eq!(
             extract(&h, AuthLevel::Optional, "tgk").unwrap(),
+            Some(RawCredential::ApiKey(&key))
+        );
+    }
+
+    #[test]
+    fn a_credential_header_sent_twice_is_ambiguous() {
+        let key = apikey::generate("tgk").plaintext;
+        let auth = format!("Bearer {key}");
+        let twice = |name: &'static str, a: &str, b: &str| {
+            let mut h = HeaderMap::new();
+            h.append(name, HeaderValue::from_str(a).unwrap());
+            h.append(name, HeaderValue::from_str(b).unwrap());
+            h
+        };
+        for level in [AuthLevel::Required, AuthLevel::Optional] {
+            // Different values, and even the same value twice.
+            for h in [
+                twice("authorization", &auth, "Bearer aaa.bbb.ccc"),
+                twice("authorization", &auth, &auth),
+                twice("x-api-key", &key, "tgk_other"),
+                twice("x-api-key", &key, &key),
+            ] {
+                let err = extract(&h, level, "tgk").unwrap_err();
+                assert_eq!(err.code, ErrorCode::AuthAmbiguous, "{h:?}");
+            }
+        }
+        // x-user-id counts (and so must be single) only on optional routes.
+        let h = twice(
+            "x-user-id",
+            "66ec1726e728c1405e5ebca2",
+            "66ec1726e728c1405e5ebca3",
+        );
+        assert_eq!(
+            extract(&h, AuthLevel::Optional, "tgk").unwrap_err().code,
+            ErrorCode::AuthAmbiguous
+        );
+        assert_eq!(extract(&h, AuthLevel::Required, "tgk").unwrap(), None);
+        let mut h = h;
+        h.insert("authorization", HeaderValue::from_str(&auth).unwrap());
+        assert_eq!(
+            extract(&h, AuthLevel::Optional, "tgk").unwrap_err().code,
+            ErrorCode::AuthAmbiguous
+        );
+        assert_eq!(
+            extract(&h, AuthLevel::Required, "tgk").unwrap(),
             Some(RawCredential::ApiKey(&key))
         );
     }

@@ -6,7 +6,11 @@
 //! 2. the key is chosen by the verifier (by `kid` among keys it already trusts), and the token's
 //!    `alg` must be that key's one algorithm (no HS256-with-an-RSA-public-key confusion);
 //! 3. `jsonwebtoken::decode` checks the signature, then the claims with one `Validation` per key:
-//!    `exp` required, `nbf` checked, `iss`/`aud` pinned; `exp`/`nbf` of the wrong JSON type fail.
+//!    `exp` required, `nbf` checked, `iss`/`aud` pinned; `exp`/`nbf` of the wrong JSON type fail;
+//! 4. every NumericDate (`exp`, `nbf`, `iat`) must lie in [`NUMERIC_DATE_MAX`]'s range, 0 to the
+//!    end of the year 9999 ([`check_numeric_dates`], used by every JWT kind: platform, external
+//!    and app tokens), so arithmetic on them (`exp - iat`, milliseconds) can never overflow and a
+//!    token can never be made to live forever.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +25,57 @@ pub const FORBIDDEN_HEADERS: &[&str] = &["jku", "x5u", "jwk", "x5c", "crit"];
 
 fn malformed() -> ApiError {
     ApiError::auth_invalid("The token is not a well-formed JWT")
+}
+
+/// The largest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later (or negative, or not a
+/// finite number) is refused, so `exp - iat` and `exp * 1000` always fit an `i64`.
+pub const NUMERIC_DATE_MAX: i64 = 253_402_300_799;
+
+/// A NumericDate claim (RFC 7519 §2) as whole seconds: `None` when absent; an error when it is not
+/// a number, or is outside `0..=NUMERIC_DATE_MAX`. A fractional value (allowed by the RFC) is
+/// rounded down; every value in range is exact in an `f64`, so no precision is lost.
+pub fn numeric_date(claims: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(v) = claims.get(name) else {
+        return Ok(None);
+    };
+    let out_of_range = || {
+        ApiError::auth_invalid(format!(
+            "The token's {name} claim is not a NumericDate between 1970 and 9999"
+        ))
+    };
+    let Value::Number(n) = v else {
+        return Err(ApiError::auth_invalid(format!(
+            "The token's {name} claim has the wrong type"
+        )));
+    };
+    let secs = if let Some(u) = n.as_u64() {
+        i64::try_from(u).map_err(|_| out_of_range())?
+    } else if n.is_i64() {
+        // Only negative integers are left here.
+        return Err(out_of_range());
+    } else {
+        let f = n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(out_of_range)?;
+        if !(0.0..=NUMERIC_DATE_MAX as f64).contains(&f) {
+            return Err(out_of_range());
+        }
+        f.floor() as i64
+    };
+    if secs > NUMERIC_DATE_MAX {
+        return Err(out_of_range());
+    }
+    Ok(Some(secs))
+}
+
+/// Checks every NumericDate claim a token carries (`exp`, `nbf`, `iat`): each one, when present,
+/// must be a number in range (see [`numeric_date`]).
+pub fn check_numeric_dates(claims: &Value) -> Result<(), ApiError> {
+    for c in ["exp", "nbf", "iat"] {
+        numeric_date(claims, c)?;
+    }
+    Ok(())
 }
 
 /// Decodes and checks the protected header. Returns it as JSON.
@@ -135,16 +190,9 @@ pub fn verify(
     if !claims.is_object() {
         return Err(malformed());
     }
-    // RFC 7519 NumericDate: `iat`, like `exp` and `nbf`, must be a number when present.
-    for c in ["exp", "nbf", "iat"] {
-        if let Some(v) = claims.get(c)
-            && !v.is_number()
-        {
-            return Err(ApiError::auth_invalid(format!(
-                "The token's {c} claim has the wrong type"
-            )));
-        }
-    }
+    // RFC 7519 NumericDate: `iat`, like `exp` and `nbf`, must be a number when present, and
+    // every one of them in range.
+    check_numeric_dates(&claims)?;
     Ok(claims)
 }
 
@@ -299,5 +347,63 @@ mod tests {
         let ok = serde_json::json!({"exp": 4_000_000_000u64, "nbf": 1u64});
         let t = jsonwebtoken::encode(&h, &ok, &enc).unwrap();
         assert!(verify(&t, Algorithm::HS256, &key, &v).is_ok());
+    }
+
+    #[test]
+    fn numeric_dates_are_range_checked() {
+        use serde_json::json;
+        let get = |v: Value| numeric_date(&json!({ "iat": v }), "iat");
+        assert_eq!(get(json!(0)).unwrap(), Some(0));
+        assert_eq!(get(json!(1_700_000_000)).unwrap(), Some(1_700_000_000));
+        assert_eq!(get(json!(1_700_000_000.75)).unwrap(), Some(1_700_000_000));
+        assert_eq!(
+            get(json!(NUMERIC_DATE_MAX)).unwrap(),
+            Some(NUMERIC_DATE_MAX)
+        );
+        assert_eq!(numeric_date(&json!({}), "iat").unwrap(), None);
+        for bad in [
+            json!(-1),
+            json!(i64::MIN),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(-1e308),
+            json!(1e308),
+            json!(-0.5),
+            json!(NUMERIC_DATE_MAX + 1),
+            json!(NUMERIC_DATE_MAX as f64 + 1.0),
+            json!("1700000000"),
+            json!(null),
+            json!(true),
+        ] {
+            let err = get(bad.clone()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::AuthInvalid, "{bad}");
+        }
+        assert!(check_numeric_dates(&json!({"exp": 4_000_000_000u64, "nbf": 1, "iat": 2})).is_ok());
+        assert!(check_numeric_dates(&json!({"exp": 4_000_000_000u64, "iat": -1})).is_err());
+    }
+
+    /// Far-future `exp` and huge negative `iat` are refused by the shared verifier, whichever
+    /// kind of token it checks (platform and external tokens go through [`verify`]).
+    #[test]
+    fn out_of_range_dates_fail_verification() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let key = DecodingKey::from_secret(secret);
+        let enc = jsonwebtoken::EncodingKey::from_secret(secret);
+        let h = jsonwebtoken::Header::new(Algorithm::HS256);
+        let v = validation(Algorithm::HS256, None, None, 0);
+        for claims in [
+            serde_json::json!({"exp": i64::MAX}),
+            serde_json::json!({"exp": i64::MAX, "iat": i64::MIN}),
+            serde_json::json!({"exp": 4_000_000_000u64, "iat": -1e308}),
+            serde_json::json!({"exp": 4_000_000_000u64, "nbf": -5}),
+            serde_json::json!({"exp": 1e300}),
+        ] {
+            let t = jsonwebtoken::encode(&h, &claims, &enc).unwrap();
+            assert_eq!(
+                verify(&t, Algorithm::HS256, &key, &v).unwrap_err().code,
+                ErrorCode::AuthInvalid,
+                "{claims}"
+            );
+        }
     }
 }

@@ -352,16 +352,23 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(&state, e),
     };
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return html(
-            StatusCode::BAD_REQUEST,
-            &page_html(
-                "Cannot sign in",
-                None,
-                Some("The form could not be read."),
-                None,
-            ),
-        );
+    // The one body limit of every route, and its one error shape (the JSON 413).
+    let bytes = match crate::http::read_limited(body, state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) if e.code == crate::error::ErrorCode::PayloadTooLarge => {
+            return e.into_response();
+        }
+        Err(_) => {
+            return html(
+                StatusCode::BAD_REQUEST,
+                &page_html(
+                    "Cannot sign in",
+                    None,
+                    Some("The form could not be read."),
+                    None,
+                ),
+            );
+        }
     };
     let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&bytes)
         .map(|(k, v)| (k.to_string(), v.to_string()))

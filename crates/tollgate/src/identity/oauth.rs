@@ -4,10 +4,11 @@
 //!
 //! The OAuth endpoints answer RFC 6749 errors (`{"error": "invalid_grant", ...}`); the `/v1/auth`
 //! helpers that are not token endpoints (`identify`, `authorize`, `logout`) use the API's errors.
+//! Bodies are read within the one body limit of every route (`crate::http::BodyBytes`): a body
+//! over it is the API's JSON `413 PAYLOAD_TOO_LARGE`, on these endpoints too.
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::http::{Json, Meta, OptionalJson};
+use crate::http::{BodyBytes, Json, Meta, OptionalJson};
 use crate::identity::tokens::{self, Grant};
 use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::identity::{self as idstore, AuthCode, Family, OAuthClient, RefreshToken};
@@ -696,7 +697,7 @@ pub async fn token(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<TokenResponse, OAuthError> {
     let form = parse_form(&headers, &body)?;
     state.auth.identity.maybe_prune(state.store.pool());
@@ -760,7 +761,7 @@ pub async fn json_token(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<TokenResponse, OAuthError> {
     let body: JsonTokenBody = parse_json_body(&headers, &body)?;
     let mut form = HashMap::new();
@@ -805,7 +806,7 @@ pub async fn json_refresh(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<TokenResponse, OAuthError> {
     let body: RefreshBody = parse_json_body(&headers, &body)?;
     let client = match &body.client_id {
@@ -913,7 +914,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, OAuthError> {
     let form = parse_form(&headers, &body)?;
     let client = authenticate_client(&state, &headers, &form, &meta).await?;
@@ -984,7 +985,7 @@ pub async fn introspect(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, OAuthError> {
     let form = parse_form(&headers, &body)?;
     let client = authenticate_client(&state, &headers, &form, &meta).await?;

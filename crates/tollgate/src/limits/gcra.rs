@@ -25,22 +25,22 @@ pub struct GcraOutcome {
 
 /// Generic cell rate algorithm: `limit` units per `window_ms`, a burst of up to `limit`.
 /// `tat` is the stored theoretical arrival time (anything ≤ `now` means a full bucket). A cost
-/// larger than the limit is clamped to the limit (it drains a full bucket rather than never
-/// passing).
+/// larger than the limit is never allowed (it could not fit even a full bucket; letting it drain
+/// one would admit a request of any size once a minute).
 pub fn gcra(tat: f64, now: f64, limit: u64, window_ms: f64, cost: u64) -> GcraOutcome {
     let limit = limit.max(1);
     let interval = window_ms / limit as f64;
     let tat = tat.max(now);
-    let new_tat = tat + cost.min(limit) as f64 * interval;
+    let new_tat = tat + cost as f64 * interval;
     let over = new_tat - now - window_ms;
     let remaining = |t: f64| ((window_ms - (t - now)) / interval + 1e-6).floor().max(0.0) as u64;
-    if over > EPS {
+    if cost > limit || over > EPS {
         GcraOutcome {
             allowed: false,
             new_tat: tat,
             remaining: remaining(tat),
             reset_ms: tat - now,
-            retry_ms: over,
+            retry_ms: over.max(0.0),
         }
     } else {
         GcraOutcome {
@@ -172,9 +172,17 @@ mod tests {
         // The real cost was 100: refund 700, and 800 fits again.
         let tat = gcra_adjust(o.new_tat, NOW, 1000, MINUTE_MS, 100 - 800);
         assert!(gcra(tat, NOW, 1000, MINUTE_MS, 800).allowed);
-        // A cost above the limit drains a full bucket instead of never passing.
+        // A cost above the limit never passes, not even on a full bucket (it used to drain one,
+        // which let a request of any size through once a minute); the limit itself does.
         let o = gcra(0.0, NOW, 1000, MINUTE_MS, 5000);
-        assert!(o.allowed && o.remaining == 0);
+        assert!(!o.allowed && o.remaining == 1000);
+        assert!(!gcra(0.0, NOW, 1000, MINUTE_MS, u64::MAX).allowed);
+        assert!(!gcra(0.0, NOW, 1000, MINUTE_MS, 1001).allowed);
+        assert!(gcra(0.0, NOW, 1000, MINUTE_MS, 1000).allowed);
+        // Exactly, also where the float tolerance is larger than one unit.
+        let big = 10_000_000_000;
+        assert!(!gcra(0.0, NOW, big, MINUTE_MS, big + 1).allowed);
+        assert!(gcra(0.0, NOW, big, MINUTE_MS, big).allowed);
         // Refunds never push the TAT before now.
         assert_eq!(gcra_adjust(0.0, NOW, 10, MINUTE_MS, -5), NOW);
     }

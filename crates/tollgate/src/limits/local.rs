@@ -136,13 +136,13 @@ impl LocalLimiter {
                 }
                 Dim::Concurrent => {
                     let used = st.rates.get(&c.scope).map_or(0, |r| r.concurrent);
-                    if used + c.cost > c.limit {
+                    if used.checked_add(c.cost).is_none_or(|n| n > c.limit) {
                         deny(i, 1000.0, false, &mut denied);
                     } else {
                         pending.push((i, 0.0));
                     }
                     states.push(CheckState {
-                        remaining: c.limit.saturating_sub(used + c.cost),
+                        remaining: c.limit.saturating_sub(used.saturating_add(c.cost)),
                         reset_ms: 0,
                         period_start: 0,
                     });
@@ -154,10 +154,16 @@ impl LocalLimiter {
                         .get(&(c.scope.clone(), c.dim, start))
                         .copied()
                         .unwrap_or_default();
-                    let cost = c.cost as i64;
-                    let left = c.limit as i64 - (cell.used - cell.budget);
-                    let need = cost - cell.budget;
-                    if need <= 0 {
+                    // Limits and costs are at most `MAX_UNITS` (2^53 - 1): these fit an i64.
+                    let cost = i64::try_from(c.cost).unwrap_or(i64::MAX);
+                    let limit = i64::try_from(c.limit).unwrap_or(i64::MAX);
+                    let left = limit.saturating_sub(cell.used.saturating_sub(cell.budget));
+                    let need = cost.saturating_sub(cell.budget);
+                    if c.cost > c.limit {
+                        // Larger than the whole quota: no lease could ever cover it, so the
+                        // store is not asked.
+                        deny(i, (end - now_ms) as f64, true, &mut denied);
+                    } else if need <= 0 {
                         pending.push((i, 0.0));
                     } else if cell.exhausted_until_ms > now_ms && need >= cell.short_of {
                         deny(i, (end - now_ms) as f64, true, &mut denied);
@@ -169,7 +175,7 @@ impl LocalLimiter {
                         });
                     }
                     states.push(CheckState {
-                        remaining: (left - cost).max(0) as u64,
+                        remaining: left.saturating_sub(cost).max(0) as u64,
                         reset_ms: (end - now_ms).max(0) as u64,
                         period_start: start,
                     });
@@ -201,12 +207,16 @@ impl LocalLimiter {
                 Dim::Requests => with_rate_cell(st, &c.scope, |r| r.req_tat = v),
                 Dim::Tokens => with_rate_cell(st, &c.scope, |r| r.tok_tat = v),
                 Dim::Concurrent => {
-                    with_rate_cell(st, &c.scope, |r| r.concurrent += c.cost);
+                    with_rate_cell(st, &c.scope, |r| {
+                        r.concurrent = r.concurrent.saturating_add(c.cost);
+                    });
                 }
                 Dim::RequestsDay | Dim::TokensMonth => {
                     let key = (c.scope.clone(), c.dim, states[i].period_start);
                     let cell = st.quotas.entry(key).or_default();
-                    cell.budget -= c.cost as i64;
+                    cell.budget = cell
+                        .budget
+                        .saturating_sub(i64::try_from(c.cost).unwrap_or(i64::MAX));
                     cell.touched_ms = now_ms;
                 }
             }
@@ -225,7 +235,7 @@ impl LocalLimiter {
             .quotas
             .entry((c.scope.clone(), c.dim, n.period_start))
             .or_default();
-        cell.budget += granted;
+        cell.budget = cell.budget.saturating_add(granted);
         cell.used = used;
         cell.touched_ms = now_ms;
         if granted > 0 {
@@ -243,9 +253,9 @@ impl LocalLimiter {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
         for ((scope, dim, start), cell) in st.quotas.iter_mut() {
-            if cell.budget != 0 && now_ms - cell.touched_ms >= idle_ms {
+            if cell.budget != 0 && now_ms.saturating_sub(cell.touched_ms) >= idle_ms {
                 out.push((scope.clone(), *dim, *start, cell.budget));
-                cell.used -= cell.budget;
+                cell.used = cell.used.saturating_sub(cell.budget);
                 cell.budget = 0;
             }
         }
@@ -281,7 +291,7 @@ impl LocalLimiter {
                     if delta != 0
                         && let Some(cell) = st.quotas.get_mut(&(c.scope.clone(), c.dim, start))
                     {
-                        cell.budget -= delta;
+                        cell.budget = cell.budget.saturating_sub(delta);
                         cell.touched_ms = now_ms;
                     }
                 }
@@ -438,6 +448,28 @@ mod tests {
         let d = decided(l.decide(&checks, NOW + 9000));
         l.settle(&checks, &d.states, &[400], NOW + 9000);
         assert_eq!(l.take_idle(NOW + 9000, 0)[0].3, -400);
+    }
+
+    #[test]
+    fn a_cost_larger_than_a_limit_is_refused_without_a_lease() {
+        let l = LocalLimiter::default();
+        // Larger than the whole quota: refused at once, the store is not asked for a lease.
+        let checks = [check("big", Dim::TokensMonth, 100, 101)];
+        let d = decided(l.decide(&checks, NOW));
+        assert_eq!(d.denied, Some(0));
+        let (_, end) = gcra::Period::Month.bounds(NOW);
+        assert_eq!(d.retry_ms as i64, end - NOW);
+        // Larger than a per-minute limit: refused even on a full bucket.
+        let checks = [check("big", Dim::Tokens, 100, 101)];
+        assert_eq!(decided(l.decide(&checks, NOW)).denied, Some(0));
+        let checks = [check("big", Dim::Tokens, 100, 100)];
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
+        // Extreme values saturate instead of wrapping.
+        let checks = [check("max", Dim::Concurrent, u64::MAX, u64::MAX)];
+        assert!(decided(l.decide(&checks, NOW)).denied.is_none());
+        assert_eq!(decided(l.decide(&checks, NOW)).denied, Some(0));
+        let checks = [check("max", Dim::RequestsDay, u64::MAX, u64::MAX)];
+        assert_eq!(needs(l.decide(&checks, NOW))[0].need, i64::MAX as u64);
     }
 
     #[test]

@@ -37,43 +37,96 @@ pub fn end_user(p: &Principal, header: Option<&str>, body: &Value) -> Option<Str
         .filter(|s| !s.is_empty())
 }
 
-fn text_len(v: &Value) -> usize {
+/// The largest token count a request may ask for (`max_tokens`, `max_completion_tokens`) and an
+/// upstream's reported usage is taken at: 2^31 - 1, the largest value upstreams that read it as a
+/// 32-bit integer accept. Larger requested values are refused (`422`); larger reported ones are
+/// counted as this, so every sum of token counts stays far from overflowing.
+pub const MAX_TOKENS: u64 = i32::MAX as u64;
+
+/// The largest `n` (completions or images per request): OpenAI's ceiling for chat.
+pub const MAX_N: u64 = 128;
+
+/// Bytes of request text counted per token in the prompt estimate.
+const BYTES_PER_TOKEN: u64 = 4;
+
+/// Bytes of prompt text (strings anywhere under the value; a number, as in a pre-tokenised
+/// embeddings input, counts as one token's worth).
+fn text_len(v: &Value) -> u64 {
     match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(text_len).sum(),
-        Value::Object(o) => o.values().map(text_len).sum(),
+        Value::String(s) => s.len() as u64,
+        Value::Number(_) => BYTES_PER_TOKEN,
+        Value::Array(a) => a.iter().fold(0, |n, v| n.saturating_add(text_len(v))),
+        Value::Object(o) => o.values().fold(0, |n, v| n.saturating_add(text_len(v))),
         _ => 0,
     }
 }
 
-/// Tokens estimated at admission: the prompt (≈ 4 bytes per token) plus the completion budget
-/// (`max_completion_tokens`/`max_tokens`, else `default_max_tokens` for chat), times `n`.
-pub fn estimate_tokens(body: &Value, chat: bool, default_max_tokens: u64) -> (u64, u64) {
-    let prompt_text: usize = ["messages", "input", "prompt"]
-        .iter()
-        .filter_map(|k| body.get(*k))
-        .map(text_len)
-        .sum();
-    let prompt = (prompt_text as u64).div_ceil(4).max(1);
-    let max = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64);
-    let completion = match max {
-        Some(m) => m,
-        None if chat => default_max_tokens,
-        None => 0,
-    };
-    let n = body
-        .get("n")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, 128);
-    (prompt, prompt + completion.saturating_mul(n))
+/// An optional whole-number parameter in `1..=max`: absent or `null` is `None`; anything else
+/// (negative, fractional, a string, too large) is `422 VALIDATION_FAILED` naming it.
+fn count_param(body: &Value, name: &str, max: u64) -> Result<Option<u64>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::validation(
+                name,
+                format!("{name} must be a whole number from 1 to {max}"),
+            )),
+        },
+    }
 }
 
-/// Admission for one inference request. Errors are `429 RATE_LIMITED` / `QUOTA_EXCEEDED`
-/// carrying `Retry-After` and the rate-limit headers (their usage record is written here).
+/// What admission reserves for a request, in tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// The prompt alone (≈ 4 bytes per token, at least 1).
+    pub prompt: u64,
+    /// The prompt plus the completion budget times `n`.
+    pub total: u64,
+    /// The body field a client lowers to make the estimate smaller (named by the `422` of a
+    /// request whose estimate can never fit a tokens-per-minute limit).
+    pub param: Option<&'static str>,
+}
+
+/// Tokens estimated at admission: the prompt (≈ 4 bytes per token) plus the completion budget
+/// (the larger of `max_completion_tokens` and `max_tokens`, else `default_max_tokens` for chat),
+/// times `n`. Every number from the body is range-checked (`422` naming the field) and the
+/// arithmetic saturates, so no request can make its own estimate wrap around.
+pub fn estimate_tokens(
+    body: &Value,
+    chat: bool,
+    default_max_tokens: u64,
+) -> Result<Estimate, ApiError> {
+    let mut prompt_field = None;
+    let mut prompt_text: u64 = 0;
+    for k in ["messages", "input", "prompt"] {
+        if let Some(v) = body.get(k) {
+            prompt_field.get_or_insert(k);
+            prompt_text = prompt_text.saturating_add(text_len(v));
+        }
+    }
+    let prompt = prompt_text.div_ceil(BYTES_PER_TOKEN).max(1);
+    let max_completion = count_param(body, "max_completion_tokens", MAX_TOKENS)?;
+    let max_tokens = count_param(body, "max_tokens", MAX_TOKENS)?;
+    let n = count_param(body, "n", MAX_N)?.unwrap_or(1);
+    let (completion, param) = match (max_completion, max_tokens) {
+        (Some(a), Some(b)) if b > a => (b, Some("max_tokens")),
+        (Some(a), _) => (a, Some("max_completion_tokens")),
+        (None, Some(b)) => (b, Some("max_tokens")),
+        (None, None) if chat => (default_max_tokens.min(MAX_TOKENS), Some("max_tokens")),
+        (None, None) => (0, prompt_field),
+    };
+    Ok(Estimate {
+        prompt,
+        total: prompt.saturating_add(completion.saturating_mul(n)),
+        param,
+    })
+}
+
+/// Admission for one inference request. Errors are `422 VALIDATION_FAILED` for an out-of-range
+/// number in the body (nothing reserved, no usage record) or for an estimate no per-minute limit
+/// could ever admit, and `429 RATE_LIMITED` / `QUOTA_EXCEEDED` carrying `Retry-After`; those
+/// decided by the limiter carry the rate-limit headers and their usage record is written here.
 pub async fn admit(
     state: &AppState,
     caller: &Principal,
@@ -83,8 +136,8 @@ pub async fn admit(
     info: &RequestInfo,
 ) -> Result<Meter, ApiError> {
     let chat = route == "chat/completions";
-    let (prompt_estimate, estimate) =
-        estimate_tokens(body, chat, state.limits.config().default_max_tokens);
+    let est = estimate_tokens(body, chat, state.limits.config().default_max_tokens)?;
+    let (prompt_estimate, estimate) = (est.prompt, est.total);
     let record = UsageRecord {
         ts: crate::util::now_ms(),
         request_id: info.request_id.clone(),
@@ -122,13 +175,17 @@ pub async fn admit(
             status: 200,
             outcome: None,
         }),
-        Err(err) => {
+        Err(mut err) => {
+            // A request too large for a per-minute limit ever to admit: name what to lower.
+            if err.code == crate::error::ErrorCode::ValidationFailed {
+                err.param = est.param.map(str::to_string);
+            }
             let mut record = record;
             record.status = err.code.status().as_u16();
-            record.outcome = if err.code == crate::error::ErrorCode::QuotaExceeded {
-                "quota_exceeded"
-            } else {
-                "rate_limited"
+            record.outcome = match err.code {
+                crate::error::ErrorCode::QuotaExceeded => "quota_exceeded",
+                crate::error::ErrorCode::ValidationFailed => "too_large",
+                _ => "rate_limited",
             };
             crate::usage::Usage::send(permit, record);
             Err(err)
@@ -236,17 +293,23 @@ impl Drop for Meter {
         let cut = ok && !self.complete && self.outcome.is_none();
         // Tokens: what the upstream reported; for a stream cut before its usage chunk, the
         // prompt estimate plus one token per forwarded chunk.
+        // Reported counts are the upstream's word: capped, so sums cannot overflow.
         let (prompt, completion, actual) = match self.usage {
-            Some(u) => (
-                u.prompt_tokens,
-                u.completion_tokens,
-                Some(u.prompt_tokens + u.completion_tokens),
-            ),
-            None if ok && self.chunks > 0 => (
-                self.prompt_estimate,
-                self.chunks,
-                Some(self.prompt_estimate + self.chunks),
-            ),
+            Some(u) => {
+                let (p, c) = (
+                    u.prompt_tokens.min(MAX_TOKENS),
+                    u.completion_tokens.min(MAX_TOKENS),
+                );
+                (p, c, Some(p + c))
+            }
+            None if ok && self.chunks > 0 => {
+                let c = self.chunks.min(MAX_TOKENS);
+                (
+                    self.prompt_estimate,
+                    c,
+                    Some(self.prompt_estimate.saturating_add(c)),
+                )
+            }
             None if ok => (0, 0, None),
             None => (0, 0, Some(0)),
         };
@@ -271,17 +334,76 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn est(body: Value, chat: bool) -> (u64, u64) {
+        let e = estimate_tokens(&body, chat, 256).unwrap();
+        (e.prompt, e.total)
+    }
+
     #[test]
     fn estimates_prompt_and_completion() {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "0123456789abcdef"}],
             "max_tokens": 100});
-        let (p, total) = estimate_tokens(&body, true, 256);
+        let (p, total) = est(body, true);
         assert!(p >= 4 && total == p + 100, "{p} {total}");
         let body = json!({"model": "m", "messages": [], "n": 2});
-        let (p, total) = estimate_tokens(&body, true, 256);
+        let (p, total) = est(body, true);
         assert_eq!(total, p + 512);
         let body = json!({"model": "e", "input": "hello world"});
-        let (p, total) = estimate_tokens(&body, false, 256);
+        let (p, total) = est(body, false);
         assert_eq!(p, total);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_and_never_wrap() {
+        // The values that used to wrap the estimate around to about one token.
+        for (body, param) in [
+            (json!({"max_tokens": u64::MAX}), "max_tokens"),
+            (json!({"max_tokens": 1u64 << 63, "n": 2}), "max_tokens"),
+            (json!({"max_tokens": 1u64 << 62, "n": 4}), "max_tokens"),
+            (
+                json!({"max_completion_tokens": u64::MAX}),
+                "max_completion_tokens",
+            ),
+            (json!({"max_tokens": MAX_TOKENS + 1}), "max_tokens"),
+            (json!({"max_tokens": -1}), "max_tokens"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_tokens": 10.5}), "max_tokens"),
+            (json!({"max_tokens": 1e300}), "max_tokens"),
+            (json!({"max_tokens": "100"}), "max_tokens"),
+            (json!({"n": 0}), "n"),
+            (json!({"n": -2}), "n"),
+            (json!({"n": MAX_N + 1}), "n"),
+            (json!({"n": u64::MAX, "max_tokens": 2}), "n"),
+        ] {
+            let err = estimate_tokens(&body, true, 256).unwrap_err();
+            assert_eq!(
+                err.code,
+                crate::error::ErrorCode::ValidationFailed,
+                "{body}"
+            );
+            assert_eq!(err.param.as_deref(), Some(param), "{body}");
+        }
+        // The largest accepted values give the largest estimate, without wrapping.
+        let e = estimate_tokens(
+            &json!({"messages": [], "max_tokens": MAX_TOKENS, "max_completion_tokens": 5, "n": MAX_N}),
+            true,
+            256,
+        )
+        .unwrap();
+        assert_eq!(e.total, 1 + MAX_TOKENS * MAX_N);
+        assert_eq!(e.param, Some("max_tokens"));
+        // `null` is absent; a configured default budget beyond the ceiling is capped.
+        let e = estimate_tokens(&json!({"max_tokens": null}), true, u64::MAX).unwrap();
+        assert_eq!(e.total, 1 + MAX_TOKENS);
+    }
+
+    #[test]
+    fn pre_tokenised_inputs_count() {
+        // Token ids count one token each; strings 4 bytes per token.
+        let ids: Vec<u64> = (0..400).collect();
+        let (p, _) = est(json!({"input": [ids]}), false);
+        assert_eq!(p, 400);
+        let e = estimate_tokens(&json!({"input": "x"}), false, 256).unwrap();
+        assert_eq!(e.param, Some("input"));
     }
 }

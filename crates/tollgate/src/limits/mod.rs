@@ -6,7 +6,10 @@
 //! scope that applies, all-or-nothing, so the tightest one decides.
 //!
 //! * Admission ([`meter::admit`]) reserves: one request, the estimated tokens (prompt size +
-//!   `max_tokens`), one concurrency slot, and the quota units.
+//!   `max_tokens`), one concurrency slot, and the quota units. The body's numbers are
+//!   range-checked first and all arithmetic saturates (limits and costs enter a decision at most
+//!   [`MAX_UNITS`]); a request whose estimate alone exceeds a limit is refused outright (`422`
+//!   for a per-minute limit, `QUOTA_EXCEEDED` for a quota), never told to retry.
 //! * Settlement (when the [`meter::Meter`] drops: response sent, stream finished *or* cut by the
 //!   client) releases the slot, reconciles tokens with the upstream's reported usage, and refunds
 //!   the quota of a request that failed.
@@ -54,6 +57,11 @@ pub use meter::{Meter, admit};
 /// response can carry the rate-limit headers (SPEC §7). An explicit `0` removes a ceiling.
 pub const DEFAULT_TENANT_REQUESTS_PER_MINUTE: u64 = 10_000_000;
 pub const DEFAULT_TENANT_TOKENS_PER_MINUTE: u64 = 10_000_000_000;
+
+/// The largest limit or cost a decision works with (2^53 - 1): larger configured limits count as
+/// this (in effect unlimited). Every value then fits an `i64` with room to add, and is exact in
+/// the `f64` arithmetic of GCRA and of the Redis script (Lua numbers are doubles).
+pub const MAX_UNITS: u64 = (1 << 53) - 1;
 
 /// A set of limits for one scope. Absent or 0 = unlimited. The same shape serves a plan's
 /// `limits` (SPEC §4.2), a key's `rate_limit`, and the `[limits.*]` configuration tables.
@@ -368,13 +376,13 @@ impl Limits {
                     continue;
                 };
                 let cost = match dim {
-                    Dim::Tokens | Dim::TokensMonth => estimate,
+                    Dim::Tokens | Dim::TokensMonth => estimate.min(MAX_UNITS),
                     _ => 1,
                 };
                 checks.push(Check {
                     scope: scope.clone(),
                     dim,
-                    limit,
+                    limit: limit.min(MAX_UNITS),
                     cost,
                 });
             }
@@ -575,10 +583,27 @@ impl Limits {
                 ))
             }
             Some(i) => {
+                // A request whose cost alone exceeds a limit can never be admitted, whenever it
+                // is retried: it is told so (and not to retry), the per-minute case first.
+                let never = checks
+                    .iter()
+                    .filter(|c| c.cost > c.limit)
+                    .min_by_key(|c| c.dim.is_quota());
+                if let Some(c) = never {
+                    let err = self.never_fits(c, now_ms, headers);
+                    self.metrics
+                        .decisions
+                        .get_or_create(&DecisionLabels {
+                            outcome: "too_large",
+                            backend: backend_label,
+                        })
+                        .inc();
+                    return Err(err);
+                }
                 let c = &checks[i];
                 let secs = gcra::retry_after_secs(decision.retry_ms);
                 let mut err = if c.dim.is_quota() {
-                    let resets = now_ms + decision.retry_ms as i64;
+                    let resets = now_ms.saturating_add(decision.retry_ms as i64);
                     ApiError::new(
                         ErrorCode::QuotaExceeded,
                         format!(
@@ -618,6 +643,45 @@ impl Limits {
         }
     }
 
+    /// The refusal of a request whose token estimate alone is larger than limit `c`: for a
+    /// per-minute limit `422 VALIDATION_FAILED` (retrying can never help, so it is not a 429:
+    /// clients retry those), for a token quota `429 QUOTA_EXCEEDED` (with `x-should-retry:
+    /// false`, and `Retry-After` saying when the period resets).
+    fn never_fits(&self, c: &Check, now_ms: i64, headers: RateHeaders) -> ApiError {
+        let mut err = if c.dim.is_quota() {
+            let (_, end) = c.dim.period().bounds(now_ms);
+            let mut err = ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "This request's estimated {} tokens exceed the quota of {} {} for this {}; \
+                     lower max_tokens (or the prompt)",
+                    c.cost,
+                    c.limit,
+                    c.dim.describe(),
+                    c.scope.kind.as_str()
+                ),
+            );
+            err.retry_after = Some(gcra::retry_after_secs(
+                end.saturating_sub(now_ms).max(0) as f64
+            ));
+            err
+        } else {
+            ApiError::new(
+                ErrorCode::ValidationFailed,
+                format!(
+                    "This request's estimated {} tokens exceed the limit of {} {} for this {}, \
+                     so it can never be admitted; lower max_tokens (or the prompt)",
+                    c.cost,
+                    c.limit,
+                    c.dim.describe(),
+                    c.scope.kind.as_str()
+                ),
+            )
+        };
+        err.headers = headers.into_vec();
+        err
+    }
+
     /// Settles a reservation. `ok`: the request counts against request quotas (it was answered
     /// successfully); `actual_tokens`: the real cost (`None` = keep the estimate).
     pub fn settle(self: &Arc<Self>, r: Reservation, ok: bool, actual_tokens: Option<u64>) {
@@ -625,9 +689,12 @@ impl Limits {
             .checks
             .iter()
             .map(|c| match c.dim {
-                Dim::Tokens | Dim::TokensMonth => {
-                    actual_tokens.map_or(0, |a| a as i64 - c.cost as i64)
-                }
+                Dim::Tokens | Dim::TokensMonth => actual_tokens.map_or(0, |a| {
+                    // Both are at most `MAX_UNITS`-sized in practice; saturate all the same.
+                    let a = i64::try_from(a.min(MAX_UNITS)).unwrap_or(i64::MAX);
+                    let cost = i64::try_from(c.cost).unwrap_or(i64::MAX);
+                    a.saturating_sub(cost)
+                }),
                 Dim::RequestsDay if !ok => -1,
                 _ => 0,
             })

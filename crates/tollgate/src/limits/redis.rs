@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::{Check, CheckState, Decision, Dim};
+use super::{Check, CheckState, Decision, Dim, MAX_UNITS};
 
 /// KEYS[i] per check; ARGV = n, member, lease_ms, then per check: kind, limit, cost, seed.
 /// Returns {deny_index (0 = allowed), retry_ms, then per check: remaining, reset_ms, period}.
@@ -71,9 +71,9 @@ for i = 1, n do
     local interval = WINDOW / limit
     local tat = tonumber(redis.call('GET', key) or '0')
     if tat < now then tat = now end
-    local new_tat = tat + math.min(cost, limit) * interval
+    local new_tat = tat + cost * interval
     local over = new_tat - now - WINDOW
-    if over > 0.01 then
+    if cost > limit or over > 0.01 then
       denied(i, over, false)
       remaining = math.floor((WINDOW - (tat - now)) / interval + 1e-6)
       reset = tat - now
@@ -246,12 +246,19 @@ impl RedisLimiter {
     ) -> Result<Decision, String> {
         let mut inv = self.admit.prepare_invoke();
         inv.arg(checks.len()).arg(member).arg(self.lease_ms);
+        // Lua numbers are doubles: every argument is kept exact (at most 2^53 - 1).
         for (i, c) in checks.iter().enumerate() {
             inv.key(self.key(c));
             inv.arg(dim_code(c.dim))
-                .arg(c.limit)
-                .arg(c.cost)
-                .arg(seeds.get(i).copied().unwrap_or(0));
+                .arg(c.limit.clamp(1, MAX_UNITS))
+                .arg(c.cost.min(MAX_UNITS))
+                .arg(
+                    seeds
+                        .get(i)
+                        .copied()
+                        .unwrap_or(0)
+                        .clamp(0, MAX_UNITS as i64),
+                );
         }
         let reply: Vec<i64> = self.run(inv).await?;
         if reply.len() != 2 + 3 * checks.len() {
@@ -286,8 +293,9 @@ impl RedisLimiter {
         let mut n = 0usize;
         let mut keys = Vec::new();
         let mut args: Vec<(String, u64, i64)> = Vec::new();
+        let exact = MAX_UNITS as i64;
         for (i, c) in checks.iter().enumerate() {
-            let delta = deltas.get(i).copied().unwrap_or(0);
+            let delta = deltas.get(i).copied().unwrap_or(0).clamp(-exact, exact);
             match c.dim {
                 Dim::Requests => continue,
                 Dim::Tokens if delta == 0 => continue,
@@ -314,7 +322,7 @@ impl RedisLimiter {
         inv.arg(n).arg(member);
         for (k, (kind, limit, delta)) in keys.into_iter().zip(args) {
             inv.key(k);
-            inv.arg(kind).arg(limit).arg(delta);
+            inv.arg(kind).arg(limit.clamp(1, MAX_UNITS)).arg(delta);
         }
         let _: i64 = self.run(inv).await?;
         Ok(())

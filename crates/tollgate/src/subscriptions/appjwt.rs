@@ -92,18 +92,9 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> ApiError {
     }
 }
 
+/// A NumericDate claim, range-checked by the shared JWS core (0 to the year 9999).
 fn numeric(claims: &Value, name: &str) -> Result<Option<i64>, ApiError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .map(Some)
-            .ok_or_else(|| ApiError::auth_invalid(format!("The token's {name} is malformed"))),
-        Some(_) => Err(ApiError::auth_invalid(format!(
-            "The token's {name} must be a NumericDate"
-        ))),
-    }
+    crate::identity::jws::numeric_date(claims, name)
 }
 
 fn valid_pointer(p: &str) -> bool {
@@ -250,6 +241,7 @@ pub async fn verify_app_jwt(
 
 /// The rules jsonwebtoken does not know: `iat`, the lifetime cap, the shape of `aud`.
 fn check_claims(auth: &Auth, access: &SubscriptionAccess, claims: &Value) -> Result<(), ApiError> {
+    crate::identity::jws::check_numeric_dates(claims)?;
     let now = crate::util::now_ms() / 1000;
     let leeway = LEEWAY_SECONDS as i64;
     let exp = numeric(claims, "exp")?.ok_or_else(|| invalid("The token has no exp claim"))?;
