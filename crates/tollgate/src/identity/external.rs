@@ -372,6 +372,15 @@ pub async fn create(
                     "You cannot grant permissions you do not hold",
                 ));
             }
+            if ids
+                .iter()
+                .any(|r| r == crate::auth::permissions::OWNER_ROLE)
+            {
+                return Err(ApiError::validation(
+                    "default_role",
+                    "An identity provider's tokens can never hold the owner role",
+                ));
+            }
             ids.into_iter().next()
         }
         None => None,

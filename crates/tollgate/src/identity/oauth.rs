@@ -190,13 +190,18 @@ pub fn parse_form(headers: &HeaderMap, body: &[u8]) -> OAuthResult<HashMap<Strin
 
 fn basic_credentials(headers: &HeaderMap) -> OAuthResult<Option<(String, String)>> {
     use base64::Engine;
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
         return Ok(None);
     };
     let bad = || OAuthError {
         basic: true,
         ..OAuthError::invalid_client("Malformed Basic credentials")
     };
+    // Two Authorization headers: a proxy in front could read the other one.
+    if values.next().is_some() {
+        return Err(OAuthError::invalid_request("Send one Authorization header"));
+    }
     let v = v.to_str().map_err(|_| bad())?;
     let Some((scheme, rest)) = v.split_once(' ') else {
         return Err(bad());

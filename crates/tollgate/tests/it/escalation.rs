@@ -29,6 +29,8 @@ store_tests!(
     an_admin_cannot_demote_or_remove_an_owner,
     a_narrowed_owner_credential_is_not_an_owner,
     no_custom_role_passes_for_owner,
+    no_identity_provider_grants_owner,
+    two_basic_authorizations_are_refused,
 );
 
 /// A key of the owner with `scopes`; returns (id, key).
@@ -841,4 +843,61 @@ async fn no_custom_role_passes_for_owner(app: TestApp) {
         )
         .await;
     refused(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
+}
+
+/// An identity provider's `default_role` can never be `owner`, not even when an owner registers
+/// it: its tokens would carry the owner role for any address it asserts.
+async fn no_identity_provider_grants_owner(app: TestApp) {
+    let res = app
+        .post(
+            "/v1/identity-providers",
+            &app.owner_key,
+            json!({"issuer": "https://idp.example.com", "jwks_url": "https://idp.example.com/jwks.json",
+                   "audience": "tollgate", "default_role": "owner"}),
+        )
+        .await;
+    let err = expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
+    assert_eq!(err["error"]["param"], "default_role");
+    let list: Value = app
+        .get("/v1/identity-providers", &app.owner_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"], json!([]), "nothing was registered: {list}");
+}
+
+/// Client authentication with two `Authorization` headers is refused: a proxy in front could
+/// read the other one.
+async fn two_basic_authorizations_are_refused(app: TestApp) {
+    let (cid, secret) = service_account(&app, &app.owner_key, &["developer"]).await;
+    use base64::Engine;
+    let basic = |id: &str, s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{s}"))
+        )
+    };
+    let res = app
+        .client
+        .post(app.url("/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic(&cid, &secret))
+        .header("authorization", basic(&cid, "wrong"))
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    expect_oauth_error(res, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // One header works.
+    let res = app
+        .client
+        .post(app.url("/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic(&cid, &secret))
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }
