@@ -30,6 +30,9 @@ pub struct Inner {
     pub proxy: Proxy,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// Work a request hands off to finish after its answer (a sign-up's account and mail);
+    /// waited for at shutdown, so none of it is cut off.
+    pub followups: tokio_util::task::TaskTracker,
     /// Rate limits and quotas (local, or Redis with a local fallback).
     pub limits: Arc<crate::limits::Limits>,
     /// The usage queue and its batched writer.
@@ -85,6 +88,7 @@ impl AppState {
             proxy,
             metrics,
             shutdown: CancellationToken::new(),
+            followups: tokio_util::task::TaskTracker::new(),
             limits,
             usage,
             outbound,
@@ -283,6 +287,16 @@ impl Application {
         )
         .await;
         crate::subscriptions::operations::drain(&state).await;
+        state.followups.close();
+        if tokio::time::timeout(grace, state.followups.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = state.followups.len(),
+                "follow-up work still running at the end of the shutdown grace"
+            );
+        }
         for t in tasks {
             t.abort();
         }

@@ -119,7 +119,8 @@ pub async fn signup(
         .take(200)
         .collect::<String>();
     let answer = signup_accepted(&email);
-    tokio::spawn(finish_signup(state, meta, email, name, hash));
+    let followups = state.followups.clone();
+    followups.spawn(finish_signup(state, meta, email, name, hash));
     Ok(answer)
 }
 

@@ -11,7 +11,8 @@ use crate::store_tests;
 
 store_tests!(
     a_known_address_answers_like_a_new_one,
-    concurrent_sign_ups_of_one_address_make_one_account
+    concurrent_sign_ups_of_one_address_make_one_account,
+    a_sign_up_answered_before_shutdown_is_finished
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -193,4 +194,18 @@ async fn concurrent_sign_ups_of_one_address_make_one_account(app: TestApp) {
         1,
         "one verification, three notices"
     );
+}
+
+/// The part of a sign-up that runs after its answer is waited for at shutdown: a server
+/// stopped right after answering has still written every account's verification mail.
+async fn a_sign_up_answered_before_shutdown_is_finished(mut app: TestApp) {
+    let emails: Vec<String> = (0..8).map(|i| format!("late{i}@example.com")).collect();
+    let answers =
+        futures_util::future::join_all(emails.iter().map(|e| signup(&app, e, PASSWORD))).await;
+    assert!(answers.iter().all(|(s, _)| *s == StatusCode::ACCEPTED));
+    app.stop().await;
+    let all = mails(&app);
+    for e in &emails {
+        assert_eq!(mails_to(&all, e).len(), 1, "{e}: {all:?}");
+    }
 }
