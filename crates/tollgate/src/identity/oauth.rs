@@ -187,7 +187,7 @@ pub fn parse_form(headers: &HeaderMap, body: &[u8]) -> OAuthResult<HashMap<Strin
     Ok(out)
 }
 
-fn basic_credentials(headers: &HeaderMap) -> OAuthResult<Option<(String, String)>> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> OAuthResult<Option<(String, String)>> {
     use base64::Engine;
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);

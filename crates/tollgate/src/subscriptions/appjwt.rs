@@ -92,7 +92,7 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> ApiError {
     }
 }
 
-fn numeric(claims: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn numeric(claims: &Value, name: &str) -> Result<Option<i64>, ApiError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
@@ -149,7 +149,7 @@ pub fn parse_binding(claims: &Value) -> Result<Option<Binding>, ApiError> {
 }
 
 /// Checks the header: a known `alg`, a `kid`, and none of the key-carrying headers.
-fn check_header(token: &str) -> Result<(jsonwebtoken::Header, String), ApiError> {
+pub(crate) fn check_header(token: &str) -> Result<(jsonwebtoken::Header, String), ApiError> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| invalid("The token header is malformed or names an unsupported alg"))?;
     if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some()

@@ -15,6 +15,7 @@ mod alerts;
 mod app_jwt;
 mod audit;
 mod errors;
+mod fuzz_replay;
 mod keys;
 mod limits;
 mod operations;

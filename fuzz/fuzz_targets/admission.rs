@@ -1,0 +1,9 @@
+#![no_main]
+//! `tollgate::fuzzing::admission` under libFuzzer (see that function for the input format).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if tollgate::fuzzing::pending::skips("admission", data) {
+        return;
+    }
+    tollgate::fuzzing::admission(data);
+});

@@ -1,0 +1,9 @@
+#![no_main]
+//! `tollgate::fuzzing::jwt_classify` under libFuzzer (see that function for the input format).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if tollgate::fuzzing::pending::skips("jwt_classify", data) {
+        return;
+    }
+    tollgate::fuzzing::jwt_classify(data);
+});
