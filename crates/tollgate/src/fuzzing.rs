@@ -53,15 +53,16 @@ pub const TARGETS: &[(&str, Target)] = &[
 pub mod pending {
     use serde_json::Value;
 
-    /// `limits::meter::estimate_tokens` adds the prompt to a saturated `max_tokens × n` (overflow:
-    /// a panic with overflow checks, a wrapped ~1-token estimate without them). Skips bodies
-    /// whose completion budget is within `2^48` of `u64::MAX` after multiplying by `n`.
-    pub fn estimate_overflow(body: &Value) -> bool {
+    /// `limits::meter::estimate_tokens` adds the prompt to a saturated `max_tokens × n` (or to
+    /// `default_max_tokens × n`) without saturating: a panic with overflow checks, a wrapped
+    /// ~1-token estimate without them. Skips bodies whose completion budget is within `2^48` of
+    /// `u64::MAX` after multiplying by `n`.
+    pub fn estimate_overflow(body: &Value, chat: bool, default_max_tokens: u64) -> bool {
         let budget = body
             .get("max_completion_tokens")
             .or_else(|| body.get("max_tokens"))
             .and_then(Value::as_u64)
-            .unwrap_or(0);
+            .unwrap_or(if chat { default_max_tokens } else { 0 });
         let n = body
             .get("n")
             .and_then(Value::as_u64)
@@ -70,13 +71,41 @@ pub mod pending {
         budget.saturating_mul(n) > u64::MAX - (1 << 48)
     }
 
+    /// `config::Config::finish` trims the trailing `/` of `public_url` after it filled in the
+    /// default for an empty one, so `public_url = "/"` ends as `""` (an empty JWT issuer), and a
+    /// second `finish` changes it again.
+    pub fn public_url_only_slashes(text: &str) -> bool {
+        crate::config::Config::from_toml(text).is_ok_and(|c| {
+            !c.public_url.is_empty() && c.public_url.trim_end_matches('/').is_empty()
+        })
+    }
+
+    /// `identity::jws::verify` with a pinned issuer accepts an `iss` that is an array holding
+    /// it (jsonwebtoken treats an array as a set and accepts any overlap); RFC 7519's `iss` is
+    /// one string. Not reachable through `auth::jwt::classify`, which routes only string
+    /// issuers.
+    pub fn iss_not_a_string(claims: &Value) -> bool {
+        claims.get("iss").is_some_and(|i| !i.is_string())
+    }
+
     /// Whether `target` skips `data` (see the functions above).
     pub fn skips(target: &str, data: &[u8]) -> bool {
         match target {
-            "admission" => data
-                .get(1..)
-                .and_then(|body| serde_json::from_slice::<Value>(body).ok())
-                .is_some_and(|body| estimate_overflow(&body)),
+            "admission" => {
+                let (f, body) = super::flags(data);
+                let (endpoint, default_max_tokens) = super::admission_settings(f);
+                serde_json::from_slice::<Value>(body).is_ok_and(|body| {
+                    let chat = endpoint == crate::proxy::Endpoint::Chat;
+                    estimate_overflow(&body, chat, default_max_tokens)
+                })
+            }
+            "config_toml" => std::str::from_utf8(data).is_ok_and(public_url_only_slashes),
+            "jws_claims" => {
+                let (f, rest) = super::flags(data);
+                let (_, claims) = super::split_nul(rest);
+                f & 1 == 1
+                    && serde_json::from_slice::<Value>(claims).is_ok_and(|c| iss_not_a_string(&c))
+            }
             _ => false,
         }
     }
@@ -349,8 +378,9 @@ pub fn jwt_classify(data: &[u8]) {
         let Some(obj) = header.as_object() else {
             panic!("a checked header that is not an object");
         };
-        let alg = obj.get("alg").and_then(Value::as_str).unwrap_or_default();
-        assert!(!alg.is_empty() && !alg.eq_ignore_ascii_case("none"));
+        // Any `alg` string but `none` passes here; an unknown one fails at `header_alg`.
+        let alg = obj.get("alg").and_then(Value::as_str);
+        assert!(alg.is_some_and(|a| !a.eq_ignore_ascii_case("none")));
         assert!(!jws::FORBIDDEN_HEADERS.iter().any(|k| obj.contains_key(*k)));
         let _ = jws::header_alg(header);
     }
@@ -622,6 +652,14 @@ pub fn sse(data: &[u8]) {
     assert_eq!(out, events.concat(), "coalesce lost or reordered bytes");
 }
 
+/// The endpoint (flag bits 1–2) and `default_max_tokens` (bits 3–4) of an admission input.
+fn admission_settings(f: u8) -> (crate::proxy::Endpoint, u64) {
+    use crate::proxy::Endpoint;
+    let endpoint =
+        [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Images][usize::from(f >> 1) % 3];
+    (endpoint, [0, 1, 256, u64::MAX][usize::from(f >> 3) % 4])
+}
+
 /// What admission runs on a client's JSON body: parsing as the `RawJson` extractor does, the
 /// model and `stream` fields, the upstream rewrite (`proxy::prepare`: model renaming,
 /// `stream_options` spliced in or re-serialised), and the token estimate
@@ -639,9 +677,7 @@ pub fn admission(data: &[u8]) {
     if !value.is_object() {
         return;
     }
-    let endpoint =
-        [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Images][usize::from(f >> 1) % 3];
-    let default_max_tokens = [0, 1, 256, u64::MAX][usize::from(f >> 3) % 4];
+    let (endpoint, default_max_tokens) = admission_settings(f);
     let Ok(model) = request_model(&value) else {
         return;
     };

@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 use tollgate::fuzzing::{TARGETS, pending};
 
 /// Crash inputs (`<target>/<file>` under `fuzz/artifacts`) whose fix is not on this branch.
-const PENDING: &[&str] = &[];
+const PENDING: &[&str] = &[
+    // limits::meter::estimate_tokens: `prompt + completion × n` overflows (no saturating add).
+    "admission/crash-6148d608c9cf2aa198c50dbdd2f76304cb992b12",
+    // config::Config::finish: `public_url = "/"` ends as "" (trimmed after the default).
+    "config_toml/review-public-url-only-slashes",
+    // identity::jws::verify: a pinned issuer accepts `iss: [issuer, other]`.
+    "jws_claims/review-iss-array-with-the-pinned-issuer",
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
