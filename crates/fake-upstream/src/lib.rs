@@ -428,7 +428,7 @@ fn chat(shared: &Shared, tracker: &mut Option<Tracker>, body: &Value, opts: &Fak
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "total_tokens": prompt_tokens.saturating_add(completion_tokens),
     });
     let id = format!("chatcmpl-fake{}", shared.started.load(Ordering::Relaxed));
     let created = now_secs();

@@ -392,10 +392,11 @@ impl Config {
 
     /// Fills derived defaults and rejects inconsistent settings.
     pub fn finish(&mut self) -> anyhow::Result<()> {
+        self.public_url = self.public_url.trim().trim_end_matches('/').to_string();
         if self.public_url.is_empty() {
             self.public_url = format!("http://{}", self.listen);
         }
-        self.public_url = self.public_url.trim_end_matches('/').to_string();
+        check_public_url(&self.public_url)?;
         if self.database_url.is_empty() {
             let path = self.data_dir.join("tollgate.db");
             self.database_url = Secret::new(format!("sqlite://{}", path.display()));
@@ -462,9 +463,53 @@ impl Config {
     }
 }
 
+/// `public_url` is the JWT issuer and the base of every link the gateway sends: an absolute
+/// `http`/`https` URL with a host, no user info, query or fragment.
+fn check_public_url(u: &str) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(u)
+        .map_err(|e| anyhow::anyhow!("public_url must be an absolute URL ({e}), got {u:?}"))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none_or(str::is_empty)
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        anyhow::bail!(
+            "public_url must be an http or https URL with a host and no user, query or fragment, got {u:?}"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_is_an_absolute_http_url() {
+        let finished = |text: &str| {
+            let mut c = Config::from_toml(text)?;
+            c.finish().map(|()| c)
+        };
+        let c = finished("public_url = \"/\"").unwrap();
+        assert_eq!(
+            c.public_url, "http://127.0.0.1:8080",
+            "only slashes = the default"
+        );
+        let c = finished("public_url = \"https://gw.example.com///\"").unwrap();
+        assert_eq!(c.public_url, "https://gw.example.com");
+        for bad in [
+            "gw.example.com",
+            "ftp://gw.example.com",
+            "https://u:p@gw.example.com",
+            "https://gw.example.com/?a=1",
+            "https://gw.example.com/#x",
+            "http://",
+        ] {
+            assert!(finished(&format!("public_url = {bad:?}")).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn toml_example_from_spec_parses() {

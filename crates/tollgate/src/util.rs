@@ -100,10 +100,20 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Parses RFC 3339 into epoch milliseconds.
+/// The first and last epoch milliseconds [`rfc3339`] can format: 0000-01-01T00:00:00.000Z and
+/// 9999-12-31T23:59:59.999Z (RFC 3339 has four-digit years).
+pub const RFC3339_MIN_MS: i64 = -62_167_219_200_000;
+pub const RFC3339_MAX_MS: i64 = 253_402_300_799_999;
+
+/// Parses RFC 3339 into epoch milliseconds (sub-millisecond digits round down). An offset can
+/// carry a time written in year 0000 or 9999 out of RFC 3339's range once in UTC
+/// (`9999-12-31T23:59:59-01:00`): that is `None`, so every parsed instant formats again.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    let ms = i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()?;
+    (RFC3339_MIN_MS..=RFC3339_MAX_MS)
+        .contains(&ms)
+        .then_some(ms)
 }
 
 /// Serialises an optional epoch-ms timestamp as RFC 3339 or null.
@@ -256,6 +266,23 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn rfc3339_refuses_instants_it_cannot_format() {
+        // Found by fuzzing: in range as written, year 10000 (or -1) in UTC.
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:30-23:50"), None);
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00+00:01"), None);
+        for ms in [RFC3339_MIN_MS, RFC3339_MAX_MS, -1, 0] {
+            let s = rfc3339(ms);
+            assert!(!s.is_empty(), "{ms}");
+            assert_eq!(parse_rfc3339(&s), Some(ms), "{s}");
+        }
+        assert_eq!(rfc3339(RFC3339_MAX_MS + 1), "");
+        assert_eq!(rfc3339(RFC3339_MIN_MS - 1), "");
+        // Sub-millisecond digits round down, before the epoch too.
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59.9995Z"), Some(-1));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.0005Z"), Some(0));
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl std::fmt::Debug for KeyHash {
     }
 }
 
-fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
+pub(crate) fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = u64::from(crc32fast::hash(random));
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {

@@ -193,6 +193,15 @@ pub fn verify(
     // RFC 7519 NumericDate: `iat`, like `exp` and `nbf`, must be a number when present, and
     // every one of them in range.
     check_numeric_dates(&claims)?;
+    // RFC 7519 §4.1.1: `iss` is one StringOrURI. The library accepts an array when one of its
+    // members is the pinned issuer; a token naming several issuers is not ours.
+    if let Some(iss) = claims.get("iss")
+        && !iss.is_string()
+    {
+        return Err(ApiError::auth_invalid(
+            "The token's iss claim has the wrong type",
+        ));
+    }
     Ok(claims)
 }
 

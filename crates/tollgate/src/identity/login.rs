@@ -143,7 +143,7 @@ async fn validate(state: &AppState, query: Option<&str>) -> Result<AuthzRequest,
     })
 }
 
-fn with_params(base: &str, params: &[(&str, &str)]) -> String {
+pub(crate) fn with_params(base: &str, params: &[(&str, &str)]) -> String {
     match url::Url::parse(base) {
         Ok(mut u) => {
             {
@@ -282,7 +282,7 @@ fn html(status: StatusCode, body: &str) -> Response {
     res
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -188,7 +188,7 @@ pub fn parse_form(headers: &HeaderMap, body: &[u8]) -> OAuthResult<HashMap<Strin
     Ok(out)
 }
 
-fn basic_credentials(headers: &HeaderMap) -> OAuthResult<Option<(String, String)>> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> OAuthResult<Option<(String, String)>> {
     use base64::Engine;
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(v) = values.next() else {

@@ -41,7 +41,7 @@ use tokio_rustls::client::TlsStream;
 use super::{ByteStream, UpstreamFailure};
 
 /// Largest response head accepted.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response header lines accepted.
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions) or trailer line accepted.
@@ -476,17 +476,17 @@ struct Conn {
 }
 
 /// What the response head says.
-struct Head {
-    status: StatusCode,
-    content_type: Option<HeaderValue>,
-    retry_after: Option<u64>,
-    framing: Framing,
-    keep_alive: bool,
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: Option<HeaderValue>,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) framing: Framing,
+    pub(crate) keep_alive: bool,
 }
 
 /// How the response body is delimited, and how much of it is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked(Chunk),
     /// Until the upstream closes the connection.
@@ -496,7 +496,7 @@ enum Framing {
 
 /// Where the chunked decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     DataEnd,
@@ -585,7 +585,7 @@ fn broken(what: &str) -> UpstreamFailure {
 }
 
 /// Parses a response head: `None` if incomplete, `Some((len, None))` for an interim `1xx`.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, Option<Head>)>, UpstreamFailure> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(usize, Option<Head>)>, UpstreamFailure> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -777,7 +777,10 @@ impl BodyReader {
 
 /// Takes the body data available in `buf` (all of it, across chunk boundaries) and advances
 /// `framing`; `Framing::Done` once the body is complete.
-fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, UpstreamFailure> {
+pub(crate) fn decode(
+    buf: &mut BytesMut,
+    framing: &mut Framing,
+) -> Result<Option<Bytes>, UpstreamFailure> {
     match framing {
         Framing::Done => Ok(None),
         Framing::Close => Ok((!buf.is_empty()).then(|| buf.split().freeze())),

@@ -438,7 +438,7 @@ async fn submit_async_images(
 /// when nothing changed, and a stream that only lacks `stream_options` gets it spliced in
 /// without re-serialising the body. Returns the body and whether the client itself asked for
 /// usage.
-fn prepare(
+pub(crate) fn prepare(
     raw: RawJson,
     route: &ModelRoute,
     stream: bool,
@@ -507,6 +507,26 @@ fn splice_first_member(json: &[u8], member: &[u8]) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// The model a client's body names: a non-empty string.
+pub(crate) fn request_model(value: &Value) -> Result<&str, ApiError> {
+    match value.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m),
+        _ => Err(ApiError::validation(
+            "model",
+            "The model field is required and must be a string",
+        )),
+    }
+}
+
+/// Whether the answer streams: `stream: true`, on chat only.
+pub(crate) fn request_stream(value: &Value, endpoint: Endpoint) -> Result<bool, ApiError> {
+    match value.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => Ok(endpoint == Endpoint::Chat),
+        Some(_) => Err(ApiError::validation("stream", "stream must be a boolean")),
+    }
+}
+
 async fn forward(
     state: &AppState,
     caller: Caller,
@@ -514,15 +534,7 @@ async fn forward(
     raw: RawJson,
     info: RequestInfo,
 ) -> Result<Response, ApiError> {
-    let model = match raw.value.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => {
-            return Err(ApiError::validation(
-                "model",
-                "The model field is required and must be a string",
-            ));
-        }
-    };
+    let model = request_model(&raw.value)?.to_string();
     let route = state.proxy.route(&model).cloned().ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
@@ -539,11 +551,7 @@ async fn forward(
     if let Some(binding) = &caller.binding {
         binding.check(&raw.value)?;
     }
-    let stream = match raw.value.get("stream") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) => endpoint == Endpoint::Chat,
-        Some(_) => return Err(ApiError::validation("stream", "stream must be a boolean")),
-    };
+    let stream = request_stream(&raw.value, endpoint)?;
     let (value, bytes, client_wants_usage) = prepare(raw, &route, stream)?;
     // Limits and quotas (429s carry their headers); the meter settles when it drops.
     let mut meter =
@@ -692,6 +700,11 @@ impl StreamState {
                     Ok(Some(Ok(bytes))) => {
                         self.splitter.push_bytes(bytes);
                         self.take_events();
+                        // An event that never ends would be held in memory without bound.
+                        if self.splitter.buffered() > sse::MAX_EVENT_BYTES {
+                            tracing::warn!(bytes = self.splitter.buffered(), "upstream SSE event too large");
+                            self.fail(&UpstreamFailure::Broken.to_api(), "upstream_error");
+                        }
                     }
                     Ok(None) => {
                         if let Some(rest) = self.splitter.remainder() {

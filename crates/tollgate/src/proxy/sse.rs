@@ -10,7 +10,19 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde_json::Value;
 
-/// Token counts reported by the upstream.
+/// The most tokens one count of an upstream's usage report is taken to say; larger values are
+/// cut to it. Reports are read as `u64`, but they are summed (prompt + completion, per minute,
+/// per month) and stored as `i64`: at most 2^31 − 1 each (the largest value upstreams that read
+/// a count as a 32-bit integer accept, and the ceiling admission puts on requested budgets), a
+/// sum of billions of records still fits, and no real request comes near it.
+pub const MAX_REPORTED_TOKENS: u64 = i32::MAX as u64;
+
+/// An SSE event (or the unterminated rest of a stream) larger than this is an upstream protocol
+/// error: the splitter holds an event until its end arrives, and no provider's event is near
+/// this size.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// Token counts reported by the upstream, each at most [`MAX_REPORTED_TOKENS`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -37,8 +49,8 @@ impl Usage {
     pub fn from_body(body: &[u8]) -> Result<Option<Self>, serde_json::Error> {
         let w: WithUsage = serde_json::from_slice(body)?;
         Ok(w.usage.map(|u| Self {
-            prompt_tokens: u.prompt_tokens.unwrap_or(0),
-            completion_tokens: u.completion_tokens.unwrap_or(0),
+            prompt_tokens: u.prompt_tokens.unwrap_or(0).min(MAX_REPORTED_TOKENS),
+            completion_tokens: u.completion_tokens.unwrap_or(0).min(MAX_REPORTED_TOKENS),
         }))
     }
 
@@ -51,23 +63,29 @@ impl Usage {
         if !u.is_object() {
             return None;
         }
-        Some(Self {
-            prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-            completion_tokens: u
-                .get("completion_tokens")
+        let count = |name: &str| {
+            u.get(name)
                 .and_then(Value::as_u64)
-                .unwrap_or(0),
+                .unwrap_or(0)
+                .min(MAX_REPORTED_TOKENS)
+        };
+        Some(Self {
+            prompt_tokens: count("prompt_tokens"),
+            completion_tokens: count("completion_tokens"),
         })
     }
 }
 
 /// Splits a byte stream into complete SSE events (each including its blank-line terminator).
 /// Events are cut out of the upstream chunk without copying; only an event that spans two
-/// chunks is copied (into `buf`).
+/// chunks is copied (into `buf`), and its bytes are searched for the boundary once, not again
+/// with every chunk that extends it.
 #[derive(Default)]
 pub struct EventSplitter {
     /// The start of an event whose end has not arrived yet. When not empty, `chunk` is empty.
     buf: BytesMut,
+    /// How much of `buf` is known to hold no boundary that starts there.
+    scanned: usize,
     /// The unconsumed rest of the last chunk (only while `buf` is empty).
     chunk: Bytes,
 }
@@ -114,15 +132,29 @@ impl EventSplitter {
                 return Some(self.chunk.split_to(end));
             }
             self.spill();
+            self.scanned = self.buf.len().saturating_sub(2);
             return None;
         }
-        let end = find_boundary(&self.buf)?;
+        // A boundary is at most 3 bytes: one that ends in new bytes starts at most 2 before.
+        let Some(end) = find_boundary(&self.buf[self.scanned..]) else {
+            self.scanned = self.buf.len().saturating_sub(2);
+            return None;
+        };
+        let end = self.scanned + end;
+        self.scanned = 0;
         Some(self.buf.split_to(end).freeze())
+    }
+
+    /// Bytes held that do not form a complete event yet (after [`next_event`](Self::next_event)
+    /// returned `None`: the start of the next event). Compared with [`MAX_EVENT_BYTES`].
+    pub fn buffered(&self) -> usize {
+        self.buf.len() + self.chunk.len()
     }
 
     /// Whatever is left when the upstream ends (an unterminated last event).
     pub fn remainder(&mut self) -> Option<Bytes> {
         self.spill();
+        self.scanned = 0;
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 }
@@ -316,6 +348,45 @@ mod tests {
             assert_eq!(events.concat(), stream.to_vec());
             assert!(s.remainder().is_none());
         }
+    }
+
+    #[test]
+    fn byte_by_byte_chunks_find_every_boundary_and_report_what_is_held() {
+        let stream = b"data: a\n\n: x\r\n\r\ndata: b\n\r\ndata: tail";
+        let mut s = EventSplitter::default();
+        let mut events = Vec::new();
+        for (i, b) in stream.iter().enumerate() {
+            if i % 2 == 0 {
+                s.push_bytes(Bytes::copy_from_slice(&[*b]));
+            } else {
+                s.push(&[*b]);
+            }
+            while let Some(e) = s.next_event() {
+                events.push(e);
+            }
+        }
+        assert_eq!(
+            events,
+            [&b"data: a\n\n"[..], b": x\r\n\r\n", b"data: b\n\r\n"]
+        );
+        assert_eq!(s.buffered(), b"data: tail".len());
+        assert_eq!(&s.remainder().unwrap()[..], b"data: tail");
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn reported_usage_is_capped() {
+        let max = u64::MAX;
+        let body = format!(r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":{max}}}}}"#);
+        let capped = Usage {
+            prompt_tokens: MAX_REPORTED_TOKENS,
+            completion_tokens: MAX_REPORTED_TOKENS,
+        };
+        assert_eq!(Usage::from_body(body.as_bytes()).unwrap(), Some(capped));
+        let event = format!("data: {{\"choices\":[],{}\n\n", &body[1..]);
+        assert_eq!(classify(event.as_bytes()), EventKind::UsageOnly(capped));
+        // Summed and stored as i64 without overflow.
+        assert!(i64::try_from(capped.prompt_tokens + capped.completion_tokens).is_ok());
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> ApiError {
 }
 
 /// A NumericDate claim, range-checked by the shared JWS core (0 to the year 9999).
-fn numeric(claims: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn numeric(claims: &Value, name: &str) -> Result<Option<i64>, ApiError> {
     crate::identity::jws::numeric_date(claims, name)
 }
 
@@ -140,7 +140,7 @@ pub fn parse_binding(claims: &Value) -> Result<Option<Binding>, ApiError> {
 }
 
 /// Checks the header: a known `alg`, a `kid`, and none of the key-carrying headers.
-fn check_header(token: &str) -> Result<(jsonwebtoken::Header, String), ApiError> {
+pub(crate) fn check_header(token: &str) -> Result<(jsonwebtoken::Header, String), ApiError> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| invalid("The token header is malformed or names an unsupported alg"))?;
     if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some()

@@ -17,6 +17,7 @@ mod audit;
 mod edges;
 mod errors;
 mod file_modes;
+mod fuzz_replay;
 mod keys;
 mod limits;
 mod operations;

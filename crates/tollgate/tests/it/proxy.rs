@@ -378,3 +378,88 @@ async fn default_config_serves_the_mock_models() {
         .await;
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_usage_reports_are_capped_before_they_are_summed() {
+    // An upstream reporting 2^64 − 1 tokens: read as at most 2^31 − 1 per count, so the sum
+    // (quota settlement), the store (i64) and the per-minute aggregates cannot overflow.
+    let app = app().await;
+    let cap = tollgate::proxy::sse::MAX_REPORTED_TOKENS;
+    let huge = json!({"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX});
+    let mut body = chat_body("fake-model");
+    body["fake"] = huge.clone();
+    let res = app.chat(&app.owner_key, body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.text().await.unwrap();
+    let mut body = stream_body("fake-model");
+    body["fake"] = huge;
+    let text = read_all(app.chat(&app.owner_key, body).await).await;
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(wait_usage_records(&app, 2).await);
+    let records =
+        tollgate::store::usage::recent_records(app.state.store.pool(), &app.tenant_id, 10)
+            .await
+            .unwrap();
+    for (_, _, status, _, prompt, completion) in &records {
+        assert_eq!(*status, 200);
+        assert_eq!((*prompt, *completion), (cap as i64, cap as i64));
+    }
+    let res = app.get("/v1/usage?group_by=model", &app.owner_key).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["data"][0]["total_tokens"], 4 * cap, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_event_that_never_ends_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that streams one SSE event without end: the gateway must not hold it in
+    // memory without bound; past MAX_EVENT_BYTES it ends the stream with an error event.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = sock.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    connection: close\r\n\r\ndata: ";
+        if sock.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let piece = vec![b'x'; 256 * 1024];
+        // Four times the limit, then silence (a gateway without a limit would wait for more).
+        for _ in 0..(4 * tollgate::proxy::sse::MAX_EVENT_BYTES / piece.len()) {
+            if sock.write_all(&piece).await.is_err() {
+                return;
+            }
+            counter.fetch_add(piece.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(move |c| {
+        c.providers[0].base_url = format!("http://{addr}/v1");
+    }))
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let res = app.chat(&app.owner_key, stream_body("fake-model")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = read_all(res).await;
+    assert!(
+        text.contains("event: error"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(text.contains("UPSTREAM_ERROR") && !text.contains("UPSTREAM_TIMEOUT"));
+    // Cut when the event outgrew the limit, not at the idle timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        sent.load(std::sync::atomic::Ordering::SeqCst) < 4 * tollgate::proxy::sse::MAX_EVENT_BYTES
+    );
+}

@@ -1,0 +1,6 @@
+#![no_main]
+//! `tollgate::fuzzing::public_key` under libFuzzer (see that function for the input format).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    tollgate::fuzzing::public_key(data);
+});
