@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
@@ -298,7 +299,7 @@ where
     type Error = std::convert::Infallible;
     type Future = futures_util::future::Either<
         std::future::Ready<Result<Response, std::convert::Infallible>>,
-        S::Future,
+        CloseUnlessReadFuture<S::Future>,
     >;
 
     fn poll_ready(
@@ -315,19 +316,114 @@ where
         // body, no upper bound for a chunked one (even when a `Content-Length` header came too).
         let hint = req.body().size_hint();
         let limit = self.limit as u64;
-        match hint.upper() {
-            _ if hint.lower() > limit => Either::Left(std::future::ready(Ok(too_large(
-                self.limit,
-            )
-            .into_response()))),
-            Some(_) => Either::Right(self.inner.call(req)),
-            None => {
-                let limit = self.limit;
-                let req =
-                    req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)));
-                Either::Right(self.inner.call(req))
-            }
+        if hint.lower() > limit {
+            return Either::Left(std::future::ready(
+                Ok(too_large(self.limit).into_response()),
+            ));
         }
+        if hint.upper() == Some(0) {
+            return Either::Right(CloseUnlessReadFuture {
+                inner: self.inner.call(req),
+                read: None,
+            });
+        }
+        let read = Arc::new(AtomicBool::new(false));
+        let tracked = read.clone();
+        let req = if hint.upper().is_some() {
+            req.map(|b| axum::body::Body::new(ReadToEnd::new(b, tracked)))
+        } else {
+            let limit = self.limit;
+            req.map(|b| {
+                axum::body::Body::new(ReadToEnd::new(
+                    http_body_util::Limited::new(b, limit),
+                    tracked,
+                ))
+            })
+        };
+        Either::Right(CloseUnlessReadFuture {
+            inner: self.inner.call(req),
+            read: Some(read),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes when it has been read to its end.
+    struct ReadToEnd<B> {
+        #[pin]
+        inner: B,
+        read: Arc<AtomicBool>,
+    }
+}
+
+impl<B> ReadToEnd<B> {
+    fn new(inner: B, read: Arc<AtomicBool>) -> Self {
+        Self { inner, read }
+    }
+}
+
+impl<B: axum::body::HttpBody> axum::body::HttpBody for ReadToEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            None => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => false,
+        };
+        if ended {
+            this.read.store(true, Ordering::Relaxed);
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The route's response, with `Connection: close` when the route answered without reading
+    /// the request body to its end: the server then closes the connection (it cannot find the
+    /// next request behind an unread body), and a client must know before it reuses it
+    /// (RFC 9112 §9.6). Without the header a client may send its next request on a connection
+    /// the server is already closing, and get no answer at all.
+    pub struct CloseUnlessReadFuture<F> {
+        #[pin]
+        inner: F,
+        read: Option<Arc<AtomicBool>>,
+    }
+}
+
+impl<F> Future for CloseUnlessReadFuture<F>
+where
+    F: Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut res) = std::task::ready!(this.inner.poll(cx));
+        if let Some(read) = this.read.take()
+            && !read.load(Ordering::Relaxed)
+        {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        std::task::Poll::Ready(Ok(res))
     }
 }
 

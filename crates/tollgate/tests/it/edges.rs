@@ -704,6 +704,71 @@ async fn a_slow_upload_over_the_limit_reads_a_complete_413() {
     assert_eq!(v["error"]["code"], "PAYLOAD_TOO_LARGE");
 }
 
+/// Reads one response head (and whatever followed it in the same reads) off a kept-alive
+/// connection; `None` if the server closed the connection instead.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server neither answered nor closed"),
+        }
+    }
+    Some(String::from_utf8_lossy(&got).to_ascii_lowercase())
+}
+
+/// A route that answers without reading the request body (a `GET /v1/models` or an unknown
+/// route with a chunked body) leaves the connection unusable: the server cannot find the next
+/// request behind the unread body and closes. Its answer says `Connection: close`, so a client
+/// never sends its next request on that connection and gets no answer (reqwest's pool did, under
+/// load). A route that read its body keeps the connection alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_body_closes_the_connection_and_says_so() {
+    let app = small_limit_app(Db::Sqlite).await.unwrap();
+    let chunked: String = (0..8)
+        .map(|_| format!("400\r\n{}\r\n", " ".repeat(1024)))
+        .chain(["0\r\n\r\n".to_string()])
+        .collect();
+    for (method, path) in [("GET", "/v1/models"), ("POST", "/v1/no-such-route")] {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{chunked}",
+            app.owner_key
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut tcp).await.expect("an answer");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{path}: {head}");
+    }
+    // Read bodies (the token endpoint's, a request without one) keep the connection.
+    let small: String = (0..2)
+        .map(|_| format!("400\r\n{}\r\n", " ".repeat(1024)))
+        .chain(["0\r\n\r\n".to_string()])
+        .collect();
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    for req in [
+        "POST /v1/auth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: 2\r\n\r\n{}"
+            .to_string(),
+        format!(
+            "POST /v1/auth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             transfer-encoding: chunked\r\n\r\n{small}"
+        ),
+        format!(
+            "GET /v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+            app.owner_key
+        ),
+    ] {
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut tcp)
+            .await
+            .expect("answered on the same connection");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+}
+
 /// A client that never stops sending is not read from forever: closing reads at most its bounds
 /// (64 MiB, 10 s) and then closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
