@@ -5,7 +5,8 @@
 # pytest (sdk/python) and node --test (sdk/js) with TOLLGATE_TEST_* pointing at it.
 #
 # Needs: cargo, python3 with PyJWT[crypto] and pytest (TOLLGATE_TEST_PYTHON picks the
-# interpreter; .ci/run passes its venv's), node >= 20.
+# interpreter; .ci/run passes its venv's), node >= 20, Chromium (/usr/bin/chromium, or
+# TOLLGATE_TEST_CHROMIUM) for the browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,3 +95,7 @@ log "python: pytest"
 
 log "typescript: node --test"
 (cd sdk/js && node --test)
+
+log "browser: a page on another origin streams a chat in Chromium (CORS)"
+[ -d sdk/browser/node_modules/playwright-core ] || (cd sdk/browser && npm ci --no-audit --no-fund --silent)
+(cd sdk/browser && node --test)

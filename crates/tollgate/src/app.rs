@@ -235,6 +235,8 @@ pub fn router(state: AppState) -> Router {
         .layer(crate::http::BodyLimitLayer::new(
             state.config.max_body_bytes,
         ))
+        // Browser access (preflights, CORS headers) for the AI routes, inside `Observe` too.
+        .layer(crate::cors::CorsLayer::new(&state))
         .layer(crate::http::ObserveLayer::new(state.clone()))
         .layer(
             tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([

@@ -108,6 +108,16 @@ where
         state.metrics.auth_failure("permission");
         return e.into_response();
     }
+    // A page of another origin may only use a credential whose subscription allows it.
+    if req.headers().contains_key(axum::http::header::ORIGIN) {
+        let own = crate::cors::own_origin(&state.config.public_url);
+        if let Some(origin) = crate::cors::cross_origin(req.headers(), own.as_deref())
+            && let Err(e) = crate::cors::check(&principal, origin)
+        {
+            state.metrics.auth_failure("origin");
+            return e.into_response();
+        }
+    }
     req.extensions_mut().insert(Arc::new(principal));
     match inner.call(req).await {
         Ok(res) => res,

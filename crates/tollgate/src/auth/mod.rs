@@ -85,6 +85,9 @@ pub struct Principal {
     pub allowed_models: Option<Arc<std::collections::HashSet<String>>>,
     /// Request binding carried by an app JWT, checked against the body by the handler.
     pub binding: Option<Arc<binding::Binding>>,
+    /// The web origins whose pages may use this credential (its subscription's
+    /// `allowed_origins`); `None` = no subscription, so no browser origin (`crate::cors`).
+    pub web_origins: Option<Arc<[String]>>,
     /// Keeps the request registered for in-flight revocation while the principal lives.
     pub live: LiveGuard,
 }
@@ -398,6 +401,10 @@ impl Auth {
                     .as_ref()
                     .map(|s| s.allowed_models.clone()),
                 binding: None,
+                web_origins: entry
+                    .subscription
+                    .as_ref()
+                    .map(|s| s.allowed_origins.clone()),
                 live,
             });
         }

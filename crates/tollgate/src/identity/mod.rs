@@ -121,6 +121,7 @@ pub(crate) fn principal(
         allowed_models: None,
         plan_limits: None,
         binding: None,
+        web_origins: None,
         end_user: None,
         live,
     }

@@ -803,6 +803,7 @@ mod tests {
             end_user: end_user.map(Into::into),
             allowed_models: None,
             binding: None,
+            web_origins: None,
             live: hub.register(&[]),
         }
     }

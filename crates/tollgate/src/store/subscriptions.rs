@@ -211,6 +211,9 @@ pub struct Subscription {
     pub created_at: i64,
     pub updated_at: i64,
     pub cancelled_at: Option<i64>,
+    /// Web origins allowed to use this subscription's credentials from a browser (normalised,
+    /// see `crate::cors::parse_origin`); empty = none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Subscription {
@@ -220,12 +223,13 @@ impl Subscription {
             "max_token_lifetime_seconds": self.max_token_lifetime_seconds,
             "single_use_tokens": self.single_use_tokens,
             "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-            "cancelled_at": opt_rfc3339(self.cancelled_at)})
+            "cancelled_at": opt_rfc3339(self.cancelled_at),
+            "allowed_origins": self.allowed_origins})
     }
 }
 
 const SUB_COLS: &str = "id, tenant_id, plan_id, user_id, status, max_token_lifetime_seconds,
-    single_use_tokens, created_at, updated_at, cancelled_at";
+    single_use_tokens, created_at, updated_at, cancelled_at, allowed_origins";
 
 fn sub_row(r: &AnyRow) -> Result<Subscription, sqlx::Error> {
     let status: String = r.try_get("status")?;
@@ -242,14 +246,51 @@ fn sub_row(r: &AnyRow) -> Result<Subscription, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         cancelled_at: r.try_get("cancelled_at")?,
+        // Written by this code only; an unreadable value counts as no origin allowed.
+        allowed_origins: serde_json::from_str(&r.try_get::<String, _>("allowed_origins")?)
+            .unwrap_or_default(),
     })
+}
+
+/// Replaces the subscription's rows in `subscription_origins` by its `allowed_origins`.
+async fn write_origins(conn: &mut Conn, s: &Subscription) -> StoreResult<()> {
+    sqlx::query("DELETE FROM subscription_origins WHERE subscription_id = $1")
+        .bind(s.id.clone())
+        .execute(&mut *conn)
+        .await?;
+    for origin in &s.allowed_origins {
+        sqlx::query("INSERT INTO subscription_origins (origin, subscription_id) VALUES ($1, $2)")
+            .bind(origin.clone())
+            .bind(s.id.clone())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether an active subscription (of any tenant) allows `origin`: the only question a CORS
+/// preflight, which carries no credential, can ask.
+pub async fn origin_allowed_anywhere(pool: &AnyPool, origin: &str) -> StoreResult<bool> {
+    let row = sqlx::query(
+        "SELECT 1 FROM subscription_origins o JOIN subscriptions s ON s.id = o.subscription_id
+         WHERE o.origin = $1 AND s.status = 'active' LIMIT 1",
+    )
+    .bind(origin.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some())
+}
+
+fn origins_json(s: &Subscription) -> String {
+    serde_json::to_string(&s.allowed_origins).unwrap_or_else(|_| "[]".into())
 }
 
 pub async fn insert_subscription(conn: &mut Conn, s: &Subscription) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO subscriptions (id, tenant_id, plan_id, user_id, status,
-            max_token_lifetime_seconds, single_use_tokens, created_at, updated_at, cancelled_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            max_token_lifetime_seconds, single_use_tokens, created_at, updated_at, cancelled_at,
+            allowed_origins)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(s.id.clone())
     .bind(s.tenant_id.clone())
@@ -261,9 +302,10 @@ pub async fn insert_subscription(conn: &mut Conn, s: &Subscription) -> StoreResu
     .bind(s.created_at)
     .bind(s.updated_at)
     .bind(s.cancelled_at)
-    .execute(conn)
+    .bind(origins_json(s))
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    write_origins(conn, s).await
 }
 
 pub async fn get_subscription(
@@ -313,7 +355,7 @@ pub async fn list_subscriptions(
 pub async fn update_subscription(conn: &mut Conn, s: &Subscription) -> StoreResult<()> {
     sqlx::query(
         "UPDATE subscriptions SET status = $3, max_token_lifetime_seconds = $4,
-            single_use_tokens = $5, updated_at = $6, cancelled_at = $7
+            single_use_tokens = $5, updated_at = $6, cancelled_at = $7, allowed_origins = $8
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(s.tenant_id.clone())
@@ -323,9 +365,10 @@ pub async fn update_subscription(conn: &mut Conn, s: &Subscription) -> StoreResu
     .bind(i64::from(s.single_use_tokens))
     .bind(s.updated_at)
     .bind(s.cancelled_at)
-    .execute(conn)
+    .bind(origins_json(s))
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    write_origins(conn, s).await
 }
 
 /// What the credential pipeline needs about a subscription, found by its id alone (the id is

@@ -352,6 +352,9 @@ pub struct CreateSubscription {
     pub max_token_lifetime_seconds: Option<i64>,
     #[serde(default)]
     pub single_use_tokens: Option<bool>,
+    /// Web origins whose pages may use this subscription's credentials (CORS); default none.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 fn validate_lifetime(v: i64) -> ApiResult<i64> {
@@ -383,6 +386,7 @@ async fn create_subscription(
         body.max_token_lifetime_seconds
             .unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME),
     )?;
+    let allowed_origins = crate::cors::validate_origins(body.allowed_origins.unwrap_or_default())?;
     let user_id = match body.user_id {
         Some(u) => {
             crate::store::tenants::resolve_permissions(state.store.pool(), &caller.tenant_id, &u)
@@ -408,6 +412,7 @@ async fn create_subscription(
         created_at: now,
         updated_at: now,
         cancelled_at: None,
+        allowed_origins,
     };
     store::insert_subscription(&mut tx, &sub).await?;
     append(
@@ -422,7 +427,8 @@ async fn create_subscription(
         .details(
             json!({"plan_id": sub.plan_id, "product_id": plan.product_id,
             "user_id": sub.user_id, "max_token_lifetime_seconds": lifetime,
-            "single_use_tokens": sub.single_use_tokens}),
+            "single_use_tokens": sub.single_use_tokens,
+            "allowed_origins": sub.allowed_origins}),
         ),
     )
     .await?;
@@ -499,6 +505,9 @@ pub struct PatchSubscription {
     pub max_token_lifetime_seconds: Option<i64>,
     #[serde(default)]
     pub single_use_tokens: Option<bool>,
+    /// Replaces the list of allowed web origins (`[]` = no browser access).
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 fn inactive_error() -> Value {
@@ -532,6 +541,10 @@ async fn patch_subscription(
         .max_token_lifetime_seconds
         .map(validate_lifetime)
         .transpose()?;
+    let origins = body
+        .allowed_origins
+        .map(crate::cors::validate_origins)
+        .transpose()?;
     let mut tx = state.store.begin().await?;
     let mut s = load_subscription(&mut tx, &caller, &id).await?;
     if s.status == Status::Cancelled {
@@ -558,6 +571,12 @@ async fn patch_subscription(
         s.single_use_tokens = b;
         changed.push("single_use_tokens");
     }
+    if let Some(o) = origins
+        && o != s.allowed_origins
+    {
+        s.allowed_origins = o;
+        changed.push("allowed_origins");
+    }
     let kind = if cut {
         Kind::Subject
     } else {
@@ -583,7 +602,8 @@ async fn patch_subscription(
                 &meta,
             )
             .target("subscription", s.id.clone())
-            .details(json!({"changed": changed, "status": s.status.as_str()})),
+            .details(json!({"changed": changed, "status": s.status.as_str(),
+                "allowed_origins": s.allowed_origins})),
         )
         .await?;
         invalidations::publish(&mut tx, kind, &s.id, &meta).await?;

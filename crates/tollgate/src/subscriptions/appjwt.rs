@@ -62,6 +62,7 @@ pub async fn verify_subscription_id(auth: &Auth, id: &str) -> Result<Principal, 
             allowed_models: Some(access.allowed_models.clone()),
             plan_limits: Some(access.plan_limits.clone()),
             binding: None,
+            web_origins: Some(access.allowed_origins.clone()),
             end_user: None,
             live,
         });
@@ -234,6 +235,7 @@ pub async fn verify_app_jwt(
         allowed_models: Some(access.allowed_models.clone()),
         plan_limits: Some(access.plan_limits.clone()),
         binding: binding.map(Arc::new),
+        web_origins: Some(access.allowed_origins.clone()),
         end_user: Some(sub.into()),
         live,
     })

@@ -81,6 +81,8 @@ pub struct SubscriptionAccess {
     pub plan_limits: Arc<PlanLimits>,
     /// The product's models: the only ones this subscription's credentials may call.
     pub allowed_models: Arc<HashSet<String>>,
+    /// Web origins allowed to use this subscription's credentials from a browser.
+    pub allowed_origins: Arc<[String]>,
     pub max_token_lifetime_seconds: i64,
     pub single_use_tokens: bool,
     /// Live app-JWT verification keys by `kid`.
@@ -196,6 +198,7 @@ pub async fn access(
         status: sub.status,
         plan_limits: Arc::new(plan.limits),
         allowed_models: Arc::new(product.models.into_iter().collect()),
+        allowed_origins: sub.allowed_origins.into(),
         max_token_lifetime_seconds: sub.max_token_lifetime_seconds,
         single_use_tokens: sub.single_use_tokens,
         keys,
