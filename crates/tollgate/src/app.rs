@@ -280,14 +280,27 @@ impl Application {
         let state = self.state.clone();
         let tasks = spawn_background(&state);
         let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
+        // At the end of the grace, every request still in flight is cut: a stream ends with an
+        // error event, and each gets its usage record before the writer's final flush.
+        let grace_over = tokio_util::sync::CancellationToken::new();
+        let cutter = {
+            let (over, hub) = (grace_over.clone(), state.auth.hub().clone());
+            tokio::spawn(async move {
+                over.cancelled().await;
+                let cut = hub.cancel_all(crate::auth::revocation::CutReason::Shutdown);
+                tracing::warn!(requests = cut, "shutdown grace over: requests cut");
+            })
+        };
         crate::server::serve(
             self.listener,
             router(state.clone()),
             state.shutdown.clone(),
             grace,
             crate::server::HEADER_READ_TIMEOUT,
+            grace_over,
         )
         .await;
+        cutter.abort();
         crate::subscriptions::operations::drain(&state).await;
         state.followups.close();
         if tokio::time::timeout(grace, state.followups.wait())

@@ -184,15 +184,26 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// After the grace, how long requests that were told to end (`grace_over`) get to do so before
+/// their connections are dropped.
+pub const CUT_WAIT: Duration = Duration::from_secs(2);
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight requests
 /// finish for up to `grace`. A request head must arrive within `header_timeout`
 /// ([`HEADER_READ_TIMEOUT`] in production).
+///
+/// When the grace ends with requests still in flight, `grace_over` is cancelled (the
+/// application ends them: a stream gets a final error event and its usage record); what is left
+/// after [`CUT_WAIT`] is dropped (a request's meter still records it as it drops). `serve`
+/// returns only once no connection task is left, so whatever runs after it (the usage writer's
+/// final flush) sees every request's record.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
     header_timeout: Duration,
+    grace_over: CancellationToken,
 ) {
     serve_with(
         listener,
@@ -201,6 +212,7 @@ pub async fn serve(
         grace,
         header_timeout,
         Lingering::default(),
+        grace_over,
     )
     .await;
 }
@@ -213,8 +225,11 @@ pub async fn serve_with(
     grace: Duration,
     header_timeout: Duration,
     linger: Lingering,
+    grace_over: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    // Cancelled after `CUT_WAIT`: the connections still open are dropped.
+    let drop_all = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -235,6 +250,7 @@ pub async fn serve_with(
         }
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let drop_all = drop_all.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
@@ -261,7 +277,11 @@ pub async fn serve_with(
                 () = shutdown.cancelled() => {
                     // Finish the request in flight (if any), then close.
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        // Dropped with its request: the request's meter records it.
+                        () = drop_all.cancelled() => Ok(()),
+                    }
                 }
             };
             if let Err(e) = result {
@@ -275,7 +295,22 @@ pub async fn serve_with(
         .await
         .is_err()
     {
-        tracing::warn!("grace period over; closing remaining connections");
+        tracing::warn!(
+            connections = connections.len(),
+            "grace period over; ending the requests still in flight"
+        );
+        grace_over.cancel();
+        if tokio::time::timeout(CUT_WAIT, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = connections.len(),
+                "closing the connections that did not end"
+            );
+            drop_all.cancel();
+            connections.wait().await;
+        }
     }
 }
 
@@ -305,6 +340,7 @@ mod tests {
             shutdown.clone(),
             grace,
             HEAD_TIMEOUT,
+            CancellationToken::new(),
         ));
         (addr, shutdown, task)
     }
@@ -333,6 +369,7 @@ mod tests {
             Duration::from_secs(1),
             HEAD_TIMEOUT,
             linger,
+            CancellationToken::new(),
         ));
         (addr, shutdown, task)
     }

@@ -412,7 +412,9 @@ impl Auth {
 
     async fn load_key(&self, hash: KeyHash, epoch: u64) -> Result<Arc<CachedKey>, ApiError> {
         let pool = self.store.pool();
-        let Some((rec, matched)) = crate::store::keys::find_by_hash(pool, &hash.to_hex()).await?
+        let hex = hash.to_hex();
+        let Some((rec, matched)) =
+            crate::store::read_retry(|| crate::store::keys::find_by_hash(pool, &hex)).await?
         else {
             return Err(ApiError::auth_invalid("Unknown API key"));
         };
@@ -501,7 +503,7 @@ impl Auth {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = crate::store::keys::touch_last_used(self.store.pool(), &batch).await {
+        if let Err(e) = crate::store::keys::touch_last_used(&self.store, &batch).await {
             tracing::warn!(error = %e, count = batch.len(), "could not write last_used_at; will retry");
             self.last_used.restore(batch);
         }

@@ -13,6 +13,18 @@ use tokio_util::sync::CancellationToken;
 pub enum CutReason {
     Revoked,
     SubscriptionInactive,
+    /// The shutdown grace ended with the request still in flight.
+    Shutdown,
+}
+
+impl CutReason {
+    /// The `streams_cut` metric label (and the stream's usage outcome).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Revoked | Self::SubscriptionInactive => "revoked",
+            Self::Shutdown => "shutdown",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -71,6 +83,22 @@ impl RevocationHub {
             token.cancel();
         }
         list.len()
+    }
+
+    /// Cancels every live request (the end of the shutdown grace). Returns how many were cut.
+    pub fn cancel_all(&self, reason: CutReason) -> usize {
+        let Ok(mut inner) = self.inner.lock() else {
+            return 0;
+        };
+        let by_id = std::mem::take(&mut inner.by_id);
+        let mut cut = std::collections::HashSet::new();
+        for (serial, token) in by_id.into_values().flatten() {
+            if cut.insert(serial) {
+                inner.reasons.entry(serial).or_insert(reason);
+                token.cancel();
+            }
+        }
+        cut.len()
     }
 
     fn reason(&self, serial: u64) -> CutReason {

@@ -278,6 +278,7 @@ impl Meter {
     pub fn stream_failed(&mut self, reason: &'static str) {
         self.outcome = Some(match reason {
             "revoked" => "revoked",
+            "shutdown" => "shutdown",
             "upstream_timeout" => "upstream_timeout",
             _ => "upstream_error",
         });

@@ -299,6 +299,11 @@ fn cut_error(reason: CutReason) -> ApiError {
             ErrorCode::SubscriptionInactive,
             "The subscription is no longer active",
         ),
+        CutReason::Shutdown => {
+            let mut e = ApiError::unavailable("The gateway is shutting down; retry the request");
+            e.retry_after = Some(1);
+            e
+        }
     }
 }
 
@@ -562,8 +567,9 @@ async fn forward(
     let reply = tokio::select! {
         biased;
         () = token.cancelled() => {
-            state.metrics.stream_cut("revoked");
-            return Err(meter.fail(cut_error(caller.live.reason())));
+            let reason = caller.live.reason();
+            state.metrics.stream_cut(reason.label());
+            return Err(meter.fail(cut_error(reason)));
         }
         r = state.proxy.send(&route, endpoint, &value, bytes) => r,
     };
@@ -691,8 +697,8 @@ impl StreamState {
             tokio::select! {
                 biased;
                 () = self.token.cancelled() => {
-                    let err = cut_error(self.caller.live.reason());
-                    self.fail(&err, "revoked");
+                    let reason = self.caller.live.reason();
+                    self.fail(&cut_error(reason), reason.label());
                 }
                 next = tokio::time::timeout(self.idle, self.upstream.next()) => match next {
                     Err(_) => self.fail(&UpstreamFailure::Timeout.to_api(), "upstream_timeout"),

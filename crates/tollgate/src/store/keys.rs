@@ -256,11 +256,11 @@ pub async fn rotate(
 }
 
 /// Batched `last_used_at` writes (never on the request path).
-pub async fn touch_last_used(pool: &AnyPool, batch: &[(String, i64)]) -> StoreResult<()> {
+pub async fn touch_last_used(store: &super::Store, batch: &[(String, i64)]) -> StoreResult<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = store.begin().await?;
     for (id, at) in batch {
         sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
             .bind(id.clone())

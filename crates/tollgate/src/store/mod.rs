@@ -20,9 +20,44 @@ pub mod usage;
 
 pub use audit::{AuditEvent, AuditRecord};
 
-/// A database transaction. Every mutation and its audit event share one.
-pub type Tx = Transaction<'static, Any>;
+/// A write transaction: every mutation and its audit event share one. On SQLite it also holds
+/// this process's writer turn (see [`Store::begin`]), released after the commit or rollback.
+/// It dereferences to its connection, so everything that takes a `&mut Conn` takes it.
+pub struct Tx {
+    // Declared first, so dropped first: the transaction ends before the turn passes on.
+    inner: Transaction<'static, Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let Self { inner, _turn } = self;
+        inner.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        let Self { inner, _turn } = self;
+        inner.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.inner
+    }
+}
+
 pub type Conn = sqlx::AnyConnection;
+
+/// How long a write waits for its turn (SQLite) before it is `503 UNAVAILABLE`.
+const WRITER_TURN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -53,11 +88,54 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict("An object with that name already exists".into())
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| connection_level(&c)) => {
                 StoreError::Unavailable(e.to_string())
             }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Other(e.to_string()),
         }
+    }
+}
+
+/// Whether a database error code means the connection or the server failed, not the statement:
+/// PostgreSQL's class 08 (connection exception), 57P01-57P05 (the server shutting down or
+/// restarting, e.g. "terminating connection due to administrator command"), 53300 (too many
+/// connections); SQLite's BUSY and LOCKED (5, 6 and their extended codes, the lock was not had
+/// within the busy timeout). These are `503 UNAVAILABLE` with `Retry-After`, never a 500.
+fn connection_level(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || code == "53300"
+        // SQLite's (extended) result codes are numbers of at most four digits; PostgreSQL's
+        // SQLSTATEs are five characters.
+        || (code.len() < 5 && code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)))
+}
+
+impl StoreError {
+    /// The store could not be reached (worth one retry on a fresh connection for a read).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Runs an idempotent read, and once more (on a fresh pooled connection) if the first attempt
+/// failed at the connection level: a database restart costs a read nothing but a reconnect.
+pub async fn read_retry<T, F, Fut>(mut read: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StoreResult<T>>,
+{
+    match read().await {
+        Err(e) if e.is_unavailable() => {
+            tracing::debug!(error = %e, "store read failed at the connection level; retrying once");
+            read().await
+        }
+        r => r,
     }
 }
 
@@ -77,6 +155,11 @@ pub struct Store {
     /// SQLite only: the usage writer's own connection, through the typed driver rather than
     /// `Any` (see `usage::write_batch`).
     usage_sqlite: Option<sqlx::SqlitePool>,
+    /// SQLite only: the writer turn. SQLite takes one writer at a time; a write transaction
+    /// that waited for the file's lock while holding a pooled connection would starve the
+    /// pool (the writer, needing nothing else, still waits behind the queue for its busy
+    /// timeout). Writers of this process queue here instead, holding no connection.
+    writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -190,6 +273,8 @@ impl Store {
             pool,
             backend,
             usage_sqlite,
+            writer: (backend == Backend::Sqlite)
+                .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
         };
         migrate::run(&store).await?;
         if let Some(file) = &sqlite_file {
@@ -213,14 +298,24 @@ impl Store {
         &self.pool
     }
 
-    /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
-    /// so a read-then-write transaction cannot fail half-way with `SQLITE_BUSY`.
+    /// Starts a write transaction. On SQLite it first waits for this process's writer turn
+    /// (holding no connection while it waits), then takes the write lock up front (`BEGIN
+    /// IMMEDIATE`) so a read-then-write transaction cannot fail half-way with `SQLITE_BUSY`.
+    /// A transaction never needs a second connection: everything it reads goes through it.
     pub async fn begin(&self) -> StoreResult<Tx> {
-        let tx = match self.backend {
+        let turn = match &self.writer {
+            Some(writer) => Some(
+                tokio::time::timeout(WRITER_TURN_TIMEOUT, writer.clone().lock_owned())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("no write turn within 10 s".into()))?,
+            ),
+            None => None,
+        };
+        let inner = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(tx)
+        Ok(Tx { inner, _turn: turn })
     }
 
     /// Is the store reachable? (for `/ready`)
@@ -317,6 +412,18 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned>(s: Option<String>) -> Opt
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn connection_failures_are_told_from_statement_failures() {
+        for code in [
+            "57P01", "57P02", "57P03", "08006", "08003", "53300", "5", "517", "6", "262",
+        ] {
+            assert!(super::connection_level(code), "{code}");
+        }
+        for code in ["23505", "22021", "42P01", "40001", "19", "2067", "1555"] {
+            assert!(!super::connection_level(code), "{code}");
+        }
+    }
+
     #[test]
     fn redacts_passwords_in_urls() {
         assert_eq!(

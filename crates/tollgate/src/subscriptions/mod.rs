@@ -175,10 +175,11 @@ pub async fn access(
         return Ok(Some(a));
     }
     let pool = auth.store().pool();
-    let Some((sub, plan, product)) = store::access(pool, id).await? else {
+    let Some((sub, plan, product)) = crate::store::read_retry(|| store::access(pool, id)).await?
+    else {
         return Ok(None);
     };
-    let creds = store::list_credentials(pool, id, false).await?;
+    let creds = crate::store::read_retry(|| store::list_credentials(pool, id, false)).await?;
     let mut keys = HashMap::new();
     for c in creds {
         match verifying_key(auth, &c) {

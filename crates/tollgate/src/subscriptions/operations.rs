@@ -342,6 +342,10 @@ fn cut_error(reason: CutReason) -> ApiError {
             ErrorCode::SubscriptionInactive,
             "The subscription is no longer active",
         ),
+        CutReason::Shutdown => ApiError::new(
+            ErrorCode::Unavailable,
+            "The gateway shut down while the operation ran",
+        ),
     }
 }
 

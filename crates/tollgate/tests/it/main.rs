@@ -17,6 +17,7 @@ mod audit;
 mod cors;
 mod edges;
 mod errors;
+mod faults;
 mod file_modes;
 mod fuzz_replay;
 mod keys;
