@@ -21,9 +21,8 @@
 //! out, not per request, and unspent leases go back after [`LEASE_IDLE_MS`] without use and at
 //! shutdown.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -267,13 +266,6 @@ struct LimitMetrics {
     redis_errors: Counter,
 }
 
-type SeedCell = Arc<tokio::sync::OnceCell<(i64, std::time::Instant)>>;
-/// How long a loaded seed is reused. Redis only uses a seed when it has no counter (first use,
-/// or after it lost its data), so a fresh-enough seed bounds what a Redis restart can forget.
-const SEED_TTL: Duration = Duration::from_secs(60);
-/// (scope, dimension, period start) → usage recorded in the store when first seen.
-type Seeds = HashMap<(ScopeRef, Dim, i64), SeedCell>;
-
 /// The limiter service (one per app).
 pub struct Limits {
     cfg: LimitsConfig,
@@ -281,7 +273,6 @@ pub struct Limits {
     local: LocalLimiter,
     redis: Option<redis::RedisLimiter>,
     redis_ok: AtomicBool,
-    seeds: Mutex<Seeds>,
     metrics: LimitMetrics,
     instance: String,
     next: AtomicU64,
@@ -338,7 +329,6 @@ impl Limits {
             redis,
             // Optimistic: the first failure switches to the fallback.
             redis_ok: AtomicBool::new(true),
-            seeds: Mutex::new(HashMap::new()),
             metrics,
             instance: crate::util::random_base62(10),
             next: AtomicU64::new(1),
@@ -419,37 +409,44 @@ impl Limits {
         checks
     }
 
-    /// Usage already recorded in the store for each quota check's current period, for Redis
-    /// counters that do not exist yet (loaded at most once per [`SEED_TTL`] per scope and period;
-    /// 0 for other checks).
-    async fn seeds(&self, checks: &[Check], now_ms: i64) -> Vec<i64> {
-        let mut out = vec![0; checks.len()];
-        for (i, c) in checks.iter().enumerate() {
-            if !c.dim.is_quota() {
-                continue;
-            }
-            let (start, _) = c.dim.period().bounds(now_ms);
-            let cell = {
-                let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
-                let entry = seeds.entry((c.scope.clone(), c.dim, start)).or_default();
-                if entry.get().is_some_and(|(_, at)| at.elapsed() > SEED_TTL) {
-                    *entry = SeedCell::default();
+    /// What the store recorded in quota check `c`'s current period: the seed of a Redis
+    /// counter that does not exist (first use in the period, or Redis lost its data). Read
+    /// when Redis asks for it, never cached, so a Redis restart forgets only what is not yet
+    /// written (the usage writer's last `flush_ms`, and requests still in flight).
+    async fn seed(&self, c: &Check, now_ms: i64) -> Result<i64, ApiError> {
+        let (start, _) = c.dim.period().bounds(now_ms);
+        let used = crate::store::read_retry(|| {
+            crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start)
+        })
+        .await?;
+        Ok(used)
+    }
+
+    /// The Redis decision, loading seeds for the quota counters Redis does not have.
+    async fn decide_redis(
+        &self,
+        r: &redis::RedisLimiter,
+        checks: &[Check],
+        now_ms: i64,
+        member: &str,
+    ) -> Result<Result<Decision, String>, ApiError> {
+        let mut seeds = vec![None; checks.len()];
+        // Seeds are asked for once; a second time only if a counter expired in between (at
+        // its period's end).
+        for _ in 0..3 {
+            match r.decide(checks, &seeds, member).await {
+                Ok(redis::Answer::Decided(d)) => return Ok(Ok(d)),
+                Ok(redis::Answer::NeedSeeds(need)) => {
+                    for i in need {
+                        if let Some(c) = checks.get(i) {
+                            seeds[i] = Some(self.seed(c, now_ms).await?);
+                        }
+                    }
                 }
-                entry.clone()
-            };
-            let loaded = cell
-                .get_or_try_init(|| async {
-                    crate::store::usage::quota_used(self.store.pool(), &c.scope, c.dim, start)
-                        .await
-                        .map(|v| (v, std::time::Instant::now()))
-                })
-                .await;
-            match loaded {
-                Ok((v, _)) => out[i] = *v,
-                Err(e) => tracing::warn!(error = %e, "could not load quota usage; counting from 0"),
+                Err(e) => return Ok(Err(e)),
             }
         }
-        out
+        Ok(Err("quota counters kept disappearing".into()))
     }
 
     /// The local decision, taking the quota leases it asks for from the store first.
@@ -543,9 +540,8 @@ impl Limits {
         if let Some(r) = &self.redis
             && self.redis_ok.load(Ordering::Acquire)
         {
-            let seeds = self.seeds(&checks, now_ms).await;
             let member = self.member();
-            match r.decide(&checks, &seeds, &member).await {
+            match self.decide_redis(r, &checks, now_ms, &member).await? {
                 Ok(d) => decided = Some((d, Backend::Redis, member)),
                 Err(e) => self.redis_failed("decide", &e),
             }
@@ -744,18 +740,7 @@ impl Limits {
                 last_prune = std::time::Instant::now();
                 let now = crate::util::now_ms();
                 self.local.prune(now);
-                let day = gcra::Period::Day.bounds(now).0;
                 let month = gcra::Period::Month.bounds(now).0;
-                {
-                    let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
-                    seeds.retain(|(_, dim, start), _| {
-                        *start
-                            >= match dim.period() {
-                                gcra::Period::Day => day,
-                                gcra::Period::Month => month,
-                            }
-                    });
-                }
                 // Counters of months before last (no current period starts that early).
                 let before = month - 31 * gcra::DAY_MS;
                 if let Err(e) = crate::store::quotas::prune(self.store.pool(), before).await {

@@ -13,8 +13,19 @@ use redis::aio::ConnectionManager;
 
 use super::{Check, CheckState, Decision, Dim, MAX_UNITS};
 
+/// What the admission script answered.
+#[derive(Debug)]
+pub enum Answer {
+    Decided(Decision),
+    /// These quota checks have no counter in Redis (first use in their period, or Redis lost
+    /// its data): load what the store recorded and ask again.
+    NeedSeeds(Vec<usize>),
+}
+
 /// KEYS[i] per check; ARGV = n, member, lease_ms, then per check: kind, limit, cost, seed.
-/// Returns {deny_index (0 = allowed), retry_ms, then per check: remaining, reset_ms, period}.
+/// Returns {deny_index (0 = allowed), retry_ms, then per check: remaining, reset_ms, period}, or
+/// {-1, i, j, …} when quota counters i, j, … do not exist and their seed was not given (-1): the
+/// caller loads what the store recorded for them and asks again; nothing else was written.
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -62,6 +73,7 @@ local function denied(i, r, quota)
 end
 local out = {}
 local pending = {}
+local unseeded = {}
 for i = 1, n do
   local b = 3 + (i - 1) * 4
   local kind, limit, cost, seed = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
@@ -95,7 +107,10 @@ for i = 1, n do
     local start, finish = bounds(kind)
     local qkey = key .. ':' .. string.format('%d', start)
     local used = tonumber(redis.call('GET', qkey) or '-1')
-    if used < 0 then
+    if used < 0 and seed < 0 then
+      unseeded[#unseeded + 1] = i
+      used = 0
+    elseif used < 0 then
       used = seed
       redis.call('SET', qkey, string.format('%d', used), 'PX', math.floor(finish - now) + DAY)
     end
@@ -112,6 +127,11 @@ for i = 1, n do
   out[#out + 1] = math.floor(remaining)
   out[#out + 1] = math.floor(reset)
   out[#out + 1] = period
+end
+if #unseeded > 0 then
+  local res = {-1}
+  for _, i in ipairs(unseeded) do res[#res + 1] = i end
+  return res
 end
 if deny == 0 then
   for _, p in ipairs(pending) do
@@ -237,13 +257,15 @@ impl RedisLimiter {
         }
     }
 
-    /// One atomic decision for all checks of a request.
+    /// One atomic decision for all checks of a request. `seeds[i]`: what the store recorded in
+    /// quota check i's period, used only if Redis has no counter for it; `None` = not loaded,
+    /// and the answer is [`Answer::NeedSeeds`] if Redis needs it.
     pub async fn decide(
         &self,
         checks: &[Check],
-        seeds: &[i64],
+        seeds: &[Option<i64>],
         member: &str,
-    ) -> Result<Decision, String> {
+    ) -> Result<Answer, String> {
         let mut inv = self.admit.prepare_invoke();
         inv.arg(checks.len()).arg(member).arg(self.lease_ms);
         // Lua numbers are doubles: every argument is kept exact (at most 2^53 - 1).
@@ -252,15 +274,20 @@ impl RedisLimiter {
             inv.arg(dim_code(c.dim))
                 .arg(c.limit.clamp(1, MAX_UNITS))
                 .arg(c.cost.min(MAX_UNITS))
-                .arg(
-                    seeds
-                        .get(i)
-                        .copied()
-                        .unwrap_or(0)
-                        .clamp(0, MAX_UNITS as i64),
-                );
+                .arg(match seeds.get(i).copied().flatten() {
+                    Some(s) => s.clamp(0, MAX_UNITS as i64),
+                    None => -1,
+                });
         }
         let reply: Vec<i64> = self.run(inv).await?;
+        if reply.first() == Some(&-1) {
+            let need = reply[1..]
+                .iter()
+                .filter_map(|&i| usize::try_from(i).ok()?.checked_sub(1))
+                .filter(|&i| i < checks.len())
+                .collect();
+            return Ok(Answer::NeedSeeds(need));
+        }
         if reply.len() != 2 + 3 * checks.len() {
             return Err(format!("unexpected reply of {} values", reply.len()));
         }
@@ -272,13 +299,13 @@ impl RedisLimiter {
                 period_start: c[2],
             })
             .collect();
-        Ok(Decision {
+        Ok(Answer::Decided(Decision {
             denied: usize::try_from(reply[0])
                 .ok()
                 .and_then(|i| i.checked_sub(1)),
             retry_ms: reply[1] as f64,
             states,
-        })
+        }))
     }
 
     /// Settles a reservation (see `LocalLimiter::settle` for the meaning of `deltas`).

@@ -184,3 +184,69 @@ async fn redis_outage_falls_back_to_local_limits() {
     assert!(metrics.contains("tollgate_limits_redis_fallback 0"));
     app.shutdown().await;
 }
+
+/// A quota used up on Redis stays used up when Redis restarts empty: the counter Redis no longer
+/// has is seeded from what the store recorded, read at that moment (each instance used to reuse
+/// a seed loaded up to a minute earlier, so a key that had used its 10/day got 10 more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_quota_stays_used_up_after_redis_restarts() {
+    let Some(mut redis) = OwnRedis::start().await else {
+        return;
+    };
+    let url = redis.url();
+    let app = TestApp::spawn_with(Opts::new(Db::Sqlite).edit(move |cfg| {
+        use_redis(cfg, &url, "tgtest:reseed:");
+        cfg.limits.redis_timeout_ms = 200;
+    }))
+    .await
+    .unwrap();
+    let (_, key) = limited_key(&app, json!({"requests_per_day": 10})).await;
+    for _ in 0..10 {
+        assert_eq!(
+            app.chat(&key, chat_body("mock-chat")).await.status(),
+            StatusCode::OK
+        );
+    }
+    let res = app.chat(&key, chat_body("mock-chat")).await;
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
+    assert_eq!(ready_limits(&app).await, "redis");
+    // Everything admitted is recorded in the store.
+    assert!(wait_usage_records(&app, 11).await);
+
+    redis.stop();
+    assert!(redis.restart().await, "redis-server restarted");
+    // The first decision after the restart may find the old connection broken and fall back
+    // for a moment; another key's requests go through that until Redis decides again.
+    let (_, other) = limited_key(&app, json!({"requests_per_minute": 1000})).await;
+    let back = eventually(Duration::from_secs(10), || async {
+        app.chat(&other, chat_body("mock-chat")).await.status() == StatusCode::OK
+            && ready_limits(&app).await == "redis"
+    })
+    .await;
+    assert!(back, "back on Redis");
+    let before = redis_quota_refusals(&app).await;
+    for _ in 0..3 {
+        let res = app.chat(&key, chat_body("mock-chat")).await;
+        expect_error(res, StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED").await;
+    }
+    assert_eq!(
+        redis_quota_refusals(&app).await,
+        before + 3,
+        "refused by Redis itself, not by the fallback"
+    );
+    app.shutdown().await;
+}
+
+/// `tollgate_limit_decisions_total{outcome="quota_exceeded",backend="redis"}`.
+async fn redis_quota_refusals(app: &TestApp) -> u64 {
+    let metrics = app.get("/metrics", "").await.text().await.unwrap();
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tollgate_limit_decisions_total")
+                && l.contains("outcome=\"quota_exceeded\"")
+                && l.contains("backend=\"redis\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
