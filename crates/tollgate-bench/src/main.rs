@@ -3,6 +3,7 @@
 
 mod load;
 mod procs;
+mod propagation;
 mod report;
 
 use std::io::Write;
@@ -36,9 +37,10 @@ enum ScenarioKind {
     about = "Bounded loopback benchmark: direct upstream vs nginx vs Tollgate"
 )]
 struct Args {
-    /// Concurrent connections (one client, a pool of this size).
-    #[arg(long, default_value_t = 32)]
-    connections: usize,
+    /// Concurrent connections (one client, a pool of this size); a list measures each level
+    /// (e.g. `1,32,128`: added latency at one connection, throughput at many).
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    connections: Vec<usize>,
     /// Request budget of each measured phase (per target and scenario).
     #[arg(long, default_value_t = 20_000)]
     requests: u64,
@@ -89,6 +91,23 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Instead of the throughput benchmark: measure how long N revocations take to reach a
+    /// second instance (two instances on `--database-url`, and `--redis-url` if given).
+    #[arg(long)]
+    propagation: Option<usize>,
+    /// PostgreSQL URL of an empty database, for `--propagation`.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Redis URL, for `--propagation` (pub/sub on top of PostgreSQL NOTIFY).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Chat-load connections on the second instance during `--propagation` (0 = idle).
+    #[arg(long, default_value_t = 0)]
+    propagation_load: usize,
+    /// The instances' safety-net poll during `--propagation` (`invalidation_poll_ms`); a long
+    /// one shows what the push alone does.
+    #[arg(long, default_value_t = 100)]
+    propagation_poll_ms: u64,
 }
 
 impl Args {
@@ -109,8 +128,11 @@ impl Args {
     }
 
     fn validate(&self) -> Result<()> {
-        if !(1..=1024).contains(&self.connections) {
-            bail!("--connections must be 1..=1024");
+        if self.connections.is_empty()
+            || self.connections.len() > 8
+            || self.connections.iter().any(|c| !(1..=1024).contains(c))
+        {
+            bail!("--connections must be 1 to 8 levels, each 1..=1024");
         }
         if !(1..=50).contains(&self.rounds) {
             bail!("--rounds must be 1..=50");
@@ -180,11 +202,21 @@ async fn run(args: Args) -> Result<()> {
         .http1_only()
         .tcp_nodelay(true)
         .no_proxy()
-        .pool_max_idle_per_host(args.connections)
+        .pool_max_idle_per_host(
+            args.connections
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(1)
+                .max(args.propagation_load + 4),
+        )
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
+    if let Some(n) = args.propagation {
+        return run_propagation(&args, n, &client).await;
+    }
 
     let upstream_key = procs::token("fake-upstream-key");
     let upstream_bin = match &args.fake_upstream_bin {
@@ -243,6 +275,7 @@ async fn run(args: Args) -> Result<()> {
             upstream_key: &upstream_key,
             extra_config: args.tollgate_config_extra.as_deref(),
             workers: args.tollgate_workers,
+            init: true,
         };
         let (proc, port, api_key) = procs::start_tollgate(setup, &client).await?;
         log(&format!("tollgate on 127.0.0.1:{port} (pid {})", proc.pid));
@@ -269,27 +302,41 @@ async fn run(args: Args) -> Result<()> {
 
     let ticks = procs::clock_ticks_per_second();
     let mut rows = Vec::new();
-    // Scenario outermost: the targets compared in one scenario run close together in time.
-    for (scenario, stream) in args.scenarios() {
-        for round in 1..=args.rounds {
-            for t in &targets {
-                log(&format!(
-                    "{} / {scenario} (round {round}/{}): warm-up, then measuring",
-                    t.name, args.rounds
-                ));
-                let row = measure(&client, t, upstream.pid, scenario, stream, &args, ticks).await?;
-                log(&format!(
-                    "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} µs CPU/req, {} errors",
-                    row.rps, row.p50_ms, row.p99_ms, row.proxy_cpu_us, row.errors
-                ));
-                rows.push(row);
+    // Scenario and concurrency outermost: the targets compared in one cell run close together
+    // in time.
+    for (base, stream) in args.scenarios() {
+        for &connections in &args.connections {
+            // A label per (scenario, level), made once per run.
+            let scenario: &'static str = if args.connections.len() == 1 {
+                base
+            } else {
+                Box::leak(format!("{base} c={connections}").into_boxed_str())
+            };
+            for round in 1..=args.rounds {
+                for t in &targets {
+                    log(&format!(
+                        "{} / {scenario} (round {round}/{}): warm-up, then measuring",
+                        t.name, args.rounds
+                    ));
+                    let cell = Cell {
+                        scenario,
+                        stream,
+                        connections,
+                    };
+                    let row = measure(&client, t, upstream.pid, cell, &args, ticks).await?;
+                    log(&format!(
+                        "  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} µs CPU/req, {} errors",
+                        row.rps, row.p50_ms, row.p99_ms, row.proxy_cpu_us, row.errors
+                    ));
+                    rows.push(row);
+                }
             }
         }
     }
 
     let meta = report::Meta {
         label: args.label.clone(),
-        connections: args.connections,
+        connections: args.connections.clone(),
         requests: args.requests,
         seconds: args.seconds,
         chunks: args.chunks,
@@ -318,18 +365,108 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+async fn run_propagation(args: &Args, n: usize, client: &reqwest::Client) -> Result<()> {
+    let database_url = args
+        .database_url
+        .clone()
+        .context("--propagation needs --database-url (an empty PostgreSQL database)")?;
+    let tollgate_bin = match &args.tollgate_bin {
+        Some(bin) => bin.clone(),
+        None => procs::sibling_binary("tollgate")?,
+    };
+    let upstream_bin = match &args.fake_upstream_bin {
+        Some(bin) => bin.clone(),
+        None => procs::sibling_binary("fake-upstream")?,
+    };
+    let opts = propagation::Options {
+        revocations: n,
+        poll_ms: args.propagation_poll_ms,
+        database_url,
+        redis_url: args.redis_url.clone(),
+        load_connections: args.propagation_load,
+    };
+    log(&format!(
+        "propagation: {n} revocations, PostgreSQL{}, {}",
+        if opts.redis_url.is_some() {
+            " + Redis"
+        } else {
+            ""
+        },
+        if opts.load_connections > 0 {
+            format!(
+                "{} chat connections of load on instance B",
+                opts.load_connections
+            )
+        } else {
+            "idle".to_string()
+        }
+    ));
+    let out = propagation::run(
+        &opts,
+        &tollgate_bin,
+        &upstream_bin,
+        args.tollgate_workers,
+        client,
+    )
+    .await?;
+    let h = &out.latency_us;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let line = format!(
+        "| {} | {} | {} | {n} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+        args.label,
+        if opts.redis_url.is_some() {
+            "PostgreSQL + Redis"
+        } else {
+            "PostgreSQL"
+        },
+        if opts.load_connections > 0 {
+            format!("{} connections", opts.load_connections)
+        } else {
+            "idle".into()
+        },
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0,
+        if out.load_requests > 0 {
+            format!("{} ({} errors)", out.load_requests, out.load_errors)
+        } else {
+            "-".into()
+        },
+    );
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(
+        b"| run | store | load on B | revocations | p50 ms | p90 ms | p99 ms | max ms | load requests |\n|---|---|---|---|---|---|---|---|---|\n",
+    )?;
+    stdout.write_all(line.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// One measured cell: a scenario at a concurrency level.
+#[derive(Clone, Copy)]
+struct Cell {
+    scenario: &'static str,
+    stream: bool,
+    connections: usize,
+}
+
 /// Warm-up, then one measured phase, with CPU and peak RSS of the target's process tree.
 async fn measure(
     client: &reqwest::Client,
     target: &Target,
     upstream_pid: u32,
-    scenario: &'static str,
-    stream: bool,
+    cell: Cell,
     args: &Args,
     ticks_per_second: u64,
 ) -> Result<Row> {
+    let Cell {
+        scenario,
+        stream,
+        connections,
+    } = cell;
     let warmup = Bounds {
-        connections: args.connections,
+        connections,
         max_requests: args.warmup_requests,
         max_time: Duration::from_secs_f64(args.warmup_seconds),
     };
@@ -356,7 +493,7 @@ async fn measure(
     let proxy_before = procs::cpu_ticks(&proxy_pids);
     let upstream_before = procs::cpu_ticks(&upstream_pids);
     let bounds = Bounds {
-        connections: args.connections,
+        connections,
         max_requests: args.requests,
         max_time: Duration::from_secs_f64(args.seconds),
     };
@@ -385,6 +522,7 @@ async fn measure(
         seconds: result.elapsed.as_secs_f64(),
         rps: requests as f64 / result.elapsed.as_secs_f64().max(1e-9),
         p50_ms: ms(0.50),
+        p90_ms: ms(0.90),
         p99_ms: ms(0.99),
         proxy_cpu_us: per_request_us(proxy_ticks),
         upstream_cpu_us: per_request_us(upstream_ticks),

@@ -173,7 +173,8 @@ pub async fn start_nginx(
     let conf = format!(
         r#"daemon off;
 master_process on;
-worker_processes 1;
+# As nginx's users run it: one worker per core.
+worker_processes auto;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
@@ -251,6 +252,8 @@ pub struct TollgateSetup<'a> {
     pub extra_config: Option<&'a Path>,
     /// `TOKIO_WORKER_THREADS` for `serve` (unset: the runtime's default, one per core).
     pub workers: Option<usize>,
+    /// Run `tollgate init` first (false: another instance of the same database did; no key).
+    pub init: bool,
 }
 
 /// Writes the config, runs `tollgate init`, starts `tollgate serve` and waits for `/health`.
@@ -307,33 +310,37 @@ pub async fn start_tollgate(
         cmd
     };
 
-    let mut init = command("init");
-    init.args(["--email", "bench@example.com"]);
-    let out = tokio::time::timeout(Duration::from_secs(120), init.output())
-        .await
-        .context("`tollgate init` did not finish within 120 s")?
-        .context("running `tollgate init`")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!(
-            "`tollgate init` failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            stdout.trim(),
-            stderr.trim()
-        );
-    }
-    let api_key = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
-        .find_map(|v| v.get("api_key").and_then(|k| k.as_str()).map(str::to_owned))
-        .ok_or_else(|| {
-            anyhow!(
-                "`tollgate init` printed no JSON line with an \"api_key\":\nstdout: {}\nstderr: {}",
+    let api_key = if !s.init {
+        String::new()
+    } else {
+        let mut init = command("init");
+        init.args(["--email", "bench@example.com"]);
+        let out = tokio::time::timeout(Duration::from_secs(120), init.output())
+            .await
+            .context("`tollgate init` did not finish within 120 s")?
+            .context("running `tollgate init`")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "`tollgate init` failed ({}):\nstdout: {}\nstderr: {}",
+                out.status,
                 stdout.trim(),
                 stderr.trim()
-            )
-        })?;
+            );
+        }
+        stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
+            .find_map(|v| v.get("api_key").and_then(|k| k.as_str()).map(str::to_owned))
+            .ok_or_else(|| {
+                anyhow!(
+                    "`tollgate init` printed no JSON line with an \"api_key\":\nstdout: {}\nstderr: {}",
+                    stdout.trim(),
+                    stderr.trim()
+                )
+            })?
+    };
 
     let log_path = s.dir.join("tollgate.log");
     let log = std::fs::File::create(&log_path)?;

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 pub struct Meta {
     pub label: String,
-    pub connections: usize,
+    /// The concurrency levels measured (each scenario is run at each).
+    pub connections: Vec<usize>,
     pub requests: u64,
     pub seconds: f64,
     pub chunks: usize,
@@ -29,6 +30,7 @@ pub struct Row {
     pub seconds: f64,
     pub rps: f64,
     pub p50_ms: f64,
+    pub p90_ms: f64,
     pub p99_ms: f64,
     /// CPU time of the target's process tree per request (the upstream's own for `direct`).
     pub proxy_cpu_us: f64,
@@ -46,41 +48,92 @@ fn ratio(rows: &[Row], scenario: &str, ratio: &Ratio) -> Option<f64> {
     };
     let n = (ratio.metric)(find(ratio.num)?);
     let d = (ratio.metric)(find(ratio.den)?);
+    if ratio.difference {
+        return Some(n - d);
+    }
     (d > 0.0).then(|| n / d)
 }
 
-/// A ratio reported per scenario: `metric(num) / metric(den)`.
+/// A comparison reported per scenario: `metric(num) / metric(den)`, or with `difference`
+/// `metric(num) - metric(den)`.
 struct Ratio {
     name: &'static str,
     num: &'static str,
     den: &'static str,
     metric: fn(&Row) -> f64,
+    difference: bool,
 }
 
-const RATIOS: [Ratio; 4] = [
+const RATIOS: [Ratio; 10] = [
     Ratio {
         name: "tollgate/nginx RPS",
         num: "tollgate",
         den: "nginx",
         metric: |r| r.rps,
+        difference: false,
     },
     Ratio {
         name: "tollgate/direct RPS",
         num: "tollgate",
         den: "direct",
         metric: |r| r.rps,
+        difference: false,
     },
     Ratio {
         name: "tollgate/nginx CPU per request",
         num: "tollgate",
         den: "nginx",
         metric: |r| r.proxy_cpu_us,
+        difference: false,
     },
     Ratio {
         name: "tollgate/nginx p99",
         num: "tollgate",
         den: "nginx",
         metric: |r| r.p99_ms,
+        difference: false,
+    },
+    Ratio {
+        name: "tollgate added p50 µs over direct",
+        num: "tollgate",
+        den: "direct",
+        metric: |r| r.p50_ms * 1000.0,
+        difference: true,
+    },
+    Ratio {
+        name: "tollgate added p90 µs over direct",
+        num: "tollgate",
+        den: "direct",
+        metric: |r| r.p90_ms * 1000.0,
+        difference: true,
+    },
+    Ratio {
+        name: "tollgate added p99 µs over direct",
+        num: "tollgate",
+        den: "direct",
+        metric: |r| r.p99_ms * 1000.0,
+        difference: true,
+    },
+    Ratio {
+        name: "nginx added p50 µs over direct",
+        num: "nginx",
+        den: "direct",
+        metric: |r| r.p50_ms * 1000.0,
+        difference: true,
+    },
+    Ratio {
+        name: "nginx added p90 µs over direct",
+        num: "nginx",
+        den: "direct",
+        metric: |r| r.p90_ms * 1000.0,
+        difference: true,
+    },
+    Ratio {
+        name: "nginx added p99 µs over direct",
+        num: "nginx",
+        den: "direct",
+        metric: |r| r.p99_ms * 1000.0,
+        difference: true,
     },
 ];
 
@@ -117,6 +170,7 @@ pub fn merge_rounds(rows: Vec<Row>) -> Vec<Row> {
                 seconds: group.iter().map(|r| r.seconds).sum(),
                 rps: med(|r| r.rps),
                 p50_ms: med(|r| r.p50_ms),
+                p90_ms: med(|r| r.p90_ms),
                 p99_ms: med(|r| r.p99_ms),
                 proxy_cpu_us: med(|r| r.proxy_cpu_us),
                 upstream_cpu_us: med(|r| r.upstream_cpu_us),
@@ -183,7 +237,15 @@ pub fn markdown(meta: &Meta, rows: &[Row], rounds: &[(&'static str, Vec<f64>)]) 
     let _ = writeln!(
         s,
         "{} connections, at most {} requests / {} s per phase, streams of {} chunks, {} cores shared by client, proxy and upstream.\n",
-        meta.connections, meta.requests, meta.seconds, meta.chunks, meta.cores
+        meta.connections
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(" / "),
+        meta.requests,
+        meta.seconds,
+        meta.chunks,
+        meta.cores
     );
     if let Some(n) = meta.tollgate_workers {
         let _ = writeln!(s, "Tollgate runs {n} runtime worker thread(s).\n");
@@ -195,17 +257,18 @@ pub fn markdown(meta: &Meta, rows: &[Row], rounds: &[(&'static str, Vec<f64>)]) 
             meta.rounds
         );
     }
-    s.push_str("| target | scenario | requests | RPS | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | peak RSS MiB | errors |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| target | scenario | requests | RPS | p50 ms | p90 ms | p99 ms | CPU µs/req | upstream CPU µs/req | peak RSS MiB | errors |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
             r.target,
             r.scenario,
             r.requests,
             r.rps,
             r.p50_ms,
+            r.p90_ms,
             r.p99_ms,
             r.proxy_cpu_us,
             r.upstream_cpu_us,
@@ -224,7 +287,15 @@ pub fn markdown(meta: &Meta, rows: &[Row], rounds: &[(&'static str, Vec<f64>)]) 
             cells.iter().any(Option::is_some).then(|| {
                 let cells: Vec<String> = cells
                     .iter()
-                    .map(|c| c.map_or("–".to_owned(), |v| format!("{v:.2}")))
+                    .map(|c| {
+                        c.map_or("–".to_owned(), |v| {
+                            if r.difference {
+                                format!("{v:.0}")
+                            } else {
+                                format!("{v:.2}")
+                            }
+                        })
+                    })
                     .collect();
                 format!("| {} | {} |", r.name, cells.join(" | "))
             })
@@ -273,6 +344,7 @@ pub fn json(meta: &Meta, rows: &[Row], rounds: &[(&'static str, Vec<f64>)]) -> V
                 "seconds": r.seconds,
                 "rps": r.rps,
                 "p50_ms": r.p50_ms,
+                "p90_ms": r.p90_ms,
                 "p99_ms": r.p99_ms,
                 "cpu_us_per_request": r.proxy_cpu_us,
                 "upstream_cpu_us_per_request": r.upstream_cpu_us,
@@ -323,6 +395,7 @@ mod tests {
             seconds: 1.0,
             rps,
             p50_ms: 1.0,
+            p90_ms: 1.5,
             p99_ms: 2.0,
             proxy_cpu_us: rps / 100.0,
             upstream_cpu_us: 10.0,
@@ -334,7 +407,7 @@ mod tests {
     fn ratios_appear_when_both_targets_ran() {
         let meta = Meta {
             label: "t".into(),
-            connections: 1,
+            connections: vec![1],
             requests: 100,
             seconds: 1.0,
             chunks: 20,
@@ -342,9 +415,18 @@ mod tests {
             tollgate_workers: Some(1),
             rounds: 1,
         };
+        let mut direct = row("direct", 2000.0);
+        direct.p50_ms = 0.9;
         let rows = [row("nginx", 1000.0), row("tollgate", 500.0)];
         let md = markdown(&meta, &rows, &[]);
         assert!(md.contains("| tollgate/nginx RPS | 0.50 |"), "{md}");
+        assert!(!md.contains("added p50"), "{md}");
+        let with_direct = [direct, row("nginx", 1000.0), row("tollgate", 500.0)];
+        let md2 = markdown(&meta, &with_direct, &[]);
+        assert!(
+            md2.contains("| tollgate added p50 µs over direct | 100 |"),
+            "{md2}"
+        );
         assert!(!md.contains("tollgate/direct"), "{md}");
         assert!(
             md.contains("Tollgate runs 1 runtime worker thread(s)."),
@@ -370,7 +452,7 @@ mod tests {
         assert_eq!(per_round[0].1, vec![0.6, 0.7, 0.6]);
         let meta = Meta {
             label: "t".into(),
-            connections: 1,
+            connections: vec![1],
             requests: 100,
             seconds: 1.0,
             chunks: 20,

@@ -347,6 +347,8 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     // Invalidations written by other instances (or the CLI).
     let s = state.clone();
     tasks.push(tokio::spawn(async move { poll_invalidations(s).await }));
+    // Their push: PostgreSQL LISTEN, Redis pub/sub.
+    tasks.extend(crate::push::spawn(state));
     // Operations workers, jti and operation pruning.
     tasks.extend(crate::subscriptions::spawn_background(state));
     // Cache safety-net pruning.
@@ -363,21 +365,26 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     tasks
 }
 
-const INVALIDATION_POLL: Duration = Duration::from_millis(100);
 const INVALIDATION_WINDOW_MS: i64 = 30_000;
 
 async fn poll_invalidations(state: AppState) {
     let mut seen: HashSet<i64> = HashSet::new();
     let mut order: VecDeque<(i64, Instant)> = VecDeque::new();
     let mut last_prune = Instant::now();
-    let mut tick = tokio::time::interval(INVALIDATION_POLL);
+    // At least every 10 ms, at most every minute; each read covers at least three intervals.
+    let poll_ms = state.config.invalidation_poll_ms.clamp(10, 60_000);
+    let window_ms = INVALIDATION_WINDOW_MS.max(3 * poll_ms as i64);
+    let poll = Duration::from_millis(poll_ms);
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A listener heard of a commit (`crate::push`).
+            () = state.auth.push().wake.notified() => {}
             () = state.shutdown.cancelled() => return,
         }
-        let since = crate::util::now_ms() - INVALIDATION_WINDOW_MS;
+        let since = crate::util::now_ms() - window_ms;
         let rows = match invalidations::recent(state.store.pool(), since).await {
             Ok(r) => r,
             Err(e) => {
@@ -399,10 +406,10 @@ async fn poll_invalidations(state: AppState) {
             // Every other row is applied, also on the first poll: a row committed while this
             // instance was starting may describe a request it has already served.
             if let Some(kind) = invalidations::Kind::parse(&kind) {
-                state.auth.invalidate(kind, &target);
+                state.auth.apply_invalidation(kind, &target);
             }
         }
-        let horizon = Duration::from_millis(2 * INVALIDATION_WINDOW_MS as u64);
+        let horizon = Duration::from_millis(2 * window_ms as u64);
         while order.front().is_some_and(|(_, at)| at.elapsed() > horizon) {
             if let Some((seq, _)) = order.pop_front() {
                 seen.remove(&seq);

@@ -54,6 +54,9 @@ pub struct Config {
     pub key_cache_ttl_seconds: u64,
     /// How often batched `last_used_at` writes are flushed.
     pub last_used_flush_ms: u64,
+    /// How often the invalidation log is read when no push arrives (the safety net under
+    /// PostgreSQL `LISTEN` and Redis pub/sub; the only channel for SQLite without Redis).
+    pub invalidation_poll_ms: u64,
     /// Emit logs as JSON lines (default: human-readable).
     pub log_json: bool,
     pub auth: AuthConfig,
@@ -278,6 +281,7 @@ impl Default for Config {
             metrics_token: None,
             key_cache_ttl_seconds: 30,
             last_used_flush_ms: 1000,
+            invalidation_poll_ms: 100,
             log_json: false,
             auth: AuthConfig::default(),
             email: EmailConfig::default(),

@@ -23,6 +23,7 @@ pub mod netguard;
 pub mod ops;
 pub mod passwords;
 pub mod proxy;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod subscriptions;

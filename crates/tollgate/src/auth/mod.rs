@@ -241,6 +241,8 @@ pub struct Auth {
     pub subscriptions: crate::subscriptions::SubscriptionAuth,
     /// This instance, as the `origin` of the invalidations it publishes.
     instance_id: Arc<str>,
+    /// Push of invalidations between instances (`crate::push`).
+    push: crate::push::Signals,
 }
 
 impl std::fmt::Debug for Auth {
@@ -280,7 +282,13 @@ impl Auth {
             last_used: keycache::LastUsed::default(),
             subscriptions: crate::subscriptions::SubscriptionAuth::new(cache_ttl),
             instance_id: crate::util::new_id("inst").into(),
+            push: crate::push::Signals::default(),
         }
+    }
+
+    /// The push signals of this instance (`crate::push`).
+    pub fn push(&self) -> &crate::push::Signals {
+        &self.push
     }
 
     /// This instance's id (random per process start).
@@ -478,6 +486,14 @@ impl Auth {
     /// Applies an invalidation on this instance: bump the epoch (cached verifications reload),
     /// then cut live requests under `target` when the change takes access away.
     pub fn invalidate(&self, kind: crate::store::invalidations::Kind, target: &str) {
+        self.apply_invalidation(kind, target);
+        // The other instances read the log now rather than at their next poll.
+        self.push.announce.notify_one();
+    }
+
+    /// Applies an invalidation another instance (or the CLI) committed: as [`Auth::invalidate`],
+    /// without announcing it again.
+    pub fn apply_invalidation(&self, kind: crate::store::invalidations::Kind, target: &str) {
         use crate::store::invalidations::Kind;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.remove_id(target);

@@ -1,5 +1,5 @@
-//! The invalidation log: written in the same transaction as the change it announces, polled by
-//! every instance (see `auth::Auth::apply_remote_invalidations`).
+//! The invalidation log: written in the same transaction as the change it announces, read by
+//! every instance when told (`crate::push`) and on its poll (`app::poll_invalidations`).
 
 use sqlx::AnyPool;
 
@@ -48,8 +48,16 @@ pub async fn publish(
         .bind(target.to_string())
         .bind(now_ms())
         .bind(meta.origin.as_deref().map(str::to_string))
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    // PostgreSQL delivers it to every listening instance when this transaction commits
+    // (`crate::push`); one per transaction is enough, duplicates are folded by PostgreSQL.
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::push::PG_CHANNEL)
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 

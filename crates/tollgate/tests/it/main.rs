@@ -25,6 +25,7 @@ mod limits;
 mod operations;
 mod ops;
 mod proxy;
+mod push;
 mod quotas;
 mod redis;
 mod sdk_vectors;
