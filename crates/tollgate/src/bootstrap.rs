@@ -6,6 +6,7 @@ use crate::api::keys::{NewKeySpec, create_key};
 use crate::error::{ApiError, ApiResult};
 use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::{Conn, Store, StoreError, tenants};
+use tollgate_core::audit::Action;
 
 /// What `init` and the first start print (the key is shown this once).
 #[derive(Debug, serde::Serialize)]
@@ -45,7 +46,7 @@ pub async fn add_owner(
         tenants::add_membership(conn, tenant_id, &user.id).await?;
         append(
             conn,
-            AuditEvent::new(tenant_id, actor.clone(), "user.added", meta)
+            AuditEvent::new(tenant_id, actor.clone(), Action::UserAdded, meta)
                 .target("user", user.id.clone())
                 .details(json!({"email": user.email, "roles": ["owner"]})),
         )
@@ -108,11 +109,8 @@ pub async fn init(
                 &mut tx,
                 AuditEvent::new(
                     t.id.clone(),
-                    Actor {
-                        kind: "operator",
-                        id: None,
-                    },
-                    "tenant.created",
+                    Actor::operator(),
+                    Action::TenantCreated,
                     &meta,
                 )
                 .target("tenant", t.id.clone())
@@ -129,10 +127,7 @@ pub async fn init(
         &tenant.id,
         &email,
         password_hash,
-        Actor {
-            kind: "operator",
-            id: None,
-        },
+        Actor::operator(),
         &meta,
     )
     .await?;
@@ -161,9 +156,14 @@ pub async fn first_start(
     let tenant = tenants::create_tenant(&mut tx, "default").await?;
     append(
         &mut tx,
-        AuditEvent::new(tenant.id.clone(), Actor::system(), "tenant.created", &meta)
-            .target("tenant", tenant.id.clone())
-            .details(json!({"name": tenant.name, "bootstrap": true})),
+        AuditEvent::new(
+            tenant.id.clone(),
+            Actor::system(),
+            Action::TenantCreated,
+            &meta,
+        )
+        .target("tenant", tenant.id.clone())
+        .details(json!({"name": tenant.name, "bootstrap": true})),
     )
     .await?;
     let (user_id, api_key) = add_owner(

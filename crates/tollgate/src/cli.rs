@@ -322,10 +322,7 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
                 &mut tx,
                 &config.key_prefix,
                 spec,
-                Actor {
-                    kind: "operator",
-                    id: None,
-                },
+                Actor::operator(),
                 &RequestMeta::default(),
             )
             .await

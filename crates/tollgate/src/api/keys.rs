@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::middleware::{Caller, MemberPowers, within_ceiling};
-use crate::auth::permissions::Authority;
-use crate::auth::{PermSet, Permission, apikey, subscription_key_permissions};
+use crate::auth::{PermSet, Permission, subscription_key_permissions};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta, OptionalJson};
 use crate::store::Conn;
@@ -25,6 +24,9 @@ use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::invalidations::{self, Kind};
 use crate::store::keys::{self as keystore, ApiKeyRecord, KeyRateLimit};
 use crate::util::{new_id, now_ms, parse_rfc3339};
+use tollgate_core::apikey;
+use tollgate_core::audit::Action;
+use tollgate_core::permissions::Authority;
 
 /// Distinguishes "field absent" from "field set to null" in PATCH bodies.
 #[derive(Debug, Default)]
@@ -242,7 +244,7 @@ pub async fn create_key(
     keystore::insert(conn, &rec, &secret.hash.to_hex()).await?;
     append(
         conn,
-        AuditEvent::new(rec.tenant_id.clone(), actor, "api_key.created", meta)
+        AuditEvent::new(rec.tenant_id.clone(), actor, Action::ApiKeyCreated, meta)
             .target("api_key", rec.id.clone())
             .details(
                 json!({"name": rec.name, "hint": rec.hint, "user_id": rec.user_id,
@@ -271,7 +273,7 @@ pub async fn revoke_key(
     if changed {
         append(
             conn,
-            AuditEvent::new(tenant_id, actor, "api_key.revoked", meta)
+            AuditEvent::new(tenant_id, actor, Action::ApiKeyRevoked, meta)
                 .target("api_key", id)
                 .details(json!({"name": rec.name, "hint": rec.hint})),
         )
@@ -528,7 +530,7 @@ pub async fn patch(
             AuditEvent::new(
                 rec.tenant_id.clone(),
                 caller.actor(),
-                "api_key.updated",
+                Action::ApiKeyUpdated,
                 &meta,
             )
             .target("api_key", rec.id.clone())
@@ -605,7 +607,7 @@ pub async fn rotate(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "api_key.rotated",
+            Action::ApiKeyRotated,
             &meta,
         )
         .target("api_key", id.clone())
@@ -649,10 +651,7 @@ pub async fn revoke_by_id_as_operator(
         &mut tx,
         &tenant_id,
         id,
-        Actor {
-            kind: "operator",
-            id: None,
-        },
+        Actor::operator(),
         &RequestMeta::default(),
     )
     .await?;

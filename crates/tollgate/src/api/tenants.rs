@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::store::audit::{AuditEvent, append};
 use crate::store::tenants;
+use tollgate_core::audit::Action;
 
 fn platform_only(caller: &Caller) -> ApiResult<()> {
     // The guard already required tenant:admin; checked again so the rule holds wherever the
@@ -79,9 +80,14 @@ pub async fn create(
     let tenant = tenants::create_tenant(&mut tx, &name).await?;
     append(
         &mut tx,
-        AuditEvent::new(tenant.id.clone(), caller.actor(), "tenant.created", &meta)
-            .target("tenant", tenant.id.clone())
-            .details(json!({"name": tenant.name, "created_from_tenant": &*caller.tenant_id})),
+        AuditEvent::new(
+            tenant.id.clone(),
+            caller.actor(),
+            Action::TenantCreated,
+            &meta,
+        )
+        .target("tenant", tenant.id.clone())
+        .details(json!({"name": tenant.name, "created_from_tenant": &*caller.tenant_id})),
     )
     .await?;
     let mut out = tenant.to_api();

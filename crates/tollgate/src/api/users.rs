@@ -13,9 +13,6 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::middleware::Caller;
-use crate::auth::permissions::{
-    BUILTIN_ROLES, OWNER_ROLE, builtin_description, builtin_role, is_builtin_name,
-};
 use crate::auth::{PermSet, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -24,6 +21,10 @@ use crate::store::invalidations::{self, Kind};
 use crate::store::tenants::{self, Member, Role};
 use crate::store::{Conn, StoreError, keys as keystore};
 use crate::util::now_ms;
+use tollgate_core::audit::Action;
+use tollgate_core::permissions::{
+    BUILTIN_ROLES, OWNER_ROLE, builtin_description, builtin_role, is_builtin_name,
+};
 
 fn db(e: sqlx::Error) -> ApiError {
     StoreError::from(e).into()
@@ -196,7 +197,7 @@ pub async fn create(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.added",
+            Action::UserAdded,
             &meta,
         )
         .target("user", user.id.clone())
@@ -260,7 +261,7 @@ pub async fn patch(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.updated",
+            Action::UserUpdated,
             &meta,
         )
         .target("user", id.clone())
@@ -325,7 +326,7 @@ pub async fn put_roles(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.roles_changed",
+            Action::UserRolesChanged,
             &meta,
         )
         .target("user", id.clone())
@@ -370,7 +371,7 @@ pub async fn delete(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.removed",
+            Action::UserRemoved,
             &meta,
         )
         .target("user", id.clone())
@@ -461,7 +462,7 @@ pub async fn create_role(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "role.created",
+            Action::RoleCreated,
             &meta,
         )
         .target("role", role.id.clone())
@@ -513,7 +514,7 @@ pub async fn patch_role(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "role.updated",
+            Action::RoleUpdated,
             &meta,
         )
         .target("role", role.id.clone())
@@ -551,7 +552,7 @@ pub async fn delete_role(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "role.deleted",
+            Action::RoleDeleted,
             &meta,
         )
         .target("role", id.clone())

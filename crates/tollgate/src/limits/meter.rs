@@ -13,8 +13,9 @@ use super::{RateHeaders, Reservation};
 use crate::app::AppState;
 use crate::auth::{CredentialType, Principal};
 use crate::error::ApiError;
-use crate::proxy::sse::Usage;
-use crate::usage::{RequestInfo, UsageRecord};
+use crate::proxy::sse::TokenUsage;
+use crate::usage::RequestInfo;
+use tollgate_core::usage::UsageRecord;
 
 /// Longest end-user id kept (longer ones are cut).
 const END_USER_MAX: usize = 256;
@@ -187,7 +188,7 @@ pub async fn admit(
                 crate::error::ErrorCode::ValidationFailed => "too_large",
                 _ => "rate_limited",
             };
-            crate::usage::Usage::send(permit, record);
+            crate::usage::UsageQueue::send(permit, record);
             Err(err)
         }
     }
@@ -202,7 +203,7 @@ pub struct Meter {
     record: Option<UsageRecord>,
     started: Instant,
     prompt_estimate: u64,
-    usage: Option<Usage>,
+    usage: Option<TokenUsage>,
     chunks: u64,
     complete: bool,
     status: u16,
@@ -258,7 +259,7 @@ impl Meter {
     }
 
     /// Usage reported by the upstream.
-    pub fn set_usage(&mut self, usage: Option<Usage>) {
+    pub fn set_usage(&mut self, usage: Option<TokenUsage>) {
         if usage.is_some() {
             self.usage = usage;
         }
@@ -325,7 +326,7 @@ impl Drop for Meter {
         rec.prompt_tokens = prompt;
         rec.completion_tokens = completion;
         rec.latency_ms = self.started.elapsed().as_millis() as u64;
-        crate::usage::Usage::send(self.permit.take(), rec);
+        crate::usage::UsageQueue::send(self.permit.take(), rec);
     }
 }
 

@@ -28,7 +28,7 @@ pub mod client;
 pub mod mock;
 pub mod sse;
 
-use sse::{EventKind, EventSplitter, Usage};
+use sse::{EventKind, EventSplitter, TokenUsage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -587,7 +587,7 @@ async fn forward(
         .upstream(provider, outcome, started.elapsed().as_secs_f64());
     match reply.body {
         ReplyBody::Full(body) if reply.status.is_success() => {
-            let Ok(usage) = Usage::from_body(&body) else {
+            let Ok(usage) = TokenUsage::from_body(&body) else {
                 tracing::warn!(provider, "upstream sent a body that is not a JSON object");
                 return Err(meter.fail(ApiError::new(
                     ErrorCode::UpstreamError,
@@ -636,7 +636,7 @@ struct StreamState {
     token: tokio_util::sync::CancellationToken,
     client_wants_usage: bool,
     idle: Duration,
-    usage: Option<Usage>,
+    usage: Option<TokenUsage>,
     saw_done: bool,
     done: bool,
     state: AppState,

@@ -22,29 +22,14 @@ pub struct RequestMeta {
     pub origin: Option<std::sync::Arc<str>>,
 }
 
-/// Who did it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Actor {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub id: Option<String>,
-}
-
-impl Actor {
-    pub fn system() -> Self {
-        Self {
-            kind: "system",
-            id: None,
-        }
-    }
-}
+pub use tollgate_core::audit::{Action, Actor};
 
 /// An event to append. `details` must never hold a secret.
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
     pub tenant_id: String,
     pub actor: Actor,
-    pub action: &'static str,
+    pub action: Action,
     pub target_type: Option<&'static str>,
     pub target_id: Option<String>,
     pub meta: RequestMeta,
@@ -56,7 +41,7 @@ impl AuditEvent {
     pub fn new(
         tenant_id: impl Into<String>,
         actor: Actor,
-        action: &'static str,
+        action: Action,
         meta: &RequestMeta,
     ) -> Self {
         Self {
@@ -155,7 +140,7 @@ pub async fn append(conn: &mut Conn, ev: AuditEvent) -> StoreResult<AuditRecord>
         ts: now_ms(),
         tenant_id: ev.tenant_id,
         actor: json!(ev.actor),
-        action: ev.action.to_string(),
+        action: ev.action.as_str().to_string(),
         target: json!({"type": ev.target_type, "id": ev.target_id}),
         ip: ev.meta.ip,
         user_agent: ev.meta.user_agent,
@@ -175,7 +160,7 @@ pub async fn append(conn: &mut Conn, ev: AuditEvent) -> StoreResult<AuditRecord>
     .bind(rec.tenant_id.clone())
     .bind(rec.seq)
     .bind(rec.ts)
-    .bind(ev.actor.kind)
+    .bind(ev.actor.kind.as_str())
     .bind(ev.actor.id)
     .bind(rec.action.clone())
     .bind(ev.target_type)

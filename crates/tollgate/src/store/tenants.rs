@@ -4,8 +4,8 @@ use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
 
 use super::{Conn, StoreError, StoreResult};
-use crate::auth::permissions::{PermSet, builtin_role};
 use crate::util::{new_id, now_ms, rfc3339};
+use tollgate_core::permissions::{PermSet, builtin_role};
 
 #[derive(Debug, Clone)]
 pub struct Tenant {

@@ -10,33 +10,7 @@ use sqlx::Row;
 use super::{Backend, StoreResult};
 use crate::limits::{Dim, ScopeKind, ScopeRef};
 
-/// One metered inference request.
-#[derive(Debug, Clone)]
-pub struct UsageRecord {
-    pub ts: i64,
-    pub request_id: Option<Arc<str>>,
-    pub tenant_id: Arc<str>,
-    pub api_key_id: Option<Arc<str>>,
-    pub user_id: Option<Arc<str>>,
-    pub subscription_id: Option<Arc<str>>,
-    pub end_user: Option<Arc<str>>,
-    pub model: Arc<str>,
-    pub route: &'static str,
-    /// The HTTP status the client received.
-    pub status: u16,
-    /// `ok`, `client_closed`, `rate_limited`, `quota_exceeded`, `upstream_error`, ...
-    pub outcome: &'static str,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub latency_ms: u64,
-}
-
-impl UsageRecord {
-    /// Whether the request counts against request quotas (answered without an error status).
-    pub fn counts(&self) -> bool {
-        self.status < 400
-    }
-}
+use tollgate_core::usage::UsageRecord;
 
 const RECORD_COLS: usize = 14;
 const AGG_COLS: usize = 12;

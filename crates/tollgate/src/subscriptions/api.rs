@@ -17,7 +17,6 @@ use super::keys::{self, Alg};
 use super::{DEFAULT_MAX_TOKEN_LIFETIME, LARGEST_MAX_TOKEN_LIFETIME};
 use crate::app::AppState;
 use crate::auth::middleware::{Caller, guard, within_ceiling};
-use crate::auth::permissions::Authority;
 use crate::auth::{AuthLevel, PermSet, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -29,6 +28,8 @@ use crate::store::subscriptions::{
 };
 use crate::store::{StoreError, Tx};
 use crate::util::{new_id, now_ms, random_base62};
+use tollgate_core::audit::Action;
+use tollgate_core::permissions::Authority;
 
 pub fn routes(state: &AppState) -> Router<AppState> {
     use AuthLevel::Required;
@@ -176,7 +177,7 @@ async fn create_product(
         AuditEvent::new(
             product.tenant_id.clone(),
             caller.actor(),
-            "product.created",
+            Action::ProductCreated,
             &meta,
         )
         .target("product", product.id.clone())
@@ -283,7 +284,7 @@ async fn create_plan(
         AuditEvent::new(
             plan.tenant_id.clone(),
             caller.actor(),
-            "plan.created",
+            Action::PlanCreated,
             &meta,
         )
         .target("plan", plan.id.clone())
@@ -415,7 +416,7 @@ async fn create_subscription(
         AuditEvent::new(
             sub.tenant_id.clone(),
             caller.actor(),
-            "subscription.created",
+            Action::SubscriptionCreated,
             &meta,
         )
         .target("subscription", sub.id.clone())
@@ -576,9 +577,9 @@ async fn patch_subscription(
                 s.tenant_id.clone(),
                 caller.actor(),
                 if cut {
-                    "subscription.suspended"
+                    Action::SubscriptionSuspended
                 } else {
-                    "subscription.updated"
+                    Action::SubscriptionUpdated
                 },
                 &meta,
             )
@@ -619,7 +620,7 @@ async fn cancel_subscription(
             AuditEvent::new(
                 s.tenant_id.clone(),
                 caller.actor(),
-                "subscription.cancelled",
+                Action::SubscriptionCancelled,
                 &meta,
             )
             .target("subscription", s.id.clone())
@@ -808,7 +809,7 @@ async fn create_jwt_credential(
         AuditEvent::new(
             s.tenant_id.clone(),
             caller.actor(),
-            "subscription.credential_created",
+            Action::SubscriptionCredentialCreated,
             meta,
         )
         .target("subscription_credential", cred.id.clone())
@@ -974,7 +975,7 @@ async fn revoke_credential(
             AuditEvent::new(
                 s.tenant_id.clone(),
                 caller.actor(),
-                "subscription.credential_revoked",
+                Action::SubscriptionCredentialRevoked,
                 &meta,
             )
             .target("subscription_credential", cred_id.clone())

@@ -19,6 +19,7 @@ mod errors;
 mod file_modes;
 mod fuzz_replay;
 mod keys;
+mod layers;
 mod limits;
 mod operations;
 mod ops;
