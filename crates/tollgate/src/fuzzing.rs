@@ -505,12 +505,12 @@ impl Stream for Script {
     }
 }
 
-/// The SSE splitter and usage extraction (`proxy::sse`) over arbitrary bytes in arbitrary
+/// The SSE splitter and usage extraction (`tollgate_upstream::sse`) over arbitrary bytes in arbitrary
 /// chunks (see [`plan_and_rest`]). Events must concatenate to the input, match a one-shot
 /// reference split whatever the chunking, and classify without panicking; reported usage must
 /// be summable; `coalesce` must pass every byte once, in order.
 pub fn sse(data: &[u8]) {
-    use crate::proxy::sse::{EventKind, EventSplitter, TokenUsage, classify, coalesce};
+    use tollgate_upstream::sse::{EventKind, EventSplitter, TokenUsage, classify, coalesce};
     let (plan, stream) = plan_and_rest(data);
     let mut splitter = EventSplitter::default();
     let mut events: Vec<Bytes> = Vec::new();
@@ -688,12 +688,12 @@ pub fn admission(data: &[u8]) {
     );
 }
 
-/// The upstream client's HTTP/1.1 response parsing (`proxy::client`): the head (`parse_head`,
+/// The upstream client's HTTP/1.1 response parsing (`tollgate_upstream::client`): the head (`parse_head`,
 /// interim `1xx` answers skipped as `read_head` does) and the body framing (`decode`:
 /// Content-Length, chunked, until close), fed in arbitrary chunks. The decoded body must not
 /// depend on the chunking, and never exceed a Content-Length.
 pub fn upstream_http(data: &[u8]) {
-    use crate::proxy::client::{Framing, MAX_HEAD_BYTES, decode, parse_head};
+    use tollgate_upstream::client::{Framing, MAX_HEAD_BYTES, decode, parse_head};
     let (plan, wire) = plan_and_rest(data);
 
     /// Reads one answer; `None` on a protocol error, else (status, framing at the start, body,
@@ -781,7 +781,7 @@ pub fn config_toml(data: &[u8]) {
     if let Some(key) = &cfg.secret_key {
         let _ = crate::crypto::parse_key(key.expose());
     }
-    let settings = crate::proxy::client::Settings {
+    let settings = tollgate_upstream::client::Settings {
         connect_timeout: std::time::Duration::from_secs(1),
         idle_timeout: std::time::Duration::from_secs(1),
         max_idle: 1,
@@ -790,7 +790,8 @@ pub fn config_toml(data: &[u8]) {
     for p in cfg.providers.iter().take(8) {
         if p.base_url.starts_with("http:") {
             let bearer = p.api_key.as_ref().map(crate::config::Secret::expose);
-            if let Ok(u) = crate::proxy::client::Upstream::new(&p.base_url, bearer, &settings) {
+            if let Ok(u) = tollgate_upstream::client::Upstream::new(&p.base_url, bearer, &settings)
+            {
                 assert!(u.request_target("chat/completions").starts_with('/'));
             }
         }

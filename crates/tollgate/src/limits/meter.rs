@@ -13,9 +13,9 @@ use super::{RateHeaders, Reservation};
 use crate::app::AppState;
 use crate::auth::{CredentialType, Principal};
 use crate::error::ApiError;
-use crate::proxy::sse::TokenUsage;
 use crate::usage::RequestInfo;
 use tollgate_core::usage::UsageRecord;
+use tollgate_upstream::sse::TokenUsage;
 
 /// Longest end-user id kept (longer ones are cut).
 const END_USER_MAX: usize = 256;
@@ -42,7 +42,7 @@ pub fn end_user(p: &Principal, header: Option<&str>, body: &Value) -> Option<Str
 /// upstream's reported usage is taken at: 2^31 - 1, the largest value upstreams that read it as a
 /// 32-bit integer accept. Larger requested values are refused (`422`); larger reported ones are
 /// counted as this, so every sum of token counts stays far from overflowing.
-pub const MAX_TOKENS: u64 = crate::proxy::sse::MAX_REPORTED_TOKENS;
+pub const MAX_TOKENS: u64 = tollgate_upstream::sse::MAX_REPORTED_TOKENS;
 
 /// The largest `n` (completions or images per request): OpenAI's ceiling for chat.
 pub const MAX_N: u64 = 128;

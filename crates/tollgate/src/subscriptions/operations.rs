@@ -404,7 +404,11 @@ async fn run_one(state: &AppState, worker: &str, op: Operation) {
         }
     };
     let outcome = match reply {
-        Err(f) => Outcome::Done(OpStatus::Failed, None, Some(error_value(&f.to_api()))),
+        Err(f) => Outcome::Done(
+            OpStatus::Failed,
+            None,
+            Some(error_value(&crate::proxy::upstream_error(f))),
+        ),
         Ok(reply) => outcome_of(route.provider.name, reply),
     };
     finish(state, worker, &op, outcome).await;

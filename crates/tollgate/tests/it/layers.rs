@@ -27,7 +27,7 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         krate: "tollgate-upstream",
-        required: false,
+        required: true,
         banned: &["axum", "sqlx", "redis"],
         allowed_tollgate: &["tollgate-core"],
     },
@@ -157,7 +157,7 @@ fn no_layer_reaches_a_crate_it_may_not_know() {
     }
     errors.sort();
     assert!(errors.is_empty(), "forbidden edges:\n{}", errors.join("\n"));
-    assert!(checked.contains("tollgate-core"));
+    assert!(checked.contains("tollgate-core") && checked.contains("tollgate-upstream"));
 }
 
 #[test]

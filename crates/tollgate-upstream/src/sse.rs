@@ -320,12 +320,6 @@ where
         Poll::Ready(Some(Ok(joined.map_or(first, BytesMut::freeze))))
     }
 }
-
-/// Formats an SSE `error` event in the OpenAI error shape.
-pub fn error_event(err: &crate::error::ApiError) -> Bytes {
-    Bytes::from(format!("event: error\ndata: {}\n\n", err.body()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
