@@ -2,9 +2,11 @@
 
 use serde_json::json;
 
-use crate::api::keys::{NewKeySpec, create_key};
 use crate::error::{ApiError, ApiResult};
-use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
+use crate::service::Unit;
+use crate::service::keys::{self as keys_service, NewKeySpec};
+use crate::store::audit::{Actor, RequestMeta};
+use crate::store::invalidations::Kind;
 use crate::store::{Conn, Store, StoreError, tenants};
 use tollgate_core::audit::Action;
 
@@ -16,16 +18,16 @@ pub struct InitOutput {
     pub api_key: String,
 }
 
-/// Makes `email` (created if new) an owner of `tenant_id` and issues an owner key.
+/// Makes `email` (created if new) an owner of `tenant_id` and issues an owner key, in `unit`.
 pub async fn add_owner(
-    conn: &mut Conn,
+    unit: &mut Unit<'_>,
     prefix: &str,
     tenant_id: &str,
     email: &str,
     password_hash: Option<String>,
     actor: Actor,
-    meta: &RequestMeta,
 ) -> ApiResult<(String, String)> {
+    let conn = unit.conn();
     let user = match tenants::find_user_by_email(conn, email).await? {
         Some(u) => {
             if let Some(h) = &password_hash {
@@ -44,28 +46,20 @@ pub async fn add_owner(
         .is_none()
     {
         tenants::add_membership(conn, tenant_id, &user.id).await?;
-        append(
-            conn,
-            AuditEvent::new(tenant_id, actor.clone(), Action::UserAdded, meta)
-                .target("user", user.id.clone())
-                .details(json!({"email": user.email, "roles": ["owner"]})),
-        )
-        .await?;
+        let event = unit
+            .event(tenant_id, actor.clone(), Action::UserAdded)
+            .target("user", user.id.clone())
+            .details(json!({"email": user.email, "roles": ["owner"]}));
+        unit.audit(event).await?;
     }
-    let member = tenants::get_member(conn, tenant_id, &user.id)
+    let member = tenants::get_member(unit.conn(), tenant_id, &user.id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
     if !member.roles.iter().any(|r| r == "owner") {
         let mut roles = member.roles.clone();
         roles.push("owner".into());
-        tenants::set_member_roles(conn, tenant_id, &user.id, &roles).await?;
-        crate::store::invalidations::publish(
-            conn,
-            crate::store::invalidations::Kind::Permissions,
-            &user.id,
-            meta,
-        )
-        .await?;
+        tenants::set_member_roles(unit.conn(), tenant_id, &user.id, &roles).await?;
+        unit.invalidate(Kind::Permissions, &user.id).await?;
     }
     let spec = NewKeySpec {
         tenant_id: tenant_id.to_string(),
@@ -77,7 +71,7 @@ pub async fn add_owner(
         rate_limit: None,
         created_by: Some(user.id.clone()),
     };
-    let (_, secret) = create_key(conn, prefix, spec, actor, meta).await?;
+    let (_, secret) = keys_service::create(unit, prefix, spec, actor).await?;
     Ok((user.id, secret.plaintext))
 }
 
@@ -99,39 +93,31 @@ pub async fn init(
         Some(p) => Some(crate::passwords::hash(&p).await?),
         None => None,
     };
-    let mut tx = store.begin().await?;
     let meta = RequestMeta::default();
-    let tenant = match tenants::find_tenant_by_name(&mut tx, &tenant_name).await? {
+    let mut unit = Unit::begin(store, &meta).await?;
+    let tenant = match tenants::find_tenant_by_name(unit.conn(), &tenant_name).await? {
         Some(t) => t,
         None => {
-            let t = tenants::create_tenant(&mut tx, &tenant_name).await?;
-            append(
-                &mut tx,
-                AuditEvent::new(
-                    t.id.clone(),
-                    Actor::operator(),
-                    Action::TenantCreated,
-                    &meta,
-                )
+            let t = tenants::create_tenant(unit.conn(), &tenant_name).await?;
+            let event = unit
+                .event(t.id.clone(), Actor::operator(), Action::TenantCreated)
                 .target("tenant", t.id.clone())
-                .details(json!({"name": t.name})),
-            )
-            .await?;
+                .details(json!({"name": t.name}));
+            unit.audit(event).await?;
             t
         }
     };
-    crate::store::Store::insert_setting_if_absent(&mut tx, "bootstrapped", "init").await?;
+    crate::store::Store::insert_setting_if_absent(unit.conn(), "bootstrapped", "init").await?;
     let (user_id, api_key) = add_owner(
-        &mut tx,
+        &mut unit,
         prefix,
         &tenant.id,
         &email,
         password_hash,
         Actor::operator(),
-        &meta,
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    unit.commit_offline().await?;
     Ok(InitOutput {
         tenant_id: tenant.id,
         user_id,
@@ -146,37 +132,24 @@ pub async fn first_start(
     prefix: &str,
     email: &str,
 ) -> ApiResult<Option<InitOutput>> {
-    let mut tx = store.begin().await?;
-    if tenants::count_tenants(&mut tx).await? > 0
-        || !crate::store::Store::insert_setting_if_absent(&mut tx, "bootstrapped", "serve").await?
+    let meta = RequestMeta::default();
+    let mut unit = Unit::begin(store, &meta).await?;
+    if tenants::count_tenants(unit.conn()).await? > 0
+        || !crate::store::Store::insert_setting_if_absent(unit.conn(), "bootstrapped", "serve")
+            .await?
     {
         return Ok(None);
     }
-    let meta = RequestMeta::default();
-    let tenant = tenants::create_tenant(&mut tx, "default").await?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            tenant.id.clone(),
-            Actor::system(),
-            Action::TenantCreated,
-            &meta,
-        )
+    let tenant = tenants::create_tenant(unit.conn(), "default").await?;
+    let event = unit
+        .event(tenant.id.clone(), Actor::system(), Action::TenantCreated)
         .target("tenant", tenant.id.clone())
-        .details(json!({"name": tenant.name, "bootstrap": true})),
-    )
-    .await?;
-    let (user_id, api_key) = add_owner(
-        &mut tx,
-        prefix,
-        &tenant.id,
-        email,
-        None,
-        Actor::system(),
-        &meta,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+        .details(json!({"name": tenant.name, "bootstrap": true}));
+    unit.audit(event).await?;
+    let (user_id, api_key) =
+        add_owner(&mut unit, prefix, &tenant.id, email, None, Actor::system()).await?;
+    // Before this process serves: no request here to cut.
+    unit.commit_offline().await?;
     Ok(Some(InitOutput {
         tenant_id: tenant.id,
         user_id,

@@ -23,6 +23,7 @@ pub mod ops;
 pub mod passwords;
 pub mod proxy;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod subscriptions;
 pub mod usage;

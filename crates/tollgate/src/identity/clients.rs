@@ -82,7 +82,7 @@ pub async fn create(
     Meta(meta): Meta,
     Json(body): Json<CreateClientBody>,
 ) -> ApiResult<Response> {
-    let name = crate::api::keys::validate_name(&body.name)?;
+    let name = crate::service::keys::validate_name(&body.name)?;
     if body.redirect_uris.len() > 20 {
         return Err(ApiError::validation(
             "redirect_uris",
