@@ -24,7 +24,9 @@ pub mod passwords;
 pub mod proxy;
 pub mod server;
 pub mod service;
-pub mod store;
 pub mod subscriptions;
 pub mod usage;
 pub mod util;
+
+/// The store is its own crate; `crate::store` names it.
+pub use tollgate_store as store;

@@ -55,18 +55,6 @@ pub use tollgate_core::limits::{
     LimitSet, MAX_UNITS, PlanLimits, ScopeKind, ScopeRef, gcra,
 };
 
-impl From<&crate::store::keys::KeyRateLimit> for LimitSet {
-    fn from(k: &crate::store::keys::KeyRateLimit) -> Self {
-        LimitSet {
-            requests_per_minute: k.requests_per_minute.map(u64::from),
-            tokens_per_minute: k.tokens_per_minute.map(u64::from),
-            concurrent_requests: k.concurrent_requests.map(u64::from),
-            requests_per_day: k.requests_per_day,
-            tokens_per_month: k.tokens_per_month,
-        }
-    }
-}
-
 /// The outcome of one admission.
 #[derive(Debug, Clone)]
 pub struct Decision {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use super::{Backend, StoreResult};
-use crate::limits::{Dim, ScopeKind, ScopeRef};
+use crate::{Backend, StoreResult};
+use tollgate_core::limits::{Dim, ScopeKind, ScopeRef};
 
 use tollgate_core::usage::UsageRecord;
 
@@ -210,7 +210,7 @@ macro_rules! write_in {
 
 /// Writes a batch: the records, and their per-minute aggregates (upserted), in one transaction.
 /// On SQLite through the usage writer's own typed connection, elsewhere through the pool.
-pub async fn write_batch(store: &super::Store, batch: &[UsageRecord]) -> StoreResult<()> {
+pub async fn write_batch(store: &crate::Store, batch: &[UsageRecord]) -> StoreResult<()> {
     let statements = Statements::of(store.backend());
     let aggs = minutes(batch);
     match store.usage_sqlite() {
@@ -443,7 +443,7 @@ mod tests {
     async fn usage_write_cost() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = crate::store::Store::connect(&url).await.unwrap();
+        let store = crate::Store::connect(&url).await.unwrap();
         let rec = UsageRecord {
             ts: crate::util::now_ms(),
             request_id: Some("req_abcdefghijklmnopqrst".into()),

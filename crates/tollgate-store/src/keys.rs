@@ -3,8 +3,9 @@
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
 
-use super::{Conn, StoreResult, json_col};
 use crate::util::{opt_rfc3339, rfc3339};
+use crate::{Conn, StoreResult, json_col};
+use tollgate_core::limits::LimitSet;
 
 /// Per-key rate limits and quotas (enforced by `crate::limits`; the tightest of these, the
 /// user's, the plan's and the tenant's applies).
@@ -23,6 +24,19 @@ pub struct KeyRateLimit {
     /// Quota: tokens per UTC calendar month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_month: Option<u64>,
+}
+
+/// A key's limits as a scope's limit set.
+impl From<&KeyRateLimit> for LimitSet {
+    fn from(k: &KeyRateLimit) -> Self {
+        LimitSet {
+            requests_per_minute: k.requests_per_minute.map(u64::from),
+            tokens_per_minute: k.tokens_per_minute.map(u64::from),
+            concurrent_requests: k.concurrent_requests.map(u64::from),
+            requests_per_day: k.requests_per_day,
+            tokens_per_month: k.tokens_per_month,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

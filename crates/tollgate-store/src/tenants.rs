@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
 
-use super::{Conn, StoreError, StoreResult};
 use crate::util::{new_id, now_ms, rfc3339};
+use crate::{Conn, StoreError, StoreResult};
 use tollgate_core::permissions::{PermSet, builtin_role};
 
 #[derive(Debug, Clone)]

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{Conn, StoreResult, json_col};
 use crate::util::{opt_rfc3339, rfc3339};
+use crate::{Conn, StoreResult, json_col};
 
 // ---------------------------------------------------------------------------------------------
 // Products and plans
@@ -31,7 +31,7 @@ impl Product {
 }
 
 /// A plan's limits: the limits layer's `LimitSet` (one shape for plans, keys and config).
-pub use crate::limits::LimitSet as PlanLimits;
+pub use tollgate_core::limits::LimitSet as PlanLimits;
 
 #[derive(Debug, Clone)]
 pub struct Plan {

@@ -3,8 +3,8 @@
 
 use sqlx::AnyPool;
 
-use super::{Conn, StoreResult};
 use crate::util::now_ms;
+use crate::{Conn, StoreResult};
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub async fn publish(
     conn: &mut Conn,
     kind: Kind,
     target: &str,
-    meta: &super::audit::RequestMeta,
+    meta: &crate::audit::RequestMeta,
 ) -> StoreResult<()> {
     sqlx::query("INSERT INTO invalidations (kind, target, at, origin) VALUES ($1, $2, $3, $4)")
         .bind(kind.as_str())

@@ -6,8 +6,8 @@
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
 
-use super::{Conn, StoreError, StoreResult};
 use crate::util::{now_ms, rfc3339};
+use crate::{Conn, StoreError, StoreResult};
 
 // ---- signing keys ----------------------------------------------------------------------------
 
@@ -169,10 +169,10 @@ fn client_row(r: &sqlx::any::AnyRow) -> Result<OAuthClient, sqlx::Error> {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
         name: r.try_get("name")?,
-        redirect_uris: super::json_col(r.try_get("redirect_uris")?).unwrap_or_default(),
+        redirect_uris: crate::json_col(r.try_get("redirect_uris")?).unwrap_or_default(),
         confidential: r.try_get::<i64, _>("confidential")? != 0,
         secret_hash: r.try_get("secret_hash")?,
-        roles: super::json_col(r.try_get("roles")?).unwrap_or_default(),
+        roles: crate::json_col(r.try_get("roles")?).unwrap_or_default(),
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
         revoked_at: r.try_get("revoked_at")?,
@@ -636,7 +636,7 @@ pub struct ExternalIssuer {
     pub claim: String,
     pub default_role: Option<String>,
     /// Ceiling on what its tokens may do: the registering admin's permissions.
-    pub max_permissions: crate::auth::PermSet,
+    pub max_permissions: tollgate_core::permissions::PermSet,
     pub created_at: i64,
 }
 
@@ -665,11 +665,14 @@ fn issuer_row(r: &sqlx::any::AnyRow) -> Result<ExternalIssuer, sqlx::Error> {
         default_role: r.try_get("default_role")?,
         max_permissions: {
             let names: Vec<String> =
-                super::json_col(r.try_get("max_permissions")?).unwrap_or_default();
+                crate::json_col(r.try_get("max_permissions")?).unwrap_or_default();
             names
                 .iter()
-                .filter_map(|n| crate::auth::PermSet::parse([n.as_str()]).ok())
-                .fold(crate::auth::PermSet::EMPTY, crate::auth::PermSet::union)
+                .filter_map(|n| tollgate_core::permissions::PermSet::parse([n.as_str()]).ok())
+                .fold(
+                    tollgate_core::permissions::PermSet::EMPTY,
+                    tollgate_core::permissions::PermSet::union,
+                )
         },
         created_at: r.try_get("created_at")?,
     })
