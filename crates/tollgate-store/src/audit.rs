@@ -107,17 +107,6 @@ impl AuditRecord {
         h.update(self.canonical().as_bytes());
         hex::encode(h.finalize())
     }
-
-    /// The API representation (RFC 3339 time).
-    pub fn to_api(&self) -> Value {
-        json!({
-            "id": self.id, "object": "audit_event", "seq": self.seq,
-            "ts": crate::util::rfc3339(self.ts), "tenant_id": self.tenant_id, "actor": self.actor,
-            "action": self.action, "target": self.target, "ip": self.ip,
-            "user_agent": self.user_agent, "request_id": self.request_id, "outcome": self.outcome,
-            "details": self.details, "prev_hash": self.prev_hash, "hash": self.hash,
-        })
-    }
 }
 
 /// Appends an event inside the caller's transaction.

@@ -3,10 +3,10 @@
 //! issuers. Secrets are stored only as SHA-256 hashes (codes, refresh tokens, client secrets,
 //! email tokens) or encrypted (signing keys).
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{AnyPool, Row};
 
-use crate::util::{now_ms, rfc3339};
+use crate::util::now_ms;
 use crate::{Conn, StoreError, StoreResult};
 
 // ---- signing keys ----------------------------------------------------------------------------
@@ -147,18 +147,6 @@ impl std::fmt::Debug for OAuthClient {
             .field("tenant_id", &self.tenant_id)
             .field("confidential", &self.confidential)
             .finish_non_exhaustive()
-    }
-}
-
-impl OAuthClient {
-    /// The API shape (`role_names`: display names of `roles`). Never contains the secret.
-    pub fn to_api(&self, role_names: &[String]) -> Value {
-        json!({
-            "id": self.id, "client_id": self.id, "object": "oauth_client", "name": self.name,
-            "redirect_uris": self.redirect_uris, "confidential": self.confidential,
-            "roles": role_names, "created_at": rfc3339(self.created_at),
-            "revoked_at": self.revoked_at.map(rfc3339),
-        })
     }
 }
 
@@ -638,17 +626,6 @@ pub struct ExternalIssuer {
     /// Ceiling on what its tokens may do: the registering admin's permissions.
     pub max_permissions: tollgate_core::permissions::PermSet,
     pub created_at: i64,
-}
-
-impl ExternalIssuer {
-    pub fn to_api(&self) -> Value {
-        json!({
-            "id": self.id, "object": "identity_provider", "issuer": self.issuer,
-            "jwks_url": self.jwks_url, "audience": self.audience, "claim": self.claim,
-            "default_role": self.default_role, "max_permissions": self.max_permissions,
-            "created_at": rfc3339(self.created_at),
-        })
-    }
 }
 
 const ISSUER_COLS: &str =

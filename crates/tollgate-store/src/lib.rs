@@ -21,17 +21,11 @@ pub mod usage;
 
 pub use audit::{AuditEvent, AuditRecord};
 
-/// The ids, clocks and time formats the store writes (core's), and the file helpers.
+/// The ids and clocks the store writes (core's), and the file helpers.
 mod util {
     pub use crate::files::{create_private_dir, create_private_file, warn_if_wider};
     pub use tollgate_core::ids::new_id;
-    pub use tollgate_core::time::{now_ms, rfc3339};
-
-    /// Serialises an optional epoch-ms timestamp as RFC 3339 or null.
-    pub fn opt_rfc3339(ms: Option<i64>) -> serde_json::Value {
-        ms.map(|m| serde_json::Value::String(rfc3339(m)))
-            .unwrap_or(serde_json::Value::Null)
-    }
+    pub use tollgate_core::time::now_ms;
 }
 
 /// A database transaction. Every mutation and its audit event share one.

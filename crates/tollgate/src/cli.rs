@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::app::{AppState, Application};
 use crate::config::{Config, Overrides};
 use crate::store::Store;
+use crate::wire::ToApi;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -27,6 +27,7 @@ pub mod service;
 pub mod subscriptions;
 pub mod usage;
 pub mod util;
+pub mod wire;
 
 /// The store is its own crate; `crate::store` names it.
 pub use tollgate_store as store;

@@ -24,6 +24,7 @@ use crate::service::keys::{self as keys_service, NewKeySpec, validate_name};
 use crate::store::Conn;
 use crate::store::keys::{self as keystore, ApiKeyRecord, KeyRateLimit};
 use crate::util::{now_ms, parse_rfc3339};
+use crate::wire::ToApi;
 use tollgate_core::apikey;
 use tollgate_core::permissions::Authority;
 

@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::service::Unit;
 use crate::store::tenants;
+use crate::wire::ToApi;
 use tollgate_core::audit::Action;
 
 fn platform_only(caller: &Caller) -> ApiResult<()> {

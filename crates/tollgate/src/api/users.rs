@@ -21,6 +21,7 @@ use crate::store::invalidations::{self, Kind};
 use crate::store::tenants::{self, Member, Role};
 use crate::store::{Conn, StoreError, keys as keystore};
 use crate::util::now_ms;
+use crate::wire::{ToApi, ToApiWithRoles};
 use tollgate_core::audit::Action;
 use tollgate_core::permissions::{
     BUILTIN_ROLES, OWNER_ROLE, builtin_description, builtin_role, is_builtin_name,

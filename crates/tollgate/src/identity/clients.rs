@@ -21,6 +21,7 @@ use crate::store::identity::{self as idstore, OAuthClient};
 use crate::store::invalidations::{self, Kind};
 use crate::store::{Conn, StoreError, tenants};
 use crate::util::{new_id, now_ms, random_base62};
+use crate::wire::ToApiWithRoles;
 use tollgate_core::audit::Action;
 use tollgate_core::permissions::{Authority, OWNER_ROLE, builtin_role};
 

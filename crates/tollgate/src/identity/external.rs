@@ -34,6 +34,7 @@ use crate::store::identity::{self as idstore, ExternalIssuer};
 use crate::store::invalidations::{self, Kind};
 use crate::store::{StoreError, tenants};
 use crate::util::{new_id, now_ms};
+use crate::wire::ToApi;
 use tollgate_core::audit::Action;
 
 /// An unknown `kid` refetches an issuer's JWKS at most this often.

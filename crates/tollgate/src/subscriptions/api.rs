@@ -28,6 +28,7 @@ use crate::store::subscriptions::{
 };
 use crate::store::{StoreError, Tx};
 use crate::util::{new_id, now_ms, random_base62};
+use crate::wire::ToApi;
 use tollgate_core::audit::Action;
 use tollgate_core::permissions::Authority;
 

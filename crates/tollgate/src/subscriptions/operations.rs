@@ -41,6 +41,7 @@ use crate::http::RawJson;
 use crate::proxy::{Endpoint, ReplyBody, UpstreamReply};
 use crate::store::subscriptions::{self as store, OpStatus, Operation, Status};
 use crate::util::{new_id, now_ms};
+use crate::wire::ToApi;
 
 pub const KIND_IMAGE_GENERATION: &str = "image_generation";
 
