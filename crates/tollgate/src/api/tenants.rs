@@ -34,17 +34,6 @@ fn platform_only(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-pub fn validate_tenant_name(name: &str) -> ApiResult<String> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > 100 {
-        return Err(ApiError::validation(
-            "name",
-            "tenant names are 1-100 characters",
-        ));
-    }
-    Ok(n.to_string())
-}
-
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     platform_only(&caller)?;
     let data: Vec<Value> = tenants::list_tenants(state.store.pool())
@@ -71,11 +60,11 @@ pub async fn create(
     Json(body): Json<CreateTenantBody>,
 ) -> ApiResult<Response> {
     platform_only(&caller)?;
-    let name = validate_tenant_name(&body.name)?;
+    let name = crate::service::tenants::validate_tenant_name(&body.name)?;
     let owner_email = body
         .owner_email
         .as_deref()
-        .map(crate::api::users::validate_email)
+        .map(crate::service::users::validate_email)
         .transpose()?;
     let mut unit = Unit::begin(&state.store, &meta).await?;
     let tenant = tenants::create_tenant(unit.conn(), &name).await?;
@@ -86,7 +75,7 @@ pub async fn create(
     unit.audit(event).await?;
     let mut out = tenant.to_api();
     if let Some(email) = owner_email {
-        let (user_id, key) = crate::bootstrap::add_owner(
+        let (user_id, key) = crate::service::tenants::add_owner(
             &mut unit,
             state.auth.key_prefix(),
             &tenant.id,

@@ -131,23 +131,6 @@ pub struct CreateUserBody {
     pub password: Option<String>,
 }
 
-pub fn validate_email(email: &str) -> ApiResult<String> {
-    let e = tenants::normalize_email(email);
-    let ok = e.len() <= 254
-        && e.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
-        })
-        && !e.contains(char::is_whitespace);
-    if ok {
-        Ok(e)
-    } else {
-        Err(ApiError::validation(
-            "email",
-            "email is not a valid address",
-        ))
-    }
-}
-
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let members = tenants::list_members(state.store.pool(), &caller.tenant_id).await?;
     let mut conn = state.store.pool().acquire().await.map_err(db)?;
@@ -164,7 +147,7 @@ pub async fn create(
     Meta(meta): Meta,
     Json(body): Json<CreateUserBody>,
 ) -> ApiResult<Response> {
-    let email = validate_email(&body.email)?;
+    let email = crate::service::users::validate_email(&body.email)?;
     let roles = body.roles.unwrap_or_else(|| vec!["developer".to_string()]);
     let password_hash = match &body.password {
         Some(p) => Some(crate::passwords::hash(p).await?),

@@ -106,7 +106,7 @@ pub async fn signup(
             "Sign-up is closed on this gateway",
         ));
     }
-    let email = crate::api::users::validate_email(&body.email)?;
+    let email = crate::service::users::validate_email(&body.email)?;
     crate::passwords::validate(&body.password)?;
     email_quota(&state, &email, &meta)?;
     // Fails on the configuration alone, the same for every address.
@@ -409,7 +409,7 @@ pub async fn password_reset(
         )
             .into_response()
     };
-    let Ok(email) = crate::api::users::validate_email(&body.email) else {
+    let Ok(email) = crate::service::users::validate_email(&body.email) else {
         return Ok(accepted());
     };
     email_quota(&state, &email, &meta)?;

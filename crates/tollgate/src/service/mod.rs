@@ -16,6 +16,8 @@ use crate::store::invalidations::{self, Kind};
 use crate::store::{Conn, Store, StoreError, Tx};
 
 pub mod keys;
+pub mod tenants;
+pub mod users;
 
 /// One transaction of one operation: the change, its audit events, the invalidations it
 /// publishes. Dropped without [`commit`](Unit::commit), nothing of it happened.
