@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 
 use futures_util::FutureExt;
 use sha2::Digest;
-use tollgate::auth::{Auth, RawCredential, apikey};
+use tollgate::auth::{Auth, RawCredential};
+use tollgate_core::apikey;
 
 struct Fixture {
     auth: Auth,

@@ -19,7 +19,8 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::config::AlertsConfig;
 use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
-use crate::usage::UsageRecord;
+use tollgate_core::audit::Action;
+use tollgate_core::usage::UsageRecord;
 
 /// A detected spike.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +140,7 @@ pub async fn raise(state: &AppState, s: Spike) {
             AuditEvent::new(
                 s.tenant_id.to_string(),
                 Actor::system(),
-                "alert.usage_spike",
+                Action::AlertUsageSpike,
                 &RequestMeta::default(),
             )
             .target("api_key", s.api_key_id.to_string())

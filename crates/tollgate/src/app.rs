@@ -36,7 +36,7 @@ pub struct Inner {
     /// Rate limits and quotas (local, or Redis with a local fallback).
     pub limits: Arc<crate::limits::Limits>,
     /// The usage queue and its batched writer.
-    pub usage: crate::usage::Usage,
+    pub usage: crate::usage::UsageQueue,
     /// The guard of every outbound request to a user-supplied URL.
     pub outbound: Arc<crate::netguard::Outbound>,
 }
@@ -80,7 +80,7 @@ impl AppState {
             store.clone(),
             metrics.registry_mut(),
         )?);
-        let usage = crate::usage::Usage::new(&config.usage, metrics.registry_mut());
+        let usage = crate::usage::UsageQueue::new(&config.usage, metrics.registry_mut());
         Ok(Self(Arc::new(Inner {
             config: Arc::new(config),
             store,

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::app::{AppState, Application};
 use crate::config::{Config, Overrides};
 use crate::store::Store;
+use crate::wire::ToApi;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -274,6 +275,8 @@ async fn find_tenant(
 
 async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> anyhow::Result<i32> {
     use crate::api::keys;
+    use crate::service::Unit;
+    use crate::service::keys as keys_service;
     use crate::store::audit::{Actor, RequestMeta};
     use crate::store::tenants;
     let api = |e: crate::error::ApiError| anyhow::anyhow!("{}", e.message);
@@ -286,12 +289,13 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
             expires_at,
         } => {
             let tenant = find_tenant(store, &tenant).await?;
-            let mut tx = store.begin().await?;
-            let user = tenants::find_user_by_email(&mut tx, &email).await?;
+            let meta = RequestMeta::default();
+            let mut unit = Unit::begin(store, &meta).await.map_err(api)?;
+            let user = tenants::find_user_by_email(unit.conn(), &email).await?;
             let Some(user) = user else {
                 anyhow::bail!("no user with email {email:?}")
             };
-            if tenants::get_member(&mut tx, &tenant.id, &user.id)
+            if tenants::get_member(unit.conn(), &tenant.id, &user.id)
                 .await?
                 .is_none()
             {
@@ -308,29 +312,21 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
                 crate::auth::PermSet::parse(s.iter().map(String::as_str))
                     .map_err(|bad| anyhow::anyhow!("unknown permission {bad:?}"))?;
             }
-            let spec = keys::NewKeySpec {
+            let spec = keys_service::NewKeySpec {
                 tenant_id: tenant.id.clone(),
                 user_id: Some(user.id.clone()),
                 subscription_id: None,
-                name: keys::validate_name(&name).map_err(api)?,
+                name: keys_service::validate_name(&name).map_err(api)?,
                 expires_at,
                 scopes,
                 rate_limit: None,
                 created_by: None,
             };
-            let (rec, secret) = keys::create_key(
-                &mut tx,
-                &config.key_prefix,
-                spec,
-                Actor {
-                    kind: "operator",
-                    id: None,
-                },
-                &RequestMeta::default(),
-            )
-            .await
-            .map_err(api)?;
-            tx.commit().await?;
+            let (rec, secret) =
+                keys_service::create(&mut unit, &config.key_prefix, spec, Actor::operator())
+                    .await
+                    .map_err(api)?;
+            unit.commit_offline().await.map_err(api)?;
             out(&keys::created_json(&rec, secret).to_string())?;
             Ok(0)
         }
@@ -342,7 +338,7 @@ async fn keys_command(store: &Store, config: &Config, command: KeysCommand) -> a
             Ok(0)
         }
         KeysCommand::Revoke { id } => {
-            let rec = keys::revoke_by_id_as_operator(store, &id)
+            let rec = keys_service::revoke_as_operator(store, &id)
                 .await
                 .map_err(api)?;
             out(&rec.to_api().to_string())?;

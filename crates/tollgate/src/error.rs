@@ -232,6 +232,13 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Store errors become `409` for unique violations, `503` when the store is unreachable, else `500`.
+/// A body that misses its app JWT's binding: `403 AUTH_BINDING_MISMATCH` naming the pointer.
+impl From<tollgate_core::binding::BindingMismatch> for ApiError {
+    fn from(m: tollgate_core::binding::BindingMismatch) -> Self {
+        ApiError::new(ErrorCode::AuthBindingMismatch, m.to_string()).with_param(m.pointer)
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
@@ -274,5 +281,53 @@ mod tests {
         assert_eq!(res.headers()[header::CONNECTION], "close");
         let res = ApiError::validation("n", "bad").into_response();
         assert!(res.headers().get(header::CONNECTION).is_none());
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+    use tollgate_core::binding::{Binding, value_sha256};
+
+    use super::{ApiError, ErrorCode};
+
+    /// The binding check as handlers see it (`?` into an `ApiError`).
+    fn check(b: &Binding, body: &Value) -> Result<(), ApiError> {
+        Ok(b.check(body)?)
+    }
+
+    #[test]
+    fn exact_and_hashed_bindings() {
+        let body = json!({"model": "gpt-4o-mini", "max_tokens": 256, "sku_id": "A-123", "image": "aGVsbG8="});
+        let b = Binding {
+            exact: vec![
+                ("/model".into(), json!("gpt-4o-mini")),
+                ("/max_tokens".into(), json!(256)),
+            ],
+            sha256: vec![("/image".into(), value_sha256(&json!("aGVsbG8=")))],
+        };
+        assert!(check(&b, &body).is_ok());
+        let mut other = body.clone();
+        other["max_tokens"] = json!(4096);
+        let e = check(&b, &other).unwrap_err();
+        assert_eq!(e.code, ErrorCode::AuthBindingMismatch);
+        assert_eq!(e.param.as_deref(), Some("/max_tokens"));
+        let mut other = body.clone();
+        other["image"] = json!("b3RoZXI=");
+        assert_eq!(
+            check(&b, &other).unwrap_err().param.as_deref(),
+            Some("/image")
+        );
+        let missing = json!({"model": "gpt-4o-mini"});
+        assert_eq!(
+            check(&b, &missing).unwrap_err().param.as_deref(),
+            Some("/max_tokens")
+        );
+        // Hash of a non-string value is over its compact JSON.
+        assert_eq!(
+            value_sha256(&json!({"a": 1})),
+            hex::encode(Sha256::digest(b"{\"a\":1}"))
+        );
     }
 }

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde_json::Value;
 
-use crate::error::ErrorCode;
+use crate::error::{ApiError, ErrorCode};
 
 /// The gateway's issuer in the harnesses (what `public_url` is in a test app).
 const PUBLIC_URL: &str = "http://127.0.0.1:8080";
@@ -131,7 +131,8 @@ fn walk<'a>(v: &'a Value, prefix: String, limit: usize, out: &mut Vec<(String, &
 /// `x-api-key`, `x-user-id`, `prefer`, or `name:value` from the line), the rest is the value;
 /// a name may repeat.
 pub fn auth_extract(data: &[u8]) {
-    use crate::auth::{AuthLevel, RawCredential, apikey, extract, jwt};
+    use crate::auth::{AuthLevel, RawCredential, extract, jwt};
+    use tollgate_core::apikey;
     let (f, rest) = flags(data);
     let level = if f & 1 == 0 {
         AuthLevel::Required
@@ -227,8 +228,8 @@ pub fn auth_extract(data: &[u8]) {
 /// the candidate alone, checked against the usual prefixes). Also builds a key from the input's
 /// bytes: it must verify, and every single-character change of it must not.
 pub fn apikey(data: &[u8]) {
-    use crate::auth::apikey::{CHECKSUM_LEN, KeyHash, RANDOM_LEN, checksum, has_prefix};
-    use crate::auth::apikey::{generate, verify_format};
+    use tollgate_core::apikey::{CHECKSUM_LEN, KeyHash, RANDOM_LEN, checksum, has_prefix};
+    use tollgate_core::apikey::{generate, verify_format};
     let (a, b) = split_nul(data);
     let (prefixes, candidate): (Vec<Cow<'_, str>>, Cow<'_, str>) =
         if memchr::memchr(0, data).is_some() {
@@ -408,7 +409,7 @@ pub fn jws_claims(data: &[u8]) {
 /// (`auth::binding`); and a binding of the body's own values (every pointer, exact and hashed)
 /// must accept the body — JSON Pointer escaping and canonical hashing agree with themselves.
 pub fn binding(data: &[u8]) {
-    use crate::auth::binding::{Binding, value_sha256};
+    use tollgate_core::binding::{Binding, value_sha256};
     let (claims, body) = split_nul(data);
     let body: Option<Value> = serde_json::from_slice(body).ok();
     if let Ok(claims) = serde_json::from_slice::<Value>(claims) {
@@ -424,7 +425,7 @@ pub fn binding(data: &[u8]) {
                     assert_eq!(h, &h.to_ascii_lowercase());
                 }
                 if let Some(body) = &body
-                    && let Err(e) = b.check(body)
+                    && let Err(e) = b.check(body).map_err(ApiError::from)
                 {
                     assert_eq!(e.code, ErrorCode::AuthBindingMismatch);
                     assert!(e.param.is_some());
@@ -453,7 +454,7 @@ pub fn binding(data: &[u8]) {
         all.sha256.push((pointer, hash));
     }
     if let Err(e) = all.check(&body) {
-        panic!("the body's own binding fails: {}", e.message);
+        panic!("the body's own binding fails: {e}");
     }
 }
 
@@ -504,12 +505,12 @@ impl Stream for Script {
     }
 }
 
-/// The SSE splitter and usage extraction (`proxy::sse`) over arbitrary bytes in arbitrary
+/// The SSE splitter and usage extraction (`tollgate_upstream::sse`) over arbitrary bytes in arbitrary
 /// chunks (see [`plan_and_rest`]). Events must concatenate to the input, match a one-shot
 /// reference split whatever the chunking, and classify without panicking; reported usage must
 /// be summable; `coalesce` must pass every byte once, in order.
 pub fn sse(data: &[u8]) {
-    use crate::proxy::sse::{EventKind, EventSplitter, Usage, classify, coalesce};
+    use tollgate_upstream::sse::{EventKind, EventSplitter, TokenUsage, classify, coalesce};
     let (plan, stream) = plan_and_rest(data);
     let mut splitter = EventSplitter::default();
     let mut events: Vec<Bytes> = Vec::new();
@@ -536,7 +537,7 @@ pub fn sse(data: &[u8]) {
         "events depend on the chunking"
     );
     assert_eq!(remainder.as_deref().unwrap_or_default(), rest);
-    let checked = |u: Usage| {
+    let checked = |u: TokenUsage| {
         let total = u.prompt_tokens.checked_add(u.completion_tokens);
         assert!(
             total.is_some_and(|t| i64::try_from(t).is_ok()),
@@ -549,12 +550,12 @@ pub fn sse(data: &[u8]) {
             EventKind::Done | EventKind::Data(None) => {}
         }
     }
-    if let Ok(Some(u)) = Usage::from_body(stream) {
+    if let Ok(Some(u)) = TokenUsage::from_body(stream) {
         checked(u);
     }
     if let Some(u) = serde_json::from_slice::<Value>(stream)
         .ok()
-        .and_then(|v| Usage::from_json(&v))
+        .and_then(|v| TokenUsage::from_json(&v))
     {
         checked(u);
     }
@@ -687,12 +688,12 @@ pub fn admission(data: &[u8]) {
     );
 }
 
-/// The upstream client's HTTP/1.1 response parsing (`proxy::client`): the head (`parse_head`,
+/// The upstream client's HTTP/1.1 response parsing (`tollgate_upstream::client`): the head (`parse_head`,
 /// interim `1xx` answers skipped as `read_head` does) and the body framing (`decode`:
 /// Content-Length, chunked, until close), fed in arbitrary chunks. The decoded body must not
 /// depend on the chunking, and never exceed a Content-Length.
 pub fn upstream_http(data: &[u8]) {
-    use crate::proxy::client::{Framing, MAX_HEAD_BYTES, decode, parse_head};
+    use tollgate_upstream::client::{Framing, MAX_HEAD_BYTES, decode, parse_head};
     let (plan, wire) = plan_and_rest(data);
 
     /// Reads one answer; `None` on a protocol error, else (status, framing at the start, body,
@@ -780,7 +781,7 @@ pub fn config_toml(data: &[u8]) {
     if let Some(key) = &cfg.secret_key {
         let _ = crate::crypto::parse_key(key.expose());
     }
-    let settings = crate::proxy::client::Settings {
+    let settings = tollgate_upstream::client::Settings {
         connect_timeout: std::time::Duration::from_secs(1),
         idle_timeout: std::time::Duration::from_secs(1),
         max_idle: 1,
@@ -789,7 +790,8 @@ pub fn config_toml(data: &[u8]) {
     for p in cfg.providers.iter().take(8) {
         if p.base_url.starts_with("http:") {
             let bearer = p.api_key.as_ref().map(crate::config::Secret::expose);
-            if let Ok(u) = crate::proxy::client::Upstream::new(&p.base_url, bearer, &settings) {
+            if let Ok(u) = tollgate_upstream::client::Upstream::new(&p.base_url, bearer, &settings)
+            {
                 assert!(u.request_target("chat/completions").starts_with('/'));
             }
         }
@@ -909,7 +911,7 @@ pub fn oauth_form(data: &[u8]) {
 /// Permission names (`auth::permissions`) and OAuth scopes (`identity::tokens::
 /// scope_permissions`): what parses names itself back, and a scope narrows to a subset.
 pub fn scopes(data: &[u8]) {
-    use crate::auth::permissions::{PermSet, Permission, builtin_role};
+    use tollgate_core::permissions::{PermSet, Permission, builtin_role};
     let s = text(data);
     if let Ok(set) = PermSet::parse(s.split_whitespace()) {
         assert_eq!(PermSet::parse(set.names()), Ok(set));

@@ -25,7 +25,11 @@ pub mod passwords;
 pub mod proxy;
 pub mod push;
 pub mod server;
-pub mod store;
+pub mod service;
 pub mod subscriptions;
 pub mod usage;
 pub mod util;
+pub mod wire;
+
+/// The store is its own crate; `crate::store` names it.
+pub use tollgate_store as store;

@@ -466,7 +466,7 @@ impl Outbound {
 
     fn tls(&self) -> Result<rustls::ClientConfig, OutboundError> {
         self.tls
-            .get_or_init(|| match crate::proxy::client::tls_config() {
+            .get_or_init(|| match tollgate_upstream::client::tls_config() {
                 Ok(c) => Some((*c).clone()),
                 Err(e) => {
                     tracing::error!(error = %e, "no TLS configuration for outbound requests");

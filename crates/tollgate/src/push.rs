@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 
 use crate::app::AppState;
 
-/// The PostgreSQL notification channel.
-pub const PG_CHANNEL: &str = "tollgate_invalidations";
+/// The PostgreSQL notification channel (the store notifies it).
+pub use crate::store::invalidations::PG_CHANNEL;
 
 /// How long a listener waits before it reconnects after a failure.
 const RECONNECT: Duration = Duration::from_millis(500);

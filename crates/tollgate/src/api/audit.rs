@@ -14,6 +14,7 @@ use crate::auth::middleware::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::audit::{self, AuditFilter};
 use crate::util::parse_rfc3339;
+use crate::wire::ToApi;
 
 fn time_param(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
     match q.get(name).map(String::as_str) {

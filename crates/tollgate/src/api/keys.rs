@@ -16,15 +16,17 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::middleware::{Caller, MemberPowers, within_ceiling};
-use crate::auth::permissions::Authority;
-use crate::auth::{PermSet, Permission, apikey, subscription_key_permissions};
+use crate::auth::{PermSet, Permission, subscription_key_permissions};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta, OptionalJson};
+use crate::service::Unit;
+use crate::service::keys::{self as keys_service, NewKeySpec, validate_name};
 use crate::store::Conn;
-use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
-use crate::store::invalidations::{self, Kind};
 use crate::store::keys::{self as keystore, ApiKeyRecord, KeyRateLimit};
-use crate::util::{new_id, now_ms, parse_rfc3339};
+use crate::util::{now_ms, parse_rfc3339};
+use crate::wire::ToApi;
+use tollgate_core::apikey;
+use tollgate_core::permissions::Authority;
 
 /// Distinguishes "field absent" from "field set to null" in PATCH bodies.
 #[derive(Debug, Default)]
@@ -78,17 +80,6 @@ pub struct PatchKeyBody {
 pub struct RotateBody {
     #[serde(default)]
     pub grace_period_seconds: Option<u64>,
-}
-
-pub fn validate_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "name",
-            "name must be 1-200 characters",
-        ));
-    }
-    Ok(name.to_string())
 }
 
 fn validate_expiry(s: &str) -> ApiResult<i64> {
@@ -201,86 +192,6 @@ fn validate_rate_limit(rl: &KeyRateLimit) -> ApiResult<()> {
     Ok(())
 }
 
-/// Parameters of a new key, validated.
-pub struct NewKeySpec {
-    pub tenant_id: String,
-    pub user_id: Option<String>,
-    pub subscription_id: Option<String>,
-    pub name: String,
-    pub expires_at: Option<i64>,
-    pub scopes: Option<Vec<String>>,
-    pub rate_limit: Option<KeyRateLimit>,
-    pub created_by: Option<String>,
-}
-
-/// Creates a key and its audit event in the caller's transaction. Used by the API, the CLI and
-/// bootstrap. Returns the record and the plaintext (to be shown once).
-pub async fn create_key(
-    conn: &mut Conn,
-    prefix: &str,
-    spec: NewKeySpec,
-    actor: Actor,
-    meta: &RequestMeta,
-) -> ApiResult<(ApiKeyRecord, apikey::NewKey)> {
-    let secret = apikey::generate(prefix);
-    let rec = ApiKeyRecord {
-        id: new_id("key"),
-        tenant_id: spec.tenant_id,
-        user_id: spec.user_id,
-        subscription_id: spec.subscription_id,
-        name: spec.name,
-        hint: secret.hint.clone(),
-        scopes: spec.scopes,
-        rate_limit: spec.rate_limit,
-        expires_at: spec.expires_at,
-        created_at: now_ms(),
-        created_by: spec.created_by,
-        last_used_at: None,
-        revoked_at: None,
-        prev_valid_until: None,
-    };
-    keystore::insert(conn, &rec, &secret.hash.to_hex()).await?;
-    append(
-        conn,
-        AuditEvent::new(rec.tenant_id.clone(), actor, "api_key.created", meta)
-            .target("api_key", rec.id.clone())
-            .details(
-                json!({"name": rec.name, "hint": rec.hint, "user_id": rec.user_id,
-                "subscription_id": rec.subscription_id, "scopes": rec.scopes,
-                "expires_at": rec.expires_at.map(crate::util::rfc3339)}),
-            ),
-    )
-    .await?;
-    Ok((rec, secret))
-}
-
-/// Revokes a key (idempotent) with its audit event and invalidation, in the caller's transaction.
-/// Returns the key and whether this call revoked it.
-pub async fn revoke_key(
-    conn: &mut Conn,
-    tenant_id: &str,
-    id: &str,
-    actor: Actor,
-    meta: &RequestMeta,
-) -> ApiResult<(ApiKeyRecord, bool)> {
-    let at = now_ms();
-    let changed = keystore::revoke(conn, tenant_id, id, at).await?;
-    let rec = keystore::get(conn, tenant_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key"))?;
-    if changed {
-        append(
-            conn,
-            AuditEvent::new(tenant_id, actor, "api_key.revoked", meta)
-                .target("api_key", id)
-                .details(json!({"name": rec.name, "hint": rec.hint})),
-        )
-        .await?;
-        invalidations::publish(conn, Kind::Credential, id, meta).await?;
-    }
-    Ok((rec, changed))
-}
-
 /// The caller's own user id, required for `keys:write` operations.
 fn own_user(caller: &Caller) -> Option<&str> {
     caller.user_id.as_deref()
@@ -338,7 +249,7 @@ pub async fn create(
                 .await?;
         return Ok((StatusCode::CREATED, axum::Json(out)).into_response());
     }
-    let mut tx = state.store.begin().await?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
     let owner = match &body.user_id {
         Some(other) if Some(other.as_str()) != own_user(&caller) => {
             caller.require(Permission::KeysAdmin)?;
@@ -357,10 +268,10 @@ pub async fn create(
             "This credential has no user; name the key's owner in user_id",
         ));
     };
-    let member = MemberPowers::load(&mut tx, &caller.tenant_id, &owner)
+    let member = MemberPowers::load(unit.conn(), &caller.tenant_id, &owner)
         .await?
         .ok_or_else(|| ApiError::not_found("user").with_param("user_id"))?;
-    let ceiling = caller.authority(&mut tx).await?;
+    let ceiling = caller.authority(unit.conn()).await?;
     let scopes = match body.scopes {
         Some(scopes) => {
             let set = validate_scopes(&scopes, member.permissions)?;
@@ -386,15 +297,9 @@ pub async fn create(
         rate_limit: body.rate_limit,
         created_by: caller.user_id.as_deref().map(str::to_string),
     };
-    let (rec, secret) = create_key(
-        &mut tx,
-        state.auth.key_prefix(),
-        spec,
-        caller.actor(),
-        &meta,
-    )
-    .await?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    let (rec, secret) =
+        keys_service::create(&mut unit, state.auth.key_prefix(), spec, caller.actor()).await?;
+    unit.commit(&state.auth).await?;
     let mut out = rec.to_api();
     out["key"] = Value::String(secret.plaintext);
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
@@ -459,8 +364,8 @@ pub async fn patch(
     Path(id): Path<String>,
     Json(body): Json<PatchKeyBody>,
 ) -> ApiResult<Response> {
-    let mut tx = state.store.begin().await?;
-    let mut rec = load_manageable(&mut tx, &caller, &id).await?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let mut rec = load_manageable(unit.conn(), &caller, &id).await?;
     if rec.revoked_at.is_some() {
         return Err(ApiError::conflict("A revoked key cannot be changed"));
     }
@@ -489,7 +394,7 @@ pub async fn patch(
         Patch::Value(scopes) => {
             match &rec.user_id {
                 Some(owner) => {
-                    let perms = MemberPowers::load(&mut tx, &rec.tenant_id, owner)
+                    let perms = MemberPowers::load(unit.conn(), &rec.tenant_id, owner)
                         .await?
                         .map(|m| m.permissions)
                         .unwrap_or_default();
@@ -518,29 +423,13 @@ pub async fn patch(
     if !changed.is_empty() {
         // The key as the change leaves it must be within the caller's own authority: a
         // credential changes only keys it could have created (revoking is always allowed).
-        let ceiling = caller.authority(&mut tx).await?;
-        let after = key_authority(&mut tx, &rec).await?;
+        let ceiling = caller.authority(unit.conn()).await?;
+        let after = key_authority(unit.conn(), &rec).await?;
         let param = changed.contains(&"scopes").then_some("scopes");
         within_ceiling(ceiling, after, "change this key", param)?;
-        keystore::update_settings(&mut tx, &rec).await?;
-        append(
-            &mut tx,
-            AuditEvent::new(
-                rec.tenant_id.clone(),
-                caller.actor(),
-                "api_key.updated",
-                &meta,
-            )
-            .target("api_key", rec.id.clone())
-            .details(json!({"changed": changed})),
-        )
-        .await?;
-        invalidations::publish(&mut tx, Kind::Permissions, &rec.id, &meta).await?;
+        keys_service::update(&mut unit, &rec, &changed, caller.actor()).await?;
     }
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
-    if !changed.is_empty() {
-        state.auth.invalidate(Kind::Permissions, &rec.id);
-    }
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(rec.to_api()).into_response())
 }
 
@@ -550,13 +439,10 @@ pub async fn revoke(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let mut tx = state.store.begin().await?;
-    load_manageable(&mut tx, &caller, &id).await?;
-    let (rec, changed) = revoke_key(&mut tx, &caller.tenant_id, &id, caller.actor(), &meta).await?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
-    if changed {
-        state.auth.invalidate(Kind::Credential, &id);
-    }
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    load_manageable(unit.conn(), &caller, &id).await?;
+    let (rec, _) = keys_service::revoke(&mut unit, &caller.tenant_id, &id, caller.actor()).await?;
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(rec.to_api()).into_response())
 }
 
@@ -576,54 +462,29 @@ pub async fn rotate(
             "grace_period_seconds must be at most 30 days",
         ));
     }
-    let mut tx = state.store.begin().await?;
-    let rec = load_manageable(&mut tx, &caller, &id).await?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let rec = load_manageable(unit.conn(), &caller, &id).await?;
     if rec.revoked_at.is_some() {
         return Err(ApiError::conflict("A revoked key cannot be rotated"));
     }
     // Rotation hands out the key's new secret: only to a caller holding all the key can do.
-    let ceiling = caller.authority(&mut tx).await?;
+    let ceiling = caller.authority(unit.conn()).await?;
     within_ceiling(
         ceiling,
-        key_authority(&mut tx, &rec).await?,
+        key_authority(unit.conn(), &rec).await?,
         "rotate this key (rotation hands out its new secret)",
         None,
     )?;
-    let secret = apikey::generate(state.auth.key_prefix());
-    let prev_valid_until = now_ms() + (grace as i64) * 1000;
-    keystore::rotate(
-        &mut tx,
+    let (rec, secret) = keys_service::rotate(
+        &mut unit,
+        state.auth.key_prefix(),
         &caller.tenant_id,
         &id,
-        &secret.hash.to_hex(),
-        &secret.hint,
-        prev_valid_until,
+        grace,
+        caller.actor(),
     )
     .await?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            caller.tenant_id.to_string(),
-            caller.actor(),
-            "api_key.rotated",
-            &meta,
-        )
-        .target("api_key", id.clone())
-        .details(json!({"hint": secret.hint, "grace_period_seconds": grace})),
-    )
-    .await?;
-    // Without a grace period the old secret is dead now: cut requests still using it.
-    let kind = if grace == 0 {
-        Kind::Credential
-    } else {
-        Kind::Permissions
-    };
-    invalidations::publish(&mut tx, kind, &id, &meta).await?;
-    let rec = keystore::get(&mut tx, &caller.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key"))?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
-    state.auth.invalidate(kind, &id);
+    unit.commit(&state.auth).await?;
     let mut out = rec.to_api();
     out["key"] = Value::String(secret.plaintext);
     Ok(axum::Json(out).into_response())
@@ -634,28 +495,4 @@ pub fn created_json(rec: &ApiKeyRecord, secret: apikey::NewKey) -> Value {
     let mut out = rec.to_api();
     out["key"] = Value::String(secret.plaintext);
     out
-}
-
-/// For the CLI: revoke by id in any tenant (the CLI runs with store access, i.e. as the operator).
-pub async fn revoke_by_id_as_operator(
-    store: &crate::store::Store,
-    id: &str,
-) -> ApiResult<ApiKeyRecord> {
-    let mut tx = store.begin().await?;
-    let Some(tenant_id) = keystore::tenant_of(&mut tx, id).await? else {
-        return Err(ApiError::not_found("API key"));
-    };
-    let (rec, _) = revoke_key(
-        &mut tx,
-        &tenant_id,
-        id,
-        Actor {
-            kind: "operator",
-            id: None,
-        },
-        &RequestMeta::default(),
-    )
-    .await?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
-    Ok(rec)
 }

@@ -16,8 +16,10 @@ use crate::auth::Permission;
 use crate::auth::middleware::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
-use crate::store::audit::{AuditEvent, append};
+use crate::service::Unit;
 use crate::store::tenants;
+use crate::wire::ToApi;
+use tollgate_core::audit::Action;
 
 fn platform_only(caller: &Caller) -> ApiResult<()> {
     // The guard already required tenant:admin; checked again so the rule holds wherever the
@@ -30,17 +32,6 @@ fn platform_only(caller: &Caller) -> ApiResult<()> {
             "Only the platform owner manages tenants",
         ))
     }
-}
-
-pub fn validate_tenant_name(name: &str) -> ApiResult<String> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > 100 {
-        return Err(ApiError::validation(
-            "name",
-            "tenant names are 1-100 characters",
-        ));
-    }
-    Ok(n.to_string())
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
@@ -69,44 +60,34 @@ pub async fn create(
     Json(body): Json<CreateTenantBody>,
 ) -> ApiResult<Response> {
     platform_only(&caller)?;
-    let name = validate_tenant_name(&body.name)?;
+    let name = crate::service::tenants::validate_tenant_name(&body.name)?;
     let owner_email = body
         .owner_email
         .as_deref()
-        .map(crate::api::users::validate_email)
+        .map(crate::service::users::validate_email)
         .transpose()?;
-    let mut tx = state.store.begin().await?;
-    let tenant = tenants::create_tenant(&mut tx, &name).await?;
-    append(
-        &mut tx,
-        AuditEvent::new(tenant.id.clone(), caller.actor(), "tenant.created", &meta)
-            .target("tenant", tenant.id.clone())
-            .details(json!({"name": tenant.name, "created_from_tenant": &*caller.tenant_id})),
-    )
-    .await?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let tenant = tenants::create_tenant(unit.conn(), &name).await?;
+    let event = unit
+        .event(tenant.id.clone(), caller.actor(), Action::TenantCreated)
+        .target("tenant", tenant.id.clone())
+        .details(json!({"name": tenant.name, "created_from_tenant": &*caller.tenant_id}));
+    unit.audit(event).await?;
     let mut out = tenant.to_api();
-    let mut owner = None;
     if let Some(email) = owner_email {
-        let (user_id, key) = crate::bootstrap::add_owner(
-            &mut tx,
+        let (user_id, key) = crate::service::tenants::add_owner(
+            &mut unit,
             state.auth.key_prefix(),
             &tenant.id,
             &email,
             None,
             caller.actor(),
-            &meta,
         )
         .await?;
         out["owner"] = json!({"user_id": user_id, "api_key": key});
-        owner = Some(user_id);
     }
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
-    // The owner's memberships changed: applied here, as the invalidation it published says.
-    if let Some(user_id) = owner {
-        state
-            .auth
-            .invalidate(crate::store::invalidations::Kind::Permissions, &user_id);
-    }
+    // The owner's memberships changed: applied here too, as the invalidation it published says.
+    unit.commit(&state.auth).await?;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 

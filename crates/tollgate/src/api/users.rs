@@ -13,9 +13,6 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::middleware::Caller;
-use crate::auth::permissions::{
-    BUILTIN_ROLES, OWNER_ROLE, builtin_description, builtin_role, is_builtin_name,
-};
 use crate::auth::{PermSet, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -24,6 +21,11 @@ use crate::store::invalidations::{self, Kind};
 use crate::store::tenants::{self, Member, Role};
 use crate::store::{Conn, StoreError, keys as keystore};
 use crate::util::now_ms;
+use crate::wire::{ToApi, ToApiWithRoles};
+use tollgate_core::audit::Action;
+use tollgate_core::permissions::{
+    BUILTIN_ROLES, OWNER_ROLE, builtin_description, builtin_role, is_builtin_name,
+};
 
 fn db(e: sqlx::Error) -> ApiError {
     StoreError::from(e).into()
@@ -129,23 +131,6 @@ pub struct CreateUserBody {
     pub password: Option<String>,
 }
 
-pub fn validate_email(email: &str) -> ApiResult<String> {
-    let e = tenants::normalize_email(email);
-    let ok = e.len() <= 254
-        && e.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
-        })
-        && !e.contains(char::is_whitespace);
-    if ok {
-        Ok(e)
-    } else {
-        Err(ApiError::validation(
-            "email",
-            "email is not a valid address",
-        ))
-    }
-}
-
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let members = tenants::list_members(state.store.pool(), &caller.tenant_id).await?;
     let mut conn = state.store.pool().acquire().await.map_err(db)?;
@@ -162,7 +147,7 @@ pub async fn create(
     Meta(meta): Meta,
     Json(body): Json<CreateUserBody>,
 ) -> ApiResult<Response> {
-    let email = validate_email(&body.email)?;
+    let email = crate::service::users::validate_email(&body.email)?;
     let roles = body.roles.unwrap_or_else(|| vec!["developer".to_string()]);
     let password_hash = match &body.password {
         Some(p) => Some(crate::passwords::hash(p).await?),
@@ -196,7 +181,7 @@ pub async fn create(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.added",
+            Action::UserAdded,
             &meta,
         )
         .target("user", user.id.clone())
@@ -260,7 +245,7 @@ pub async fn patch(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.updated",
+            Action::UserUpdated,
             &meta,
         )
         .target("user", id.clone())
@@ -325,7 +310,7 @@ pub async fn put_roles(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.roles_changed",
+            Action::UserRolesChanged,
             &meta,
         )
         .target("user", id.clone())
@@ -370,7 +355,7 @@ pub async fn delete(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "user.removed",
+            Action::UserRemoved,
             &meta,
         )
         .target("user", id.clone())
@@ -461,7 +446,7 @@ pub async fn create_role(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "role.created",
+            Action::RoleCreated,
             &meta,
         )
         .target("role", role.id.clone())
@@ -513,7 +498,7 @@ pub async fn patch_role(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "role.updated",
+            Action::RoleUpdated,
             &meta,
         )
         .target("role", role.id.clone())
@@ -551,7 +536,7 @@ pub async fn delete_role(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "role.deleted",
+            Action::RoleDeleted,
             &meta,
         )
         .target("role", id.clone())

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::PermSet;
-use super::apikey::KeyHash;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::keys::KeyRateLimit;
+use tollgate_core::apikey::KeyHash;
 
 /// A verified key as cached: everything the hot path needs, nothing secret.
 #[derive(Debug)]

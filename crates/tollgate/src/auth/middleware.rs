@@ -12,11 +12,11 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
-use super::permissions::{Authority, OWNER_ROLE};
 use super::{AuthLevel, CredentialType, PermSet, Permission, Principal, failure_reason};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Conn, tenants};
+use tollgate_core::permissions::{Authority, OWNER_ROLE};
 
 /// Builds the guard layer for one route.
 pub fn guard(state: &AppState, level: AuthLevel, permission: Option<Permission>) -> GuardLayer {

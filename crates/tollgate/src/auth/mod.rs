@@ -17,19 +17,18 @@ use crate::error::{ApiError, ErrorCode};
 use crate::store::Store;
 use crate::store::keys::{KeyRateLimit, Matched};
 
-pub mod apikey;
-pub mod binding;
 pub mod jwt;
 pub mod keycache;
 pub mod middleware;
-
-pub mod permissions;
 pub mod revocation;
 
-use apikey::KeyHash;
 use keycache::{CachedKey, KeyCache};
-pub use permissions::{PermSet, Permission};
 use revocation::{LiveGuard, RevocationHub};
+use tollgate_core::apikey::{self, KeyHash};
+use tollgate_core::audit::Actor;
+use tollgate_core::binding::Binding;
+pub use tollgate_core::credential::CredentialType;
+pub use tollgate_core::permissions::{PermSet, Permission};
 
 /// How a route authenticates (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,28 +37,6 @@ pub enum AuthLevel {
     Optional,
     /// A secret credential (API key or JWT).
     Required,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CredentialType {
-    ApiKey,
-    PlatformJwt,
-    ExternalJwt,
-    AppJwt,
-    SubscriptionId,
-}
-
-impl CredentialType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ApiKey => "api_key",
-            Self::PlatformJwt => "platform_jwt",
-            Self::ExternalJwt => "external_jwt",
-            Self::AppJwt => "app_jwt",
-            Self::SubscriptionId => "subscription_id",
-        }
-    }
 }
 
 /// Who is calling, with permissions resolved at request time.
@@ -84,7 +61,7 @@ pub struct Principal {
     /// Models this caller may use; `None` = every configured model.
     pub allowed_models: Option<Arc<std::collections::HashSet<String>>>,
     /// Request binding carried by an app JWT, checked against the body by the handler.
-    pub binding: Option<Arc<binding::Binding>>,
+    pub binding: Option<Arc<Binding>>,
     /// The web origins whose pages may use this credential (its subscription's
     /// `allowed_origins`); `None` = no subscription, so no browser origin (`crate::cors`).
     pub web_origins: Option<Arc<[String]>>,
@@ -108,16 +85,10 @@ impl Principal {
         self.permissions.contains(p)
     }
     /// The audit actor for this caller.
-    pub fn actor(&self) -> crate::store::audit::Actor {
+    pub fn actor(&self) -> Actor {
         match (&self.user_id, self.credential_type) {
-            (Some(u), _) => crate::store::audit::Actor {
-                kind: "user",
-                id: Some(u.to_string()),
-            },
-            (None, t) => crate::store::audit::Actor {
-                kind: t.as_str(),
-                id: self.credential_id.as_deref().map(str::to_string),
-            },
+            (Some(u), _) => Actor::user(u.as_ref()),
+            (None, t) => Actor::credential(t, self.credential_id.as_deref().map(str::to_string)),
         }
     }
 }

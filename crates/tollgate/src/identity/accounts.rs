@@ -23,6 +23,7 @@ use crate::store::identity as idstore;
 use crate::store::invalidations::{self, Kind};
 use crate::store::{StoreError, tenants};
 use crate::util::{now_ms, random_base62};
+use tollgate_core::audit::Action;
 
 const VERIFY_TTL_MS: i64 = 24 * 3_600_000;
 const RESET_TTL_MS: i64 = 3_600_000;
@@ -105,7 +106,7 @@ pub async fn signup(
             "Sign-up is closed on this gateway",
         ));
     }
-    let email = crate::api::users::validate_email(&body.email)?;
+    let email = crate::service::users::validate_email(&body.email)?;
     crate::passwords::validate(&body.password)?;
     email_quota(&state, &email, &meta)?;
     // Fails on the configuration alone, the same for every address.
@@ -252,20 +253,22 @@ async fn create_account(
         now_ms() + VERIFY_TTL_MS,
     )
     .await?;
-    let actor = Actor {
-        kind: "user",
-        id: Some(user.id.clone()),
-    };
+    let actor = Actor::user(user.id.clone());
     append(
         &mut tx,
-        AuditEvent::new(tenant.id.clone(), actor.clone(), "tenant.created", meta)
-            .target("tenant", tenant.id.clone())
-            .details(json!({"name": tenant.name, "signup": true})),
+        AuditEvent::new(
+            tenant.id.clone(),
+            actor.clone(),
+            Action::TenantCreated,
+            meta,
+        )
+        .target("tenant", tenant.id.clone())
+        .details(json!({"name": tenant.name, "signup": true})),
     )
     .await?;
     append(
         &mut tx,
-        AuditEvent::new(tenant.id.clone(), actor, "user.signed_up", meta)
+        AuditEvent::new(tenant.id.clone(), actor, Action::UserSignedUp, meta)
             .target("user", user.id.clone())
             .details(json!({"email": user.email, "console_client_id": console.id})),
     )
@@ -303,24 +306,16 @@ async fn personal_tenant(
 async fn audit_user_event(
     tx: &mut crate::store::Tx,
     user_id: &str,
-    action: &'static str,
+    action: Action,
     meta: &RequestMeta,
     details: serde_json::Value,
 ) -> Result<(), StoreError> {
     for tenant_id in idstore::user_tenant_ids(tx, user_id).await? {
         append(
             tx,
-            AuditEvent::new(
-                tenant_id,
-                Actor {
-                    kind: "user",
-                    id: Some(user_id.to_string()),
-                },
-                action,
-                meta,
-            )
-            .target("user", user_id)
-            .details(details.clone()),
+            AuditEvent::new(tenant_id, Actor::user(user_id.to_string()), action, meta)
+                .target("user", user_id)
+                .details(details.clone()),
         )
         .await?;
     }
@@ -368,7 +363,14 @@ pub async fn verify_email(
         ));
     };
     idstore::mark_email_verified(&mut tx, &user_id, now).await?;
-    audit_user_event(&mut tx, &user_id, "auth.email_verified", &meta, json!({})).await?;
+    audit_user_event(
+        &mut tx,
+        &user_id,
+        Action::AuthEmailVerified,
+        &meta,
+        json!({}),
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     if wants_html(&headers) {
         let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Email verified · Tollgate</title></head><body><h1>Email verified</h1><p>You can now sign in.</p></body></html>";
@@ -407,7 +409,7 @@ pub async fn password_reset(
         )
             .into_response()
     };
-    let Ok(email) = crate::api::users::validate_email(&body.email) else {
+    let Ok(email) = crate::service::users::validate_email(&body.email) else {
         return Ok(accepted());
     };
     email_quota(&state, &email, &meta)?;
@@ -427,7 +429,7 @@ pub async fn password_reset(
     audit_user_event(
         &mut tx,
         &user.id,
-        "auth.password_reset_requested",
+        Action::AuthPasswordResetRequested,
         &meta,
         json!({}),
     )
@@ -489,7 +491,7 @@ pub async fn password_reset_confirm(
     audit_user_event(
         &mut tx,
         &user_id,
-        "auth.password_reset",
+        Action::AuthPasswordReset,
         &meta,
         json!({"sessions_revoked": families.len()}),
     )

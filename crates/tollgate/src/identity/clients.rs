@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::middleware::{Caller, within_ceiling};
-use crate::auth::permissions::{Authority, OWNER_ROLE, builtin_role};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::identity::oauth::secret_hash;
@@ -22,6 +21,9 @@ use crate::store::identity::{self as idstore, OAuthClient};
 use crate::store::invalidations::{self, Kind};
 use crate::store::{Conn, StoreError, tenants};
 use crate::util::{new_id, now_ms, random_base62};
+use crate::wire::ToApiWithRoles;
+use tollgate_core::audit::Action;
+use tollgate_core::permissions::{Authority, OWNER_ROLE, builtin_role};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +83,7 @@ pub async fn create(
     Meta(meta): Meta,
     Json(body): Json<CreateClientBody>,
 ) -> ApiResult<Response> {
-    let name = crate::api::keys::validate_name(&body.name)?;
+    let name = crate::service::keys::validate_name(&body.name)?;
     if body.redirect_uris.len() > 20 {
         return Err(ApiError::validation(
             "redirect_uris",
@@ -152,7 +154,7 @@ pub async fn create(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "oauth_client.created",
+            Action::OauthClientCreated,
             &meta,
         )
         .target("oauth_client", client.id.clone())
@@ -220,7 +222,7 @@ pub async fn revoke(
             AuditEvent::new(
                 caller.tenant_id.to_string(),
                 caller.actor(),
-                "oauth_client.revoked",
+                Action::OauthClientRevoked,
                 &meta,
             )
             .target("oauth_client", id.clone())

@@ -34,6 +34,8 @@ use crate::store::identity::{self as idstore, ExternalIssuer};
 use crate::store::invalidations::{self, Kind};
 use crate::store::{StoreError, tenants};
 use crate::util::{new_id, now_ms};
+use crate::wire::ToApi;
+use tollgate_core::audit::Action;
 
 /// An unknown `kid` refetches an issuer's JWKS at most this often.
 pub const REFETCH_MIN: Duration = Duration::from_secs(60);
@@ -374,7 +376,7 @@ pub async fn create(
             }
             if ids
                 .iter()
-                .any(|r| r == crate::auth::permissions::OWNER_ROLE)
+                .any(|r| r == tollgate_core::permissions::OWNER_ROLE)
             {
                 return Err(ApiError::validation(
                     "default_role",
@@ -402,7 +404,7 @@ pub async fn create(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "identity_provider.created",
+            Action::IdentityProviderCreated,
             &meta,
         )
         .target("identity_provider", reg.id.clone())
@@ -437,7 +439,7 @@ pub async fn delete(
         AuditEvent::new(
             caller.tenant_id.to_string(),
             caller.actor(),
-            "identity_provider.deleted",
+            Action::IdentityProviderDeleted,
             &meta,
         )
         .target("identity_provider", id.clone()),

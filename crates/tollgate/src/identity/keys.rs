@@ -30,6 +30,7 @@ use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::identity::{self as idstore, SigningKeyRow};
 use crate::store::{Store, StoreError};
 use crate::util::now_ms;
+use tollgate_core::audit::Action;
 
 /// Audit chain for events that belong to no tenant (signing keys).
 pub const PLATFORM_CHAIN: &str = "platform";
@@ -520,9 +521,9 @@ async fn create_key(
             PLATFORM_CHAIN,
             actor,
             if retire_after.is_some() {
-                "signing_key.rotated"
+                Action::SigningKeyRotated
             } else {
-                "signing_key.created"
+                Action::SigningKeyCreated
             },
             &RequestMeta::default(),
         )
@@ -543,18 +544,9 @@ pub async fn rotate(store: &Store, cfg: &Config, alg: Option<SigAlg>) -> anyhow:
         .or_else(|| SigAlg::parse(&cfg.auth.signing_alg))
         .unwrap_or(SigAlg::Rs256);
     let overlap = Duration::from_secs(cfg.auth.access_token_ttl_seconds + RETIRE_MARGIN_SECONDS);
-    let signer = create_key(
-        store,
-        &kek,
-        alg,
-        Actor {
-            kind: "operator",
-            id: None,
-        },
-        Some(overlap),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let signer = create_key(store, &kek, alg, Actor::operator(), Some(overlap))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     Ok(signer.kid.clone())
 }
 

@@ -22,6 +22,7 @@ use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::identity::{self as idstore, AuthCode, OAuthClient};
 use crate::store::{StoreError, tenants};
 use crate::util::{now_ms, random_base62};
+use tollgate_core::audit::Action;
 
 const CSRF_COOKIE: &str = "tg_csrf";
 
@@ -525,15 +526,8 @@ async fn audit_failure(
 ) -> Result<(), StoreError> {
     let mut ev = AuditEvent::new(
         authz.client.tenant_id.clone(),
-        Actor {
-            kind: if user_id.is_some() {
-                "user"
-            } else {
-                "anonymous"
-            },
-            id: user_id.clone(),
-        },
-        "auth.login_failed",
+        Actor::user_or_anonymous(user_id.clone()),
+        Action::AuthLoginFailed,
         meta,
     )
     .outcome("failure")
@@ -574,11 +568,8 @@ async fn issue_code(
         &mut tx,
         AuditEvent::new(
             authz.client.tenant_id.clone(),
-            Actor {
-                kind: "user",
-                id: Some(user_id.to_string()),
-            },
-            "auth.login",
+            Actor::user(user_id.to_string()),
+            Action::AuthLogin,
             meta,
         )
         .target("user", user_id)

@@ -26,6 +26,7 @@ use crate::store::identity::{self as idstore, AuthCode, Family, OAuthClient, Ref
 use crate::store::invalidations::{self, Kind};
 use crate::store::{StoreError, tenants};
 use crate::util::{new_id, now_ms, random_base62};
+use tollgate_core::audit::Action;
 
 /// Authorization codes live 60 seconds (RFC 9700 recommends short-lived codes).
 pub const CODE_TTL_MS: i64 = 60_000;
@@ -273,11 +274,8 @@ pub async fn authenticate_client(
                     &mut tx,
                     AuditEvent::new(
                         client.tenant_id.clone(),
-                        Actor {
-                            kind: "anonymous",
-                            id: None,
-                        },
-                        "auth.client_auth_failed",
+                        Actor::anonymous(),
+                        Action::AuthClientAuthFailed,
                         meta,
                     )
                     .target("oauth_client", client.id.clone())
@@ -315,7 +313,7 @@ async fn revoke_family_tx(
     tx: &mut crate::store::Tx,
     fam: &Family,
     reason: &'static str,
-    action: &'static str,
+    action: Action,
     actor: Actor,
     meta: &RequestMeta,
 ) -> Result<bool, StoreError> {
@@ -392,7 +390,7 @@ pub async fn grant_authorization_code(
                 &mut tx,
                 &fam,
                 "code_reuse",
-                "auth.code_reused",
+                Action::AuthCodeReused,
                 Actor::system(),
                 meta,
             )
@@ -404,11 +402,8 @@ pub async fn grant_authorization_code(
                 &mut tx,
                 AuditEvent::new(
                     row.tenant_id.clone(),
-                    Actor {
-                        kind: "oauth_client",
-                        id: Some(client.id.clone()),
-                    },
-                    "auth.code_reused",
+                    Actor::oauth_client(client.id.clone()),
+                    Action::AuthCodeReused,
                     meta,
                 )
                 .target("user", row.user_id.clone())
@@ -442,11 +437,8 @@ pub async fn grant_authorization_code(
             &mut tx,
             AuditEvent::new(
                 row.tenant_id.clone(),
-                Actor {
-                    kind: "oauth_client",
-                    id: Some(client.id.clone()),
-                },
-                "auth.code_exchange_failed",
+                Actor::oauth_client(client.id.clone()),
+                Action::AuthCodeExchangeFailed,
                 meta,
             )
             .target("user", row.user_id.clone())
@@ -474,11 +466,8 @@ pub async fn grant_authorization_code(
         &mut tx,
         AuditEvent::new(
             fam.tenant_id.clone(),
-            Actor {
-                kind: "user",
-                id: Some(fam.user_id.clone()),
-            },
-            "auth.session_created",
+            Actor::user(fam.user_id.clone()),
+            Action::AuthSessionCreated,
             meta,
         )
         .target("session", fam.id.clone())
@@ -575,7 +564,7 @@ pub async fn grant_refresh_token(
             &mut tx,
             &fam,
             "refresh_token_reuse",
-            "auth.refresh_token_reused",
+            Action::AuthRefreshTokenReused,
             Actor::system(),
             meta,
         )
@@ -605,11 +594,8 @@ pub async fn grant_refresh_token(
             &mut tx,
             AuditEvent::new(
                 fam.tenant_id.clone(),
-                Actor {
-                    kind: "user",
-                    id: Some(fam.user_id.clone()),
-                },
-                "auth.refresh_failed",
+                Actor::user(fam.user_id.clone()),
+                Action::AuthRefreshFailed,
                 meta,
             )
             .target("session", fam.id.clone())
@@ -626,11 +612,8 @@ pub async fn grant_refresh_token(
         &mut tx,
         AuditEvent::new(
             fam.tenant_id.clone(),
-            Actor {
-                kind: "user",
-                id: Some(fam.user_id.clone()),
-            },
-            "auth.token_refreshed",
+            Actor::user(fam.user_id.clone()),
+            Action::AuthTokenRefreshed,
             meta,
         )
         .target("session", fam.id.clone())
@@ -664,11 +647,8 @@ pub async fn grant_client_credentials(
         &mut tx,
         AuditEvent::new(
             client.tenant_id.clone(),
-            Actor {
-                kind: "service_account",
-                id: Some(client.id.clone()),
-            },
-            "auth.client_credentials",
+            Actor::service_account(client.id.clone()),
+            Action::AuthClientCredentials,
             meta,
         )
         .target("oauth_client", client.id.clone())
@@ -898,12 +878,9 @@ pub async fn logout(
     };
     if let Some(fam) = fam {
         let mut tx = state.store.begin().await?;
-        let actor = Actor {
-            kind: "user",
-            id: Some(fam.user_id.clone()),
-        };
+        let actor = Actor::user(fam.user_id.clone());
         let changed =
-            revoke_family_tx(&mut tx, &fam, "logout", "auth.logout", actor, &meta).await?;
+            revoke_family_tx(&mut tx, &fam, "logout", Action::AuthLogout, actor, &meta).await?;
         tx.commit().await.map_err(StoreError::from)?;
         if changed {
             state.auth.invalidate(Kind::Credential, &fam.id);
@@ -955,13 +932,19 @@ pub async fn revoke(
         }
     }
     let mut tx = state.store.begin().await?;
-    let actor = Actor {
-        kind: "oauth_client",
-        id: Some(client.id.clone()),
-    };
+    let actor = Actor::oauth_client(client.id.clone());
     let mut cut = None;
     if let Some(f) = fam.filter(|f| f.client_id == client.id) {
-        if revoke_family_tx(&mut tx, &f, "revoked", "auth.token_revoked", actor, &meta).await? {
+        if revoke_family_tx(
+            &mut tx,
+            &f,
+            "revoked",
+            Action::AuthTokenRevoked,
+            actor,
+            &meta,
+        )
+        .await?
+        {
             cut = Some(f.id);
         }
     } else if let Some(c) = jti {
@@ -969,9 +952,14 @@ pub async fn revoke(
         idstore::revoke_jti(&mut tx, &c.jti, exp_ms).await?;
         append(
             &mut tx,
-            AuditEvent::new(client.tenant_id.clone(), actor, "auth.token_revoked", &meta)
-                .target("access_token", c.jti.clone())
-                .details(json!({"client_id": client.id})),
+            AuditEvent::new(
+                client.tenant_id.clone(),
+                actor,
+                Action::AuthTokenRevoked,
+                &meta,
+            )
+            .target("access_token", c.jti.clone())
+            .details(json!({"client_id": client.id})),
         )
         .await?;
         invalidations::publish(&mut tx, Kind::Credential, &c.jti, &meta).await?;

@@ -14,13 +14,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::permissions::builtin_role;
 use crate::auth::{Auth, CredentialType, PermSet, Principal};
 use crate::error::{ApiError, ErrorCode};
 use crate::identity::jws;
 use crate::store::identity as idstore;
 use crate::store::{StoreError, tenants};
 use crate::util::{new_id, now_ms};
+use tollgate_core::permissions::builtin_role;
 
 /// Clock skew accepted on `exp`/`nbf` of platform tokens.
 pub const LEEWAY_SECONDS: u64 = 5;

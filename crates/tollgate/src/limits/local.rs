@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use super::gcra::{self, MINUTE_MS};
 use super::{Check, CheckState, Decision, Dim, ScopeRef};
+use tollgate_core::limits::gcra::{self, MINUTE_MS};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct RateCell {

@@ -13,8 +13,9 @@ use super::{RateHeaders, Reservation};
 use crate::app::AppState;
 use crate::auth::{CredentialType, Principal};
 use crate::error::ApiError;
-use crate::proxy::sse::Usage;
-use crate::usage::{RequestInfo, UsageRecord};
+use crate::usage::RequestInfo;
+use tollgate_core::usage::UsageRecord;
+use tollgate_upstream::sse::TokenUsage;
 
 /// Longest end-user id kept (longer ones are cut).
 const END_USER_MAX: usize = 256;
@@ -41,7 +42,7 @@ pub fn end_user(p: &Principal, header: Option<&str>, body: &Value) -> Option<Str
 /// upstream's reported usage is taken at: 2^31 - 1, the largest value upstreams that read it as a
 /// 32-bit integer accept. Larger requested values are refused (`422`); larger reported ones are
 /// counted as this, so every sum of token counts stays far from overflowing.
-pub const MAX_TOKENS: u64 = crate::proxy::sse::MAX_REPORTED_TOKENS;
+pub const MAX_TOKENS: u64 = tollgate_upstream::sse::MAX_REPORTED_TOKENS;
 
 /// The largest `n` (completions or images per request): OpenAI's ceiling for chat.
 pub const MAX_N: u64 = 128;
@@ -187,7 +188,7 @@ pub async fn admit(
                 crate::error::ErrorCode::ValidationFailed => "too_large",
                 _ => "rate_limited",
             };
-            crate::usage::Usage::send(permit, record);
+            crate::usage::UsageQueue::send(permit, record);
             Err(err)
         }
     }
@@ -202,7 +203,7 @@ pub struct Meter {
     record: Option<UsageRecord>,
     started: Instant,
     prompt_estimate: u64,
-    usage: Option<Usage>,
+    usage: Option<TokenUsage>,
     chunks: u64,
     complete: bool,
     status: u16,
@@ -258,7 +259,7 @@ impl Meter {
     }
 
     /// Usage reported by the upstream.
-    pub fn set_usage(&mut self, usage: Option<Usage>) {
+    pub fn set_usage(&mut self, usage: Option<TokenUsage>) {
         if usage.is_some() {
             self.usage = usage;
         }
@@ -326,7 +327,7 @@ impl Drop for Meter {
         rec.prompt_tokens = prompt;
         rec.completion_tokens = completion;
         rec.latency_ms = self.started.elapsed().as_millis() as u64;
-        crate::usage::Usage::send(self.permit.take(), rec);
+        crate::usage::UsageQueue::send(self.permit.take(), rec);
     }
 }
 

@@ -168,7 +168,7 @@ impl UpstreamReply {
             retry_after: None,
         }
     }
-    fn stream(s: super::ByteStream) -> Self {
+    fn stream(s: tollgate_upstream::ByteStream) -> Self {
         Self {
             status: axum::http::StatusCode::OK,
             content_type: Some(axum::http::HeaderValue::from_static("text/event-stream")),

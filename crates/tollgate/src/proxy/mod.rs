@@ -12,7 +12,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -24,11 +23,12 @@ use crate::http::RawJson;
 use crate::limits::Meter;
 use crate::usage::RequestInfo;
 
-pub mod client;
 pub mod mock;
-pub mod sse;
 
-use sse::{EventKind, EventSplitter, Usage};
+use tollgate_upstream::{ByteStream, UpstreamFailure};
+use tollgate_upstream::{client, sse};
+
+use sse::{EventKind, EventSplitter, TokenUsage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -47,40 +47,27 @@ impl Endpoint {
     }
 }
 
-pub type ByteStream = BoxStream<'static, Result<Bytes, UpstreamFailure>>;
-
-/// Why an upstream call failed (low-cardinality; also the metrics outcome label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Timeout,
-    Broken,
+/// What the client is told when the upstream failed.
+pub fn upstream_error(f: UpstreamFailure) -> ApiError {
+    match f {
+        UpstreamFailure::Connect => ApiError::new(
+            ErrorCode::UpstreamError,
+            "Could not connect to the upstream provider",
+        ),
+        UpstreamFailure::Timeout => ApiError::new(
+            ErrorCode::UpstreamTimeout,
+            "The upstream provider did not answer in time",
+        ),
+        UpstreamFailure::Broken => ApiError::new(
+            ErrorCode::UpstreamError,
+            "The upstream provider failed mid-response",
+        ),
+    }
 }
 
-impl UpstreamFailure {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Connect => "connect_error",
-            Self::Timeout => "timeout",
-            Self::Broken => "broken",
-        }
-    }
-    pub fn to_api(self) -> ApiError {
-        match self {
-            Self::Connect => ApiError::new(
-                ErrorCode::UpstreamError,
-                "Could not connect to the upstream provider",
-            ),
-            Self::Timeout => ApiError::new(
-                ErrorCode::UpstreamTimeout,
-                "The upstream provider did not answer in time",
-            ),
-            Self::Broken => ApiError::new(
-                ErrorCode::UpstreamError,
-                "The upstream provider failed mid-response",
-            ),
-        }
-    }
+/// Formats an SSE `error` event in the OpenAI error shape.
+pub fn error_event(err: &ApiError) -> Bytes {
+    Bytes::from(format!("event: error\ndata: {}\n\n", err.body()))
 }
 
 pub enum ReplyBody {
@@ -580,7 +567,7 @@ async fn forward(
             state
                 .metrics
                 .upstream(provider, f.label(), started.elapsed().as_secs_f64());
-            return Err(meter.fail(f.to_api()));
+            return Err(meter.fail(upstream_error(f)));
         }
     };
     let outcome = if reply.status.is_success() {
@@ -593,7 +580,7 @@ async fn forward(
         .upstream(provider, outcome, started.elapsed().as_secs_f64());
     match reply.body {
         ReplyBody::Full(body) if reply.status.is_success() => {
-            let Ok(usage) = Usage::from_body(&body) else {
+            let Ok(usage) = TokenUsage::from_body(&body) else {
                 tracing::warn!(provider, "upstream sent a body that is not a JSON object");
                 return Err(meter.fail(ApiError::new(
                     ErrorCode::UpstreamError,
@@ -642,7 +629,7 @@ struct StreamState {
     token: tokio_util::sync::CancellationToken,
     client_wants_usage: bool,
     idle: Duration,
-    usage: Option<Usage>,
+    usage: Option<TokenUsage>,
     saw_done: bool,
     done: bool,
     state: AppState,
@@ -654,7 +641,7 @@ impl StreamState {
     fn fail(&mut self, err: &ApiError, reason: &'static str) {
         self.done = true;
         self.meter.stream_failed(reason);
-        self.queue.push_back(sse::error_event(err));
+        self.queue.push_back(error_event(err));
         self.state.metrics.stream_cut(reason);
     }
 
@@ -701,15 +688,15 @@ impl StreamState {
                     self.fail(&cut_error(reason), reason.label());
                 }
                 next = tokio::time::timeout(self.idle, self.upstream.next()) => match next {
-                    Err(_) => self.fail(&UpstreamFailure::Timeout.to_api(), "upstream_timeout"),
-                    Ok(Some(Err(f))) => self.fail(&f.to_api(), "upstream_error"),
+                    Err(_) => self.fail(&upstream_error(UpstreamFailure::Timeout), "upstream_timeout"),
+                    Ok(Some(Err(f))) => self.fail(&upstream_error(f), "upstream_error"),
                     Ok(Some(Ok(bytes))) => {
                         self.splitter.push_bytes(bytes);
                         self.take_events();
                         // An event that never ends would be held in memory without bound.
                         if self.splitter.buffered() > sse::MAX_EVENT_BYTES {
                             tracing::warn!(bytes = self.splitter.buffered(), "upstream SSE event too large");
-                            self.fail(&UpstreamFailure::Broken.to_api(), "upstream_error");
+                            self.fail(&upstream_error(UpstreamFailure::Broken), "upstream_error");
                         }
                     }
                     Ok(None) => {
@@ -719,7 +706,7 @@ impl StreamState {
                         if self.saw_done {
                             self.done = true;
                         } else {
-                            self.fail(&UpstreamFailure::Broken.to_api(), "upstream_error");
+                            self.fail(&upstream_error(UpstreamFailure::Broken), "upstream_error");
                         }
                     }
                 },

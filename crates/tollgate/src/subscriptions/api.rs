@@ -17,7 +17,6 @@ use super::keys::{self, Alg};
 use super::{DEFAULT_MAX_TOKEN_LIFETIME, LARGEST_MAX_TOKEN_LIFETIME};
 use crate::app::AppState;
 use crate::auth::middleware::{Caller, guard, within_ceiling};
-use crate::auth::permissions::Authority;
 use crate::auth::{AuthLevel, PermSet, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
@@ -29,6 +28,9 @@ use crate::store::subscriptions::{
 };
 use crate::store::{StoreError, Tx};
 use crate::util::{new_id, now_ms, random_base62};
+use crate::wire::ToApi;
+use tollgate_core::audit::Action;
+use tollgate_core::permissions::Authority;
 
 pub fn routes(state: &AppState) -> Router<AppState> {
     use AuthLevel::Required;
@@ -133,7 +135,7 @@ async fn create_product(
     Meta(meta): Meta,
     Json(body): Json<CreateProduct>,
 ) -> ApiResult<Response> {
-    let name = crate::api::keys::validate_name(&body.name)?;
+    let name = crate::service::keys::validate_name(&body.name)?;
     let description = body.description.unwrap_or_default();
     if description.chars().count() > 2000 {
         return Err(ApiError::validation(
@@ -176,7 +178,7 @@ async fn create_product(
         AuditEvent::new(
             product.tenant_id.clone(),
             caller.actor(),
-            "product.created",
+            Action::ProductCreated,
             &meta,
         )
         .target("product", product.id.clone())
@@ -261,7 +263,7 @@ async fn create_plan(
     Meta(meta): Meta,
     Json(body): Json<CreatePlan>,
 ) -> ApiResult<Response> {
-    let name = crate::api::keys::validate_name(&body.name)?;
+    let name = crate::service::keys::validate_name(&body.name)?;
     validate_limits(&body.limits)?;
     let mut tx = state.store.begin().await?;
     let product = store::get_product(&mut tx, &caller.tenant_id, &body.product_id)
@@ -283,7 +285,7 @@ async fn create_plan(
         AuditEvent::new(
             plan.tenant_id.clone(),
             caller.actor(),
-            "plan.created",
+            Action::PlanCreated,
             &meta,
         )
         .target("plan", plan.id.clone())
@@ -420,7 +422,7 @@ async fn create_subscription(
         AuditEvent::new(
             sub.tenant_id.clone(),
             caller.actor(),
-            "subscription.created",
+            Action::SubscriptionCreated,
             &meta,
         )
         .target("subscription", sub.id.clone())
@@ -595,9 +597,9 @@ async fn patch_subscription(
                 s.tenant_id.clone(),
                 caller.actor(),
                 if cut {
-                    "subscription.suspended"
+                    Action::SubscriptionSuspended
                 } else {
-                    "subscription.updated"
+                    Action::SubscriptionUpdated
                 },
                 &meta,
             )
@@ -639,7 +641,7 @@ async fn cancel_subscription(
             AuditEvent::new(
                 s.tenant_id.clone(),
                 caller.actor(),
-                "subscription.cancelled",
+                Action::SubscriptionCancelled,
                 &meta,
             )
             .target("subscription", s.id.clone())
@@ -828,7 +830,7 @@ async fn create_jwt_credential(
         AuditEvent::new(
             s.tenant_id.clone(),
             caller.actor(),
-            "subscription.credential_created",
+            Action::SubscriptionCredentialCreated,
             meta,
         )
         .target("subscription_credential", cred.id.clone())
@@ -869,7 +871,7 @@ pub async fn create_subscription_key(
     spec: SubscriptionKeySpec,
 ) -> ApiResult<Value> {
     caller.require(Permission::SubscriptionsWrite)?;
-    let name = crate::api::keys::validate_name(&spec.name)?;
+    let name = crate::service::keys::validate_name(&spec.name)?;
     let expires_at = match spec.expires_at.as_deref() {
         None => None,
         Some(s) => {
@@ -898,8 +900,8 @@ pub async fn create_subscription_key(
             "rate limits must be positive",
         ));
     }
-    let mut tx = state.store.begin().await?;
-    let s = load_subscription(&mut tx, caller, sub_id)
+    let mut unit = crate::service::Unit::begin(&state.store, meta).await?;
+    let s = load_subscription(unit.conn(), caller, sub_id)
         .await
         .map_err(|e| e.with_param("subscription_id"))?;
     if s.status == Status::Cancelled {
@@ -925,7 +927,7 @@ pub async fn create_subscription_key(
         }
         _ => crate::api::keys::inherited_scopes(ceiling, sub_key(base), sub_key)?,
     };
-    let key_spec = crate::api::keys::NewKeySpec {
+    let key_spec = crate::service::keys::NewKeySpec {
         tenant_id: s.tenant_id.clone(),
         user_id: None,
         subscription_id: Some(s.id.clone()),
@@ -935,15 +937,10 @@ pub async fn create_subscription_key(
         rate_limit: spec.rate_limit,
         created_by: caller.user_id.as_deref().map(str::to_string),
     };
-    let (rec, secret) = crate::api::keys::create_key(
-        &mut tx,
-        state.auth.key_prefix(),
-        key_spec,
-        caller.actor(),
-        meta,
-    )
-    .await?;
-    commit(tx).await?;
+    let (rec, secret) =
+        crate::service::keys::create(&mut unit, state.auth.key_prefix(), key_spec, caller.actor())
+            .await?;
+    unit.commit(&state.auth).await?;
     let mut out = crate::api::keys::created_json(&rec, secret);
     out["type"] = "api_key".into();
     Ok(out)
@@ -968,47 +965,37 @@ async fn revoke_credential(
     Meta(meta): Meta,
     Path((id, cred_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let mut tx = state.store.begin().await?;
-    let s = load_subscription(&mut tx, &caller, &id).await?;
-    if let Some(key) = crate::store::keys::get(&mut tx, &s.tenant_id, &cred_id).await?
+    let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
+    let s = load_subscription(unit.conn(), &caller, &id).await?;
+    if let Some(key) = crate::store::keys::get(unit.conn(), &s.tenant_id, &cred_id).await?
         && key.subscription_id.as_deref() == Some(s.id.as_str())
     {
-        let (rec, changed) =
-            crate::api::keys::revoke_key(&mut tx, &s.tenant_id, &cred_id, caller.actor(), &meta)
-                .await?;
-        commit(tx).await?;
-        if changed {
-            state.auth.invalidate(Kind::Credential, &cred_id);
-        }
+        let (rec, _) =
+            crate::service::keys::revoke(&mut unit, &s.tenant_id, &cred_id, caller.actor()).await?;
+        unit.commit(&state.auth).await?;
         let mut out = rec.to_api();
         out["type"] = "api_key".into();
         return Ok(axum::Json(out).into_response());
     }
-    let Some(_) = store::get_credential(&mut tx, &s.tenant_id, &s.id, &cred_id).await? else {
+    let Some(_) = store::get_credential(unit.conn(), &s.tenant_id, &s.id, &cred_id).await? else {
         return Err(ApiError::not_found("credential"));
     };
-    let changed = store::revoke_credential(&mut tx, &s.tenant_id, &cred_id, now_ms()).await?;
+    let changed = store::revoke_credential(unit.conn(), &s.tenant_id, &cred_id, now_ms()).await?;
     if changed {
-        append(
-            &mut tx,
-            AuditEvent::new(
+        let event = unit
+            .event(
                 s.tenant_id.clone(),
                 caller.actor(),
-                "subscription.credential_revoked",
-                &meta,
+                Action::SubscriptionCredentialRevoked,
             )
             .target("subscription_credential", cred_id.clone())
-            .details(json!({"subscription_id": s.id})),
-        )
-        .await?;
-        invalidations::publish(&mut tx, Kind::Credential, &cred_id, &meta).await?;
+            .details(json!({"subscription_id": s.id}));
+        unit.audit(event).await?;
+        unit.invalidate(Kind::Credential, &cred_id).await?;
     }
-    let cred = store::get_credential(&mut tx, &s.tenant_id, &s.id, &cred_id)
+    let cred = store::get_credential(unit.conn(), &s.tenant_id, &s.id, &cred_id)
         .await?
         .ok_or_else(|| ApiError::not_found("credential"))?;
-    commit(tx).await?;
-    if changed {
-        state.auth.invalidate(Kind::Credential, &cred_id);
-    }
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(cred.to_api()).into_response())
 }

@@ -22,10 +22,10 @@ use jsonwebtoken::errors::ErrorKind;
 use serde_json::Value;
 
 use super::{LEEWAY_SECONDS, SubscriptionAccess};
-use crate::auth::binding::Binding;
 use crate::auth::jwt::is_subscription_id;
 use crate::auth::{Auth, CredentialType, PermSet, Permission, Principal};
 use crate::error::{ApiError, ErrorCode};
+use tollgate_core::binding::Binding;
 
 /// What a bare subscription id may do: read its own operations and models, nothing more.
 pub fn subscription_id_permissions() -> PermSet {

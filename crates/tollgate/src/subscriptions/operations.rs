@@ -41,6 +41,7 @@ use crate::http::RawJson;
 use crate::proxy::{Endpoint, ReplyBody, UpstreamReply};
 use crate::store::subscriptions::{self as store, OpStatus, Operation, Status};
 use crate::util::{new_id, now_ms};
+use crate::wire::ToApi;
 
 pub const KIND_IMAGE_GENERATION: &str = "image_generation";
 
@@ -408,7 +409,11 @@ async fn run_one(state: &AppState, worker: &str, op: Operation) {
         }
     };
     let outcome = match reply {
-        Err(f) => Outcome::Done(OpStatus::Failed, None, Some(error_value(&f.to_api()))),
+        Err(f) => Outcome::Done(
+            OpStatus::Failed,
+            None,
+            Some(error_value(&crate::proxy::upstream_error(f))),
+        ),
         Ok(reply) => outcome_of(route.provider.name, reply),
     };
     finish(state, worker, &op, outcome).await;

@@ -1,9 +1,9 @@
 //! Usage metering (SPEC §7): one record per inference request, handed to a bounded queue and
 //! written in batches by one background writer — never on the request path, never dropped:
 //!
-//! * a request reserves its queue slot at admission (`Usage::reserve`), *waiting* while the queue
+//! * a request reserves its queue slot at admission (`UsageQueue::reserve`), *waiting* while the queue
 //!   is full — backpressure on new requests rather than loss of records;
-//! * the slot is filled when the request settles (`Usage::send`, synchronous, cannot fail), which
+//! * the slot is filled when the request settles (`UsageQueue::send`, synchronous, cannot fail), which
 //!   can happen in a `Drop` (a client that disconnected mid-stream);
 //! * the writer flushes every `usage.flush_ms` (records + per-minute aggregates in one
 //!   transaction), retries a failed batch until it succeeds, and drains the queue on shutdown;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::config::UsageConfig;
-pub use crate::store::usage::UsageRecord;
+use tollgate_core::usage::UsageRecord;
 
 pub mod api;
 
@@ -60,7 +60,7 @@ struct UsageMetrics {
 }
 
 /// The usage queue and its writer.
-pub struct Usage {
+pub struct UsageQueue {
     tx: mpsc::Sender<UsageRecord>,
     rx: Mutex<Option<mpsc::Receiver<UsageRecord>>>,
     capacity: usize,
@@ -70,15 +70,15 @@ pub struct Usage {
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for Usage {
+impl std::fmt::Debug for UsageQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Usage")
+        f.debug_struct("UsageQueue")
             .field("depth", &self.depth())
             .finish_non_exhaustive()
     }
 }
 
-impl Usage {
+impl UsageQueue {
     pub fn new(cfg: &UsageConfig, registry: &mut Registry) -> Self {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let metrics = UsageMetrics {

@@ -277,7 +277,7 @@ async fn internal_details_never_leak() {
     let app = app().await;
     // Store down: a clean 503, no SQL or driver text.
     app.state.store.close().await;
-    let unknown = tollgate::auth::apikey::generate("tgk").plaintext;
+    let unknown = tollgate_core::apikey::generate("tgk").plaintext;
     let res = app.get("/v1/models", &unknown).await;
     assert!(res.headers().contains_key("retry-after"));
     let body = expect_error(res, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE").await;

@@ -120,7 +120,7 @@ async fn checksum_is_checked_before_any_store_access(app: TestApp) {
     let mut typo = key.clone().into_bytes();
     typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
     let typo = String::from_utf8(typo).unwrap();
-    let unknown = tollgate::auth::apikey::generate("tgk").plaintext;
+    let unknown = tollgate_core::apikey::generate("tgk").plaintext;
     app.state.store.close().await;
     let res = app.chat(&typo, chat_body("mock-chat")).await;
     let body = expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_INVALID").await;
@@ -135,7 +135,7 @@ async fn checksum_is_checked_before_any_store_access(app: TestApp) {
 }
 
 async fn unknown_and_malformed_keys_are_invalid(app: TestApp) {
-    let unknown = tollgate::auth::apikey::generate("tgk").plaintext;
+    let unknown = tollgate_core::apikey::generate("tgk").plaintext;
     let res = app.chat(&unknown, chat_body("mock-chat")).await;
     let challenge = res.headers()["www-authenticate"]
         .to_str()

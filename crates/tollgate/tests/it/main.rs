@@ -21,6 +21,7 @@ mod faults;
 mod file_modes;
 mod fuzz_replay;
 mod keys;
+mod layers;
 mod limits;
 mod operations;
 mod ops;

@@ -384,7 +384,7 @@ async fn upstream_usage_reports_are_capped_before_they_are_summed() {
     // An upstream reporting 2^64 − 1 tokens: read as at most 2^31 − 1 per count, so the sum
     // (quota settlement), the store (i64) and the per-minute aggregates cannot overflow.
     let app = app().await;
-    let cap = tollgate::proxy::sse::MAX_REPORTED_TOKENS;
+    let cap = tollgate_upstream::sse::MAX_REPORTED_TOKENS;
     let huge = json!({"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX});
     let mut body = chat_body("fake-model");
     body["fake"] = huge.clone();
@@ -430,7 +430,7 @@ async fn an_upstream_event_that_never_ends_is_cut() {
         }
         let piece = vec![b'x'; 256 * 1024];
         // Four times the limit, then silence (a gateway without a limit would wait for more).
-        for _ in 0..(4 * tollgate::proxy::sse::MAX_EVENT_BYTES / piece.len()) {
+        for _ in 0..(4 * tollgate_upstream::sse::MAX_EVENT_BYTES / piece.len()) {
             if sock.write_all(&piece).await.is_err() {
                 return;
             }
@@ -460,6 +460,7 @@ async fn an_upstream_event_that_never_ends_is_cut() {
         started.elapsed()
     );
     assert!(
-        sent.load(std::sync::atomic::Ordering::SeqCst) < 4 * tollgate::proxy::sse::MAX_EVENT_BYTES
+        sent.load(std::sync::atomic::Ordering::SeqCst)
+            < 4 * tollgate_upstream::sse::MAX_EVENT_BYTES
     );
 }

@@ -39,7 +39,7 @@ fn every_digest_is_the_gateways_own_hash() {
         let value: Value = serde_json::from_str(s(&case["json"])).unwrap();
         let expected = s(&case["sha256"]);
         // The function the binding check uses.
-        let got = tollgate::auth::binding::value_sha256(&value);
+        let got = tollgate_core::binding::value_sha256(&value);
         let form = match &value {
             Value::String(text) => {
                 assert_eq!(text, s(&case["string"]), "{name}: the string");

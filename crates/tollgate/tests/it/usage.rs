@@ -179,7 +179,8 @@ async fn usage_is_flushed_on_shutdown(app: TestApp) {
 /// aggregates must add up.
 async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
     use std::sync::Arc;
-    use tollgate::store::usage::{UsageRecord, write_batch};
+    use tollgate::store::usage::write_batch;
+    use tollgate_core::usage::UsageRecord;
     let minute = 1_763_812_320_000_i64; // a minute boundary
     let rec = |i: i64, end_user: Option<&str>, key: Option<&str>| UsageRecord {
         ts: minute + i,

@@ -7,36 +7,10 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use super::{Backend, StoreResult};
-use crate::limits::{Dim, ScopeKind, ScopeRef};
+use crate::{Backend, StoreResult};
+use tollgate_core::limits::{Dim, ScopeKind, ScopeRef};
 
-/// One metered inference request.
-#[derive(Debug, Clone)]
-pub struct UsageRecord {
-    pub ts: i64,
-    pub request_id: Option<Arc<str>>,
-    pub tenant_id: Arc<str>,
-    pub api_key_id: Option<Arc<str>>,
-    pub user_id: Option<Arc<str>>,
-    pub subscription_id: Option<Arc<str>>,
-    pub end_user: Option<Arc<str>>,
-    pub model: Arc<str>,
-    pub route: &'static str,
-    /// The HTTP status the client received.
-    pub status: u16,
-    /// `ok`, `client_closed`, `rate_limited`, `quota_exceeded`, `upstream_error`, ...
-    pub outcome: &'static str,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub latency_ms: u64,
-}
-
-impl UsageRecord {
-    /// Whether the request counts against request quotas (answered without an error status).
-    pub fn counts(&self) -> bool {
-        self.status < 400
-    }
-}
+use tollgate_core::usage::UsageRecord;
 
 const RECORD_COLS: usize = 14;
 const AGG_COLS: usize = 12;
@@ -236,7 +210,7 @@ macro_rules! write_in {
 
 /// Writes a batch: the records, and their per-minute aggregates (upserted), in one transaction.
 /// On SQLite through the usage writer's own typed connection, elsewhere through the pool.
-pub async fn write_batch(store: &super::Store, batch: &[UsageRecord]) -> StoreResult<()> {
+pub async fn write_batch(store: &crate::Store, batch: &[UsageRecord]) -> StoreResult<()> {
     let statements = Statements::of(store.backend());
     let aggs = minutes(batch);
     match store.usage_sqlite() {
@@ -469,7 +443,7 @@ mod tests {
     async fn usage_write_cost() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = crate::store::Store::connect(&url).await.unwrap();
+        let store = crate::Store::connect(&url).await.unwrap();
         let rec = UsageRecord {
             ts: crate::util::now_ms(),
             request_id: Some("req_abcdefghijklmnopqrst".into()),

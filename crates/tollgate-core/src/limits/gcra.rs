@@ -189,17 +189,17 @@ mod tests {
 
     #[test]
     fn periods_are_utc_days_and_calendar_months() {
-        let ms = crate::util::parse_rfc3339("2024-02-29T13:00:00Z").unwrap();
+        let ms = crate::time::parse_rfc3339("2024-02-29T13:00:00Z").unwrap();
         let (s, e) = Period::Day.bounds(ms);
-        assert_eq!(crate::util::rfc3339(s), "2024-02-29T00:00:00Z");
-        assert_eq!(crate::util::rfc3339(e), "2024-03-01T00:00:00Z");
+        assert_eq!(crate::time::rfc3339(s), "2024-02-29T00:00:00Z");
+        assert_eq!(crate::time::rfc3339(e), "2024-03-01T00:00:00Z");
         let (s, e) = Period::Month.bounds(ms);
-        assert_eq!(crate::util::rfc3339(s), "2024-02-01T00:00:00Z");
-        assert_eq!(crate::util::rfc3339(e), "2024-03-01T00:00:00Z");
-        let dec = crate::util::parse_rfc3339("2025-12-31T23:59:59Z").unwrap();
+        assert_eq!(crate::time::rfc3339(s), "2024-02-01T00:00:00Z");
+        assert_eq!(crate::time::rfc3339(e), "2024-03-01T00:00:00Z");
+        let dec = crate::time::parse_rfc3339("2025-12-31T23:59:59Z").unwrap();
         let (s, e) = Period::Month.bounds(dec);
-        assert_eq!(crate::util::rfc3339(s), "2025-12-01T00:00:00Z");
-        assert_eq!(crate::util::rfc3339(e), "2026-01-01T00:00:00Z");
+        assert_eq!(crate::time::rfc3339(s), "2025-12-01T00:00:00Z");
+        assert_eq!(crate::time::rfc3339(e), "2026-01-01T00:00:00Z");
         for days in [-1000i64, 0, 59, 365, 10_957, 20_000, 50_000] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);

@@ -6,8 +6,7 @@ use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{Conn, StoreResult, json_col};
-use crate::util::{opt_rfc3339, rfc3339};
+use crate::{Conn, StoreResult, json_col};
 
 // ---------------------------------------------------------------------------------------------
 // Products and plans
@@ -22,16 +21,8 @@ pub struct Product {
     pub created_at: i64,
 }
 
-impl Product {
-    pub fn to_api(&self) -> Value {
-        json!({"id": self.id, "object": "product", "tenant_id": self.tenant_id, "name": self.name,
-            "description": self.description, "models": self.models,
-            "created_at": rfc3339(self.created_at)})
-    }
-}
-
 /// A plan's limits: the limits layer's `LimitSet` (one shape for plans, keys and config).
-pub use crate::limits::LimitSet as PlanLimits;
+pub use tollgate_core::limits::LimitSet as PlanLimits;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -41,14 +32,6 @@ pub struct Plan {
     pub name: String,
     pub limits: PlanLimits,
     pub created_at: i64,
-}
-
-impl Plan {
-    pub fn to_api(&self) -> Value {
-        json!({"id": self.id, "object": "plan", "tenant_id": self.tenant_id,
-            "product_id": self.product_id, "name": self.name, "limits": self.limits,
-            "created_at": rfc3339(self.created_at)})
-    }
 }
 
 fn product_row(r: &AnyRow) -> Result<Product, sqlx::Error> {
@@ -212,20 +195,8 @@ pub struct Subscription {
     pub updated_at: i64,
     pub cancelled_at: Option<i64>,
     /// Web origins allowed to use this subscription's credentials from a browser (normalised,
-    /// see `crate::cors::parse_origin`); empty = none.
+    /// see `tollgate::cors::parse_origin`); empty = none.
     pub allowed_origins: Vec<String>,
-}
-
-impl Subscription {
-    pub fn to_api(&self) -> Value {
-        json!({"id": self.id, "object": "subscription", "tenant_id": self.tenant_id,
-            "plan_id": self.plan_id, "user_id": self.user_id, "status": self.status.as_str(),
-            "max_token_lifetime_seconds": self.max_token_lifetime_seconds,
-            "single_use_tokens": self.single_use_tokens,
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-            "cancelled_at": opt_rfc3339(self.cancelled_at),
-            "allowed_origins": self.allowed_origins})
-    }
 }
 
 const SUB_COLS: &str = "id, tenant_id, plan_id, user_id, status, max_token_lifetime_seconds,
@@ -424,15 +395,6 @@ impl std::fmt::Debug for Credential {
             .field("kid", &self.kid)
             .field("alg", &self.alg)
             .finish_non_exhaustive()
-    }
-}
-
-impl Credential {
-    pub fn to_api(&self) -> Value {
-        json!({"id": self.id, "object": "subscription_credential", "type": self.kind,
-            "subscription_id": self.subscription_id, "kid": self.kid, "alg": self.alg,
-            "key_format": self.key_format, "created_at": rfc3339(self.created_at),
-            "revoked_at": opt_rfc3339(self.revoked_at)})
     }
 }
 
@@ -656,24 +618,6 @@ pub struct Operation {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
-}
-
-impl Operation {
-    /// The API representation (`GET /v1/operations/{id}`).
-    pub fn to_api(&self) -> Value {
-        let mut v = json!({"id": self.id, "object": "operation", "kind": self.kind,
-            "status": self.status.as_str(), "model": self.model,
-            "subscription_id": self.subscription_id,
-            "created_at": rfc3339(self.created_at), "started_at": opt_rfc3339(self.started_at),
-            "finished_at": opt_rfc3339(self.finished_at)});
-        if let Some(r) = &self.result {
-            v["result"] = r.clone();
-        }
-        if let Some(e) = &self.error {
-            v["error"] = e.clone();
-        }
-        v
-    }
 }
 
 const OP_COLS: &str = "id, tenant_id, subscription_id, user_id, credential_type, credential_id,

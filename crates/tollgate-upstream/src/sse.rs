@@ -24,7 +24,7 @@ pub const MAX_EVENT_BYTES: usize = 16 << 20;
 
 /// Token counts reported by the upstream, each at most [`MAX_REPORTED_TOKENS`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+pub struct TokenUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
@@ -43,7 +43,7 @@ struct WithUsage {
     usage: Option<UsageFields>,
 }
 
-impl Usage {
+impl TokenUsage {
     /// Validates that `body` is one JSON object and reads its `usage`, without building a tree
     /// of the whole response. `Err` when the body is not a JSON object.
     pub fn from_body(body: &[u8]) -> Result<Option<Self>, serde_json::Error> {
@@ -165,9 +165,9 @@ pub enum EventKind {
     /// `data: [DONE]`
     Done,
     /// The usage-only chunk (`choices: []` and a usage object).
-    UsageOnly(Usage),
+    UsageOnly(TokenUsage),
     /// A normal chunk; may carry usage (some providers attach it to the last content chunk).
-    Data(Option<Usage>),
+    Data(Option<TokenUsage>),
 }
 
 /// The event's data: its `data:` lines joined by `\n`. Borrowed when there is one such line
@@ -232,7 +232,7 @@ pub fn classify(event: &[u8]) -> EventKind {
     let Ok(chunk) = serde_json::from_slice::<UsageChunk>(&payload) else {
         return EventKind::Data(None);
     };
-    let usage = chunk.usage.as_ref().and_then(Usage::from_usage);
+    let usage = chunk.usage.as_ref().and_then(TokenUsage::from_usage);
     let no_choices = chunk
         .choices
         .as_ref()
@@ -320,12 +320,6 @@ where
         Poll::Ready(Some(Ok(joined.map_or(first, BytesMut::freeze))))
     }
 }
-
-/// Formats an SSE `error` event in the OpenAI error shape.
-pub fn error_event(err: &crate::error::ApiError) -> Bytes {
-    Bytes::from(format!("event: error\ndata: {}\n\n", err.body()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,11 +372,14 @@ mod tests {
     fn reported_usage_is_capped() {
         let max = u64::MAX;
         let body = format!(r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":{max}}}}}"#);
-        let capped = Usage {
+        let capped = TokenUsage {
             prompt_tokens: MAX_REPORTED_TOKENS,
             completion_tokens: MAX_REPORTED_TOKENS,
         };
-        assert_eq!(Usage::from_body(body.as_bytes()).unwrap(), Some(capped));
+        assert_eq!(
+            TokenUsage::from_body(body.as_bytes()).unwrap(),
+            Some(capped)
+        );
         let event = format!("data: {{\"choices\":[],{}\n\n", &body[1..]);
         assert_eq!(classify(event.as_bytes()), EventKind::UsageOnly(capped));
         // Summed and stored as i64 without overflow.
@@ -391,19 +388,19 @@ mod tests {
 
     #[test]
     fn usage_from_body_validates_json() {
-        let u = Usage::from_body(
+        let u = TokenUsage::from_body(
             br#"{"id":"x","usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#,
         );
         assert_eq!(
             u.unwrap(),
-            Some(Usage {
+            Some(TokenUsage {
                 prompt_tokens: 2,
                 completion_tokens: 3
             })
         );
-        assert_eq!(Usage::from_body(br#"{"data":[]}"#).unwrap(), None);
-        assert!(Usage::from_body(b"<html>oops").is_err());
-        assert!(Usage::from_body(b"[1,2]").is_err());
+        assert_eq!(TokenUsage::from_body(br#"{"data":[]}"#).unwrap(), None);
+        assert!(TokenUsage::from_body(b"<html>oops").is_err());
+        assert!(TokenUsage::from_body(b"[1,2]").is_err());
     }
 
     #[test]
@@ -450,7 +447,7 @@ mod tests {
         let usage = b"data: {\"choices\":[],\ndata: \"usage\":\ndata: {\"prompt_tokens\":1}}\n\n";
         assert_eq!(
             classify(usage),
-            EventKind::UsageOnly(Usage {
+            EventKind::UsageOnly(TokenUsage {
                 prompt_tokens: 1,
                 completion_tokens: 0
             })
@@ -509,7 +506,7 @@ mod tests {
         let usage = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8}}\n\n";
         assert_eq!(
             classify(usage),
-            EventKind::UsageOnly(Usage {
+            EventKind::UsageOnly(TokenUsage {
                 prompt_tokens: 3,
                 completion_tokens: 5
             })
@@ -517,7 +514,7 @@ mod tests {
         let last = b"data: {\"choices\":[{\"delta\":{}}],\"usage\": {\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
         assert_eq!(
             classify(last),
-            EventKind::Data(Some(Usage {
+            EventKind::Data(Some(TokenUsage {
                 prompt_tokens: 1,
                 completion_tokens: 2
             }))
@@ -530,7 +527,7 @@ mod tests {
         );
         assert_eq!(
             classify(b"data: {\"choices\":null,\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":\"x\"}}\n\n"),
-            EventKind::Data(Some(Usage {
+            EventKind::Data(Some(TokenUsage {
                 prompt_tokens: 4,
                 completion_tokens: 0
             }))

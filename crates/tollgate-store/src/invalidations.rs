@@ -1,10 +1,13 @@
 //! The invalidation log: written in the same transaction as the change it announces, read by
-//! every instance when told (`crate::push`) and on its poll (`app::poll_invalidations`).
+//! every instance when told (the gateway's `push` module) and on its poll (`app::poll_invalidations`).
 
 use sqlx::AnyPool;
 
-use super::{Conn, StoreResult};
 use crate::util::now_ms;
+use crate::{Conn, StoreResult};
+
+/// The PostgreSQL channel `publish` notifies when its transaction commits.
+pub const PG_CHANNEL: &str = "tollgate_invalidations";
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +44,7 @@ pub async fn publish(
     conn: &mut Conn,
     kind: Kind,
     target: &str,
-    meta: &super::audit::RequestMeta,
+    meta: &crate::audit::RequestMeta,
 ) -> StoreResult<()> {
     sqlx::query("INSERT INTO invalidations (kind, target, at, origin) VALUES ($1, $2, $3, $4)")
         .bind(kind.as_str())
@@ -51,10 +54,10 @@ pub async fn publish(
         .execute(&mut *conn)
         .await?;
     // PostgreSQL delivers it to every listening instance when this transaction commits
-    // (`crate::push`); one per transaction is enough, duplicates are folded by PostgreSQL.
+    // (the gateway's `push` module); one per transaction is enough, duplicates are folded by PostgreSQL.
     if conn.backend_name() == "PostgreSQL" {
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(crate::push::PG_CHANNEL)
+            .bind(PG_CHANNEL)
             .execute(conn)
             .await?;
     }

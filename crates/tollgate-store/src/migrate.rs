@@ -3,7 +3,7 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::{Backend, Store};
+use crate::{Backend, Store};
 
 struct Migration {
     version: i64,
@@ -17,8 +17,8 @@ macro_rules! migration {
         Migration {
             version: $version,
             name: $name,
-            sqlite: include_str!(concat!("../../migrations/sqlite/", $name, ".sql")),
-            postgres: include_str!(concat!("../../migrations/postgres/", $name, ".sql")),
+            sqlite: include_str!(concat!("../migrations/sqlite/", $name, ".sql")),
+            postgres: include_str!(concat!("../migrations/postgres/", $name, ".sql")),
         }
     };
 }

@@ -7,7 +7,7 @@
 
 use sqlx::{AnyPool, Row};
 
-use super::StoreResult;
+use crate::StoreResult;
 use crate::util::now_ms;
 
 /// A lease is what the request needs plus this fraction of what is left after it, so the last

@@ -9,6 +9,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Transaction};
 
 pub mod audit;
+pub mod files;
 pub mod identity;
 pub mod invalidations;
 pub mod keys;
@@ -19,6 +20,13 @@ pub mod tenants;
 pub mod usage;
 
 pub use audit::{AuditEvent, AuditRecord};
+
+/// The ids and clocks the store writes (core's), and the file helpers.
+mod util {
+    pub use crate::files::{create_private_dir, create_private_file, warn_if_wider};
+    pub use tollgate_core::ids::new_id;
+    pub use tollgate_core::time::now_ms;
+}
 
 /// A write transaction: every mutation and its audit event share one. On SQLite it also holds
 /// this process's writer turn (see [`Store::begin`]), released after the commit or rollback.

@@ -3,11 +3,11 @@
 //! issuers. Secrets are stored only as SHA-256 hashes (codes, refresh tokens, client secrets,
 //! email tokens) or encrypted (signing keys).
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{AnyPool, Row};
 
-use super::{Conn, StoreError, StoreResult};
-use crate::util::{now_ms, rfc3339};
+use crate::util::now_ms;
+use crate::{Conn, StoreError, StoreResult};
 
 // ---- signing keys ----------------------------------------------------------------------------
 
@@ -150,18 +150,6 @@ impl std::fmt::Debug for OAuthClient {
     }
 }
 
-impl OAuthClient {
-    /// The API shape (`role_names`: display names of `roles`). Never contains the secret.
-    pub fn to_api(&self, role_names: &[String]) -> Value {
-        json!({
-            "id": self.id, "client_id": self.id, "object": "oauth_client", "name": self.name,
-            "redirect_uris": self.redirect_uris, "confidential": self.confidential,
-            "roles": role_names, "created_at": rfc3339(self.created_at),
-            "revoked_at": self.revoked_at.map(rfc3339),
-        })
-    }
-}
-
 const CLIENT_COLS: &str = "id, tenant_id, name, redirect_uris, confidential, secret_hash, roles, created_at, created_by, revoked_at";
 
 fn client_row(r: &sqlx::any::AnyRow) -> Result<OAuthClient, sqlx::Error> {
@@ -169,10 +157,10 @@ fn client_row(r: &sqlx::any::AnyRow) -> Result<OAuthClient, sqlx::Error> {
         id: r.try_get("id")?,
         tenant_id: r.try_get("tenant_id")?,
         name: r.try_get("name")?,
-        redirect_uris: super::json_col(r.try_get("redirect_uris")?).unwrap_or_default(),
+        redirect_uris: crate::json_col(r.try_get("redirect_uris")?).unwrap_or_default(),
         confidential: r.try_get::<i64, _>("confidential")? != 0,
         secret_hash: r.try_get("secret_hash")?,
-        roles: super::json_col(r.try_get("roles")?).unwrap_or_default(),
+        roles: crate::json_col(r.try_get("roles")?).unwrap_or_default(),
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
         revoked_at: r.try_get("revoked_at")?,
@@ -636,19 +624,8 @@ pub struct ExternalIssuer {
     pub claim: String,
     pub default_role: Option<String>,
     /// Ceiling on what its tokens may do: the registering admin's permissions.
-    pub max_permissions: crate::auth::PermSet,
+    pub max_permissions: tollgate_core::permissions::PermSet,
     pub created_at: i64,
-}
-
-impl ExternalIssuer {
-    pub fn to_api(&self) -> Value {
-        json!({
-            "id": self.id, "object": "identity_provider", "issuer": self.issuer,
-            "jwks_url": self.jwks_url, "audience": self.audience, "claim": self.claim,
-            "default_role": self.default_role, "max_permissions": self.max_permissions,
-            "created_at": rfc3339(self.created_at),
-        })
-    }
 }
 
 const ISSUER_COLS: &str =
@@ -665,11 +642,14 @@ fn issuer_row(r: &sqlx::any::AnyRow) -> Result<ExternalIssuer, sqlx::Error> {
         default_role: r.try_get("default_role")?,
         max_permissions: {
             let names: Vec<String> =
-                super::json_col(r.try_get("max_permissions")?).unwrap_or_default();
+                crate::json_col(r.try_get("max_permissions")?).unwrap_or_default();
             names
                 .iter()
-                .filter_map(|n| crate::auth::PermSet::parse([n.as_str()]).ok())
-                .fold(crate::auth::PermSet::EMPTY, crate::auth::PermSet::union)
+                .filter_map(|n| tollgate_core::permissions::PermSet::parse([n.as_str()]).ok())
+                .fold(
+                    tollgate_core::permissions::PermSet::EMPTY,
+                    tollgate_core::permissions::PermSet::union,
+                )
         },
         created_at: r.try_get("created_at")?,
     })

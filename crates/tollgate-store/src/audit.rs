@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{Conn, StoreResult};
 use crate::util::{new_id, now_ms};
+use crate::{Conn, StoreResult};
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -22,29 +22,14 @@ pub struct RequestMeta {
     pub origin: Option<std::sync::Arc<str>>,
 }
 
-/// Who did it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Actor {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub id: Option<String>,
-}
-
-impl Actor {
-    pub fn system() -> Self {
-        Self {
-            kind: "system",
-            id: None,
-        }
-    }
-}
+pub use tollgate_core::audit::{Action, Actor};
 
 /// An event to append. `details` must never hold a secret.
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
     pub tenant_id: String,
     pub actor: Actor,
-    pub action: &'static str,
+    pub action: Action,
     pub target_type: Option<&'static str>,
     pub target_id: Option<String>,
     pub meta: RequestMeta,
@@ -56,7 +41,7 @@ impl AuditEvent {
     pub fn new(
         tenant_id: impl Into<String>,
         actor: Actor,
-        action: &'static str,
+        action: Action,
         meta: &RequestMeta,
     ) -> Self {
         Self {
@@ -122,17 +107,6 @@ impl AuditRecord {
         h.update(self.canonical().as_bytes());
         hex::encode(h.finalize())
     }
-
-    /// The API representation (RFC 3339 time).
-    pub fn to_api(&self) -> Value {
-        json!({
-            "id": self.id, "object": "audit_event", "seq": self.seq,
-            "ts": crate::util::rfc3339(self.ts), "tenant_id": self.tenant_id, "actor": self.actor,
-            "action": self.action, "target": self.target, "ip": self.ip,
-            "user_agent": self.user_agent, "request_id": self.request_id, "outcome": self.outcome,
-            "details": self.details, "prev_hash": self.prev_hash, "hash": self.hash,
-        })
-    }
 }
 
 /// Appends an event inside the caller's transaction.
@@ -155,7 +129,7 @@ pub async fn append(conn: &mut Conn, ev: AuditEvent) -> StoreResult<AuditRecord>
         ts: now_ms(),
         tenant_id: ev.tenant_id,
         actor: json!(ev.actor),
-        action: ev.action.to_string(),
+        action: ev.action.as_str().to_string(),
         target: json!({"type": ev.target_type, "id": ev.target_id}),
         ip: ev.meta.ip,
         user_agent: ev.meta.user_agent,
@@ -175,7 +149,7 @@ pub async fn append(conn: &mut Conn, ev: AuditEvent) -> StoreResult<AuditRecord>
     .bind(rec.tenant_id.clone())
     .bind(rec.seq)
     .bind(rec.ts)
-    .bind(ev.actor.kind)
+    .bind(ev.actor.kind.as_str())
     .bind(ev.actor.id)
     .bind(rec.action.clone())
     .bind(ev.target_type)

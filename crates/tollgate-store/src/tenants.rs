@@ -1,23 +1,17 @@
 //! Tenants, users, memberships and roles. Every tenant-owned query filters by tenant.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{AnyPool, Row};
 
-use super::{Conn, StoreError, StoreResult};
-use crate::auth::permissions::{PermSet, builtin_role};
-use crate::util::{new_id, now_ms, rfc3339};
+use crate::util::{new_id, now_ms};
+use crate::{Conn, StoreError, StoreResult};
+use tollgate_core::permissions::{PermSet, builtin_role};
 
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
     pub created_at: i64,
-}
-
-impl Tenant {
-    pub fn to_api(&self) -> Value {
-        json!({"id": self.id, "object": "tenant", "name": self.name, "created_at": rfc3339(self.created_at)})
-    }
 }
 
 /// A user. `password_hash` is an Argon2id PHC string and never leaves the store layer in a response.
@@ -49,16 +43,6 @@ pub struct Member {
     pub joined_at: i64,
 }
 
-impl Member {
-    pub fn to_api(&self, role_names: &[String]) -> Value {
-        json!({
-            "id": self.user.id, "object": "user", "email": self.user.email, "name": self.user.name,
-            "roles": role_names, "email_verified": self.user.email_verified_at.is_some(),
-            "created_at": rfc3339(self.user.created_at), "joined_at": rfc3339(self.joined_at),
-        })
-    }
-}
-
 /// A custom role (built-in roles are code, see `permissions::builtin_role`).
 #[derive(Debug, Clone)]
 pub struct Role {
@@ -68,15 +52,6 @@ pub struct Role {
     pub description: String,
     pub permissions: PermSet,
     pub created_at: i64,
-}
-
-impl Role {
-    pub fn to_api(&self) -> Value {
-        json!({
-            "id": self.id, "object": "role", "name": self.name, "description": self.description,
-            "permissions": self.permissions, "builtin": false, "created_at": rfc3339(self.created_at),
-        })
-    }
 }
 
 pub fn normalize_email(email: &str) -> String {

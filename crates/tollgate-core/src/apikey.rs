@@ -7,7 +7,7 @@
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+use crate::ids::BASE62;
 pub const RANDOM_LEN: usize = 32;
 pub const CHECKSUM_LEN: usize = 6;
 
@@ -46,7 +46,7 @@ impl std::fmt::Debug for KeyHash {
     }
 }
 
-pub(crate) fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
+pub fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = u64::from(crc32fast::hash(random));
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {

@@ -1,10 +1,10 @@
 //! API key rows. Only SHA-256 hashes of keys are stored (hex), never the plaintext.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{AnyPool, Row};
 
-use super::{Conn, StoreResult, json_col};
-use crate::util::{opt_rfc3339, rfc3339};
+use crate::{Conn, StoreResult, json_col};
+use tollgate_core::limits::LimitSet;
 
 /// Per-key rate limits and quotas (enforced by `crate::limits`; the tightest of these, the
 /// user's, the plan's and the tenant's applies).
@@ -25,6 +25,19 @@ pub struct KeyRateLimit {
     pub tokens_per_month: Option<u64>,
 }
 
+/// A key's limits as a scope's limit set.
+impl From<&KeyRateLimit> for LimitSet {
+    fn from(k: &KeyRateLimit) -> Self {
+        LimitSet {
+            requests_per_minute: k.requests_per_minute.map(u64::from),
+            tokens_per_minute: k.tokens_per_minute.map(u64::from),
+            concurrent_requests: k.concurrent_requests.map(u64::from),
+            requests_per_day: k.requests_per_day,
+            tokens_per_month: k.tokens_per_month,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiKeyRecord {
     pub id: String,
@@ -42,21 +55,6 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<i64>,
     /// While set and in the future, the previous secret (before a rotation) still works.
     pub prev_valid_until: Option<i64>,
-}
-
-impl ApiKeyRecord {
-    /// The API representation: never contains the key itself.
-    pub fn to_api(&self) -> Value {
-        json!({
-            "id": self.id, "object": "api_key", "name": self.name, "hint": self.hint,
-            "tenant_id": self.tenant_id, "user_id": self.user_id,
-            "subscription_id": self.subscription_id, "scopes": self.scopes,
-            "rate_limit": self.rate_limit, "expires_at": opt_rfc3339(self.expires_at),
-            "created_at": rfc3339(self.created_at), "created_by": self.created_by,
-            "last_used_at": opt_rfc3339(self.last_used_at), "revoked_at": opt_rfc3339(self.revoked_at),
-            "previous_key_valid_until": opt_rfc3339(self.prev_valid_until),
-        })
-    }
 }
 
 const COLS: &str =
