@@ -112,6 +112,11 @@ fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
             )),
         )
         .route(
+            // A catch-all: model names may hold `/` (`meta-llama/Llama-3.1-8B`).
+            &format!("{prefix}/models/{{*id}}"),
+            get(proxy::get_model).route_layer(guard(state, Optional, Some(Permission::ModelsRead))),
+        )
+        .route(
             &format!("{prefix}/chat/completions"),
             post(proxy::chat_completions).route_layer(guard(
                 state,

@@ -151,10 +151,13 @@ fn route_method(path: &str) -> Option<Method> {
     match rest {
         "models" => Some(Method::GET),
         "chat/completions" | "embeddings" | "images/generations" => Some(Method::POST),
-        _ => rest
-            .strip_prefix("operations/")
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .map(|_| Method::GET),
+        _ => match rest.strip_prefix("models/") {
+            Some(name) => (!name.is_empty()).then_some(Method::GET),
+            None => rest
+                .strip_prefix("operations/")
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+                .map(|_| Method::GET),
+        },
     }
 }
 
@@ -366,6 +369,7 @@ mod tests {
         assert_eq!(route_method("/api/v2/embeddings"), Some(Method::POST));
         assert_eq!(route_method("/v1/models"), Some(Method::GET));
         assert_eq!(route_method("/v1/operations/op_1"), Some(Method::GET));
+        assert_eq!(route_method("/v1/models/gpt-4o"), Some(Method::GET));
         assert_eq!(route_method("/v1/operations/"), None);
         assert_eq!(route_method("/v1/operations/a/b"), None);
         assert_eq!(route_method("/v1/api-keys"), None);

@@ -334,17 +334,37 @@ fn map_upstream_error(
 }
 
 /// `GET /v1/models`: the models this caller may use.
+fn model_object(r: &ModelRoute) -> Value {
+    json!({"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name})
+}
+
 pub async fn list_models(State(state): State<AppState>, caller: Caller) -> Response {
     let data: Vec<Value> = state
         .proxy
         .routes()
         .iter()
         .filter(|r| model_allowed(&caller, &r.name))
-        .map(
-            |r| json!({"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name}),
-        )
+        .map(|r| model_object(r))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): a model this caller may use, else `404`
+/// (a model it may not use is as absent as one that does not exist).
+pub async fn get_model(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match state
+        .proxy
+        .routes()
+        .iter()
+        .find(|r| r.name == id && model_allowed(&caller, &r.name))
+    {
+        Some(r) => axum::Json(model_object(r)).into_response(),
+        None => ApiError::not_found("model").into_response(),
+    }
 }
 
 /// Whether a caller may use a model: every configured model, unless the principal carries a
@@ -596,7 +616,7 @@ async fn forward(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
                     )],
-                    body,
+                    public_model_json(body, &route),
                 )
                     .into_response(),
             ))
@@ -613,8 +633,12 @@ async fn forward(
                 state,
                 caller,
                 upstream,
-                client_wants_usage,
-                idle,
+                StreamOptions {
+                    client_wants_usage,
+                    idle,
+                    rename: (route.upstream_model != route.name)
+                        .then(|| Arc::<str>::from(route.name.as_str())),
+                },
                 meter,
             ))
         }
@@ -635,6 +659,8 @@ struct StreamState {
     state: AppState,
     /// Settles limits and writes the usage record when the stream ends or is dropped (client gone).
     meter: Meter,
+    /// The public model name, when chunks must be rewritten to it.
+    rename: Option<Arc<str>>,
 }
 
 impl StreamState {
@@ -652,6 +678,10 @@ impl StreamState {
                     self.usage = Some(u);
                     self.meter.set_usage(Some(u));
                     if self.client_wants_usage {
+                        let ev = match &self.rename {
+                            Some(name) => public_model_event(ev, name),
+                            None => ev,
+                        };
                         self.queue.push_back(ev);
                     }
                 }
@@ -661,6 +691,10 @@ impl StreamState {
                     }
                     self.meter.set_usage(u);
                     self.meter.chunk();
+                    let ev = match &self.rename {
+                        Some(name) => public_model_event(ev, name),
+                        None => ev,
+                    };
                     self.queue.push_back(ev);
                 }
                 EventKind::Done => {
@@ -715,14 +749,65 @@ impl StreamState {
     }
 }
 
+/// How a stream is passed on.
+struct StreamOptions {
+    client_wants_usage: bool,
+    idle: Duration,
+    /// The public model name, when the route renames the model (chunks are rewritten).
+    rename: Option<Arc<str>>,
+}
+
+/// The upstream's JSON answer with `model` set to the public name the client asked for (SPEC
+/// §4.1) when the route renames the model; otherwise the bytes exactly as they came (no parse).
+fn public_model_json(body: Bytes, route: &ModelRoute) -> Bytes {
+    if route.upstream_model == route.name {
+        return body;
+    }
+    with_model(&body, &route.name).map_or(body, Bytes::from)
+}
+
+/// `json` (an object with a `model` member) re-encoded with `model` = `name`.
+fn with_model(json: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut m: serde_json::Map<String, Value> = serde_json::from_slice(json).ok()?;
+    let slot = m.get_mut("model")?;
+    *slot = Value::String(name.to_string());
+    serde_json::to_vec(&m).ok()
+}
+
+/// One SSE event (a single `data:` line, as OpenAI-compatible providers send) with its chunk's
+/// `model` set to `name`; anything else unchanged.
+fn public_model_event(ev: Bytes, name: &str) -> Bytes {
+    let Some(rest) = ev.strip_prefix(b"data:") else {
+        return ev;
+    };
+    let payload = rest.trim_ascii();
+    if payload.contains(&b'\n') || !payload.starts_with(b"{") {
+        return ev;
+    }
+    match with_model(payload, name) {
+        Some(json) => {
+            let mut out = Vec::with_capacity(json.len() + 8);
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&json);
+            out.extend_from_slice(b"\n\n");
+            Bytes::from(out)
+        }
+        None => ev,
+    }
+}
+
 fn stream_response(
     state: &AppState,
     caller: Caller,
     upstream: ByteStream,
-    client_wants_usage: bool,
-    idle: Duration,
+    opts: StreamOptions,
     mut meter: Meter,
 ) -> Response {
+    let StreamOptions {
+        client_wants_usage,
+        idle,
+        rename,
+    } = opts;
     let token = caller.live.token().clone();
     let mut builder = Response::builder();
     if let Some(h) = builder.headers_mut() {
@@ -741,6 +826,7 @@ fn stream_response(
         done: false,
         state: state.clone(),
         meter,
+        rename,
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
         st.next_frame()

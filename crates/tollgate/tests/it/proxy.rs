@@ -464,3 +464,72 @@ async fn an_upstream_event_that_never_ends_is_cut() {
             < 4 * tollgate_upstream::sse::MAX_EVENT_BYTES
     );
 }
+
+/// The `model` of an answer is the public name the client asked for, not the upstream's name
+/// (SPEC §4.1): in JSON answers and in every stream chunk (usage chunk included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_public_model_name() {
+    let app = app().await;
+    let res = app.chat(&app.owner_key, chat_body("gpt-test")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["model"], "gpt-test", "{out}");
+    assert_eq!(out["object"], "chat.completion");
+    assert!(out["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let mut body = stream_body("gpt-test");
+    body["stream_options"] = json!({"include_usage": true});
+    let res = app.chat(&app.owner_key, body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = read_all(res).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = data_events(&text);
+    assert!(events.len() > 2);
+    for ev in &events {
+        assert_eq!(ev["model"], "gpt-test", "{ev}");
+    }
+    assert!(events.iter().any(|e| e["usage"].is_object()));
+    // Upstream saw its own name; a model that is not renamed passes byte for byte.
+    assert_eq!(
+        app.upstream.requests().last().unwrap().body["model"],
+        "upstream-gpt"
+    );
+    let out: Value = app
+        .chat(&app.owner_key, chat_body("fake-model"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["model"], "fake-model");
+}
+
+/// `GET /v1/models/{id}` (`models.retrieve`): the model for a caller that may use it, `404`
+/// for one it may not use or that does not exist; names with `/` work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_retrieved_by_id() {
+    let app = app().await;
+    let res = app.get("/v1/models/gpt-test", &app.owner_key).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["id"], "gpt-test");
+    assert_eq!(v["object"], "model");
+    let res = app.get("/api/v1/models/fake-model", &app.owner_key).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    for missing in ["/v1/models/nope", "/v1/models/org/nope"] {
+        let res = app.get(missing, &app.owner_key).await;
+        expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    }
+    // A subscription sees its product's models only: another model is absent.
+    let sub = crate::subs::subscribe(&app, &["gpt-test"]).await;
+    let res = crate::subs::get_as_subscription(&app, "/v1/models/gpt-test", &sub.id).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = crate::subs::get_as_subscription(&app, "/v1/models/fake-model", &sub.id).await;
+    expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    // No credential: as for the list.
+    let res = app
+        .client
+        .get(app.url("/v1/models/gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_MISSING").await;
+}
