@@ -262,6 +262,38 @@ pub async fn quota_used(
     Ok(row.try_get::<i64, _>("used")?)
 }
 
+/// Deletes at most `batch` of the oldest usage records written before `before_ms`; returns how
+/// many. Walks the primary key from its oldest end (records are appended in time order), so a
+/// call costs a bounded index range whatever the table's size, and nothing when the oldest
+/// record is recent.
+pub async fn prune_records(pool: &sqlx::AnyPool, before_ms: i64, batch: i64) -> StoreResult<u64> {
+    let oldest: Option<(i64,)> =
+        sqlx::query_as("SELECT ts FROM usage_records ORDER BY seq LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    if oldest.is_none_or(|(ts,)| ts >= before_ms) {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "DELETE FROM usage_records WHERE seq IN
+            (SELECT seq FROM usage_records ORDER BY seq LIMIT $2) AND ts < $1",
+    )
+    .bind(before_ms)
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Deletes per-minute aggregates of minutes before `before_ms`; returns how many.
+pub async fn prune_minutes(pool: &sqlx::AnyPool, before_ms: i64) -> StoreResult<u64> {
+    let r = sqlx::query("DELETE FROM usage_minute WHERE minute < $1")
+        .bind(before_ms)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 /// A dimension `GET /v1/usage` can group by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {

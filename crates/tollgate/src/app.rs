@@ -354,6 +354,9 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     tasks.push(tokio::spawn(async move { poll_invalidations(s).await }));
     // Their push: PostgreSQL LISTEN, Redis pub/sub.
     tasks.extend(crate::push::spawn(state));
+    // Usage retention.
+    let s = state.clone();
+    tasks.push(tokio::spawn(async move { crate::usage::retain(s).await }));
     // Operations workers, jti and operation pruning.
     tasks.extend(crate::subscriptions::spawn_background(state));
     // Cache safety-net pruning.

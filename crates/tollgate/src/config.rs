@@ -139,6 +139,11 @@ pub struct UsageConfig {
     pub batch_size: usize,
     /// How often the writer flushes.
     pub flush_ms: u64,
+    /// Usage records older than this many days are deleted (0 = kept forever).
+    pub retention_days: u64,
+    /// Per-minute aggregates (reports, quotas) older than this many days are deleted (0 = kept
+    /// forever; else at least 35, so a month's quota can always be counted).
+    pub aggregate_retention_days: u64,
 }
 
 impl Default for UsageConfig {
@@ -147,6 +152,8 @@ impl Default for UsageConfig {
             queue_capacity: 65_536,
             batch_size: 1000,
             flush_ms: 250,
+            retention_days: 90,
+            aggregate_retention_days: 400,
         }
     }
 }
@@ -433,6 +440,16 @@ impl Config {
         }
         if self.usage.queue_capacity < 16 || self.usage.batch_size == 0 {
             anyhow::bail!("usage.queue_capacity must be at least 16 and usage.batch_size positive");
+        }
+        if self.usage.retention_days > 36_500 {
+            anyhow::bail!("usage.retention_days must be at most 36500 (0 keeps records forever)");
+        }
+        if self.usage.aggregate_retention_days != 0
+            && !(35..=36_500).contains(&self.usage.aggregate_retention_days)
+        {
+            anyhow::bail!(
+                "usage.aggregate_retention_days must be 35..=36500 (a month's quota is counted from them), or 0 to keep them forever"
+            );
         }
         if self.alerts.spike_multiple.is_nan() || self.alerts.spike_multiple <= 1.0 {
             anyhow::bail!("alerts.spike_multiple must be greater than 1");

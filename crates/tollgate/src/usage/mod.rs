@@ -241,3 +241,67 @@ async fn writer(state: AppState, mut rx: mpsc::Receiver<UsageRecord>, stop: Canc
         }
     }
 }
+
+/// Rows deleted per statement by [`retain_once`], with a pause between statements: deleting a
+/// backlog never holds the store (or SQLite's write lock) for long while requests are served.
+const RETENTION_BATCH: i64 = 5_000;
+
+/// Deletes usage records older than `[usage] retention_days` and per-minute aggregates older
+/// than `aggregate_retention_days`, as of `now_ms`. Returns (records, aggregates) deleted.
+pub async fn retain_once(state: &AppState, now_ms: i64) -> (u64, u64) {
+    const DAY_MS: i64 = 86_400_000;
+    let cfg = &state.config.usage;
+    let pool = state.store.pool();
+    let mut records = 0;
+    if cfg.retention_days > 0 {
+        let before = now_ms.saturating_sub((cfg.retention_days as i64).saturating_mul(DAY_MS));
+        loop {
+            match crate::store::usage::prune_records(pool, before, RETENTION_BATCH).await {
+                Ok(n) => {
+                    records += n;
+                    if n < RETENTION_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not delete old usage records");
+                    break;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = state.shutdown.cancelled() => break,
+            }
+        }
+    }
+    let mut minutes = 0;
+    if cfg.aggregate_retention_days > 0 {
+        let before =
+            now_ms.saturating_sub((cfg.aggregate_retention_days as i64).saturating_mul(DAY_MS));
+        match crate::store::usage::prune_minutes(pool, before).await {
+            Ok(n) => minutes = n,
+            Err(e) => tracing::warn!(error = %e, "could not delete old usage aggregates"),
+        }
+    }
+    if records > 0 || minutes > 0 {
+        tracing::info!(
+            records,
+            aggregates = minutes,
+            "deleted usage past its retention"
+        );
+    }
+    (records, minutes)
+}
+
+/// Usage retention in the background: a minute after start, then hourly.
+pub async fn retain(state: AppState) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        retain_once(&state, crate::util::now_ms()).await;
+        wait = Duration::from_secs(3600);
+    }
+}

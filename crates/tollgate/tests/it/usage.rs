@@ -8,6 +8,7 @@ use crate::helpers::*;
 use crate::store_tests;
 
 store_tests!(
+    old_usage_is_deleted_in_batches_and_recent_usage_kept,
     usage_grouped_by_end_user,
     developers_see_only_their_own_usage,
     usage_is_flushed_on_shutdown,
@@ -300,4 +301,72 @@ async fn a_batch_keeps_every_field_of_every_record(app: TestApp) {
             ),
         ]
     );
+}
+
+/// Retention: records older than `retention_days` and aggregates older than
+/// `aggregate_retention_days` are deleted (in batches, more than one batch here), the rest kept.
+async fn old_usage_is_deleted_in_batches_and_recent_usage_kept(app: TestApp) {
+    const DAY: i64 = 86_400_000;
+    let now = tollgate::util::now_ms();
+    let pool = app.state.store.pool();
+    // 12 000 records 100 days old, 5 a day old; aggregates 500 and 10 days old.
+    let old = now - 100 * DAY;
+    for chunk in 0..12 {
+        let mut sql = String::from(
+            "INSERT INTO usage_records (ts, tenant_id, model, route, status, outcome, \
+             prompt_tokens, completion_tokens, latency_ms) VALUES ",
+        );
+        for i in 0..1000 {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "({}, '{}', 'm', 'chat/completions', 200, 'ok', 1, 1, 1)",
+                old + chunk * 1000 + i,
+                app.tenant_id
+            ));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        sqlx::query(
+            "INSERT INTO usage_records (ts, tenant_id, model, route, status, outcome, \
+             prompt_tokens, completion_tokens, latency_ms) VALUES ($1, $2, 'm', 'chat/completions', 200, 'ok', 1, 1, 1)",
+        )
+        .bind(now - DAY + i)
+        .bind(app.tenant_id.clone())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    for (minute, model) in [(now - 500 * DAY, "ancient"), (now - 10 * DAY, "recent")] {
+        sqlx::query(
+            "INSERT INTO usage_minute (tenant_id, minute, model, requests, errors, prompt_tokens, \
+             completion_tokens, latency_ms_sum) VALUES ($1, $2, $3, 1, 0, 1, 1, 1)",
+        )
+        .bind(app.tenant_id.clone())
+        .bind(minute)
+        .bind(model)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(app.state.config.usage.retention_days, 90);
+    let (records, minutes) = tollgate::usage::retain_once(&app.state, now).await;
+    assert_eq!((records, minutes), (12_000, 1));
+    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM usage_records")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 5);
+    let kept: Vec<(String,)> = sqlx::query_as("SELECT model FROM usage_minute")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![("recent".to_string(),)]);
+    // Nothing left to delete: a second pass deletes nothing.
+    assert_eq!(tollgate::usage::retain_once(&app.state, now).await, (0, 0));
 }
