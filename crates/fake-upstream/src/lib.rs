@@ -327,7 +327,10 @@ async fn respond(shared: &Shared, tracker: &mut Option<Tracker>, req: Request) -
     }
     let allowed = match path {
         "/v1/models" => Method::GET,
-        "/v1/chat/completions" | "/v1/embeddings" | "/v1/images/generations" => Method::POST,
+        "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings"
+        | "/v1/images/generations" => Method::POST,
         _ => {
             return error_full(
                 StatusCode::NOT_FOUND,
@@ -390,7 +393,8 @@ async fn respond(shared: &Shared, tracker: &mut Option<Tracker>, req: Request) -
     }
 
     match path {
-        "/v1/chat/completions" => chat(shared, tracker, &body, &opts),
+        "/v1/chat/completions" => chat(shared, tracker, &body, &opts, false),
+        "/v1/completions" => chat(shared, tracker, &body, &opts, true),
         "/v1/embeddings" => embeddings(&body, &opts),
         _ => images(&body),
     }
@@ -405,7 +409,15 @@ fn models() -> Response {
     json_response(StatusCode::OK, json!({"object": "list", "data": data}))
 }
 
-fn chat(shared: &Shared, tracker: &mut Option<Tracker>, body: &Value, opts: &FakeOpts) -> Response {
+/// Chat completions, or (`legacy`) text completions: `prompt` instead of `messages`, `text`
+/// instead of `message`/`delta`, objects `text_completion`.
+fn chat(
+    shared: &Shared,
+    tracker: &mut Option<Tracker>,
+    body: &Value,
+    opts: &FakeOpts,
+    legacy: bool,
+) -> Response {
     let cfg = &shared.cfg;
     let Some(model) = body.get("model").and_then(Value::as_str) else {
         return error(
@@ -413,17 +425,28 @@ fn chat(shared: &Shared, tracker: &mut Option<Tracker>, body: &Value, opts: &Fak
             "you must provide a model parameter",
         );
     };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return error(StatusCode::BAD_REQUEST, "`messages` must be an array");
-    };
-    let chunks = opts.chunks.unwrap_or(cfg.default_chunks).min(MAX_CHUNKS);
-    let prompt_tokens = opts.prompt_tokens.unwrap_or_else(|| {
+    let prompt_words = if legacy {
+        match body.get("prompt") {
+            Some(p @ Value::String(_)) => word_count(Some(p)),
+            Some(Value::Array(items)) => items.iter().map(|p| word_count(Some(p))).sum(),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "`prompt` must be a string or an array",
+                );
+            }
+        }
+    } else {
+        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+            return error(StatusCode::BAD_REQUEST, "`messages` must be an array");
+        };
         messages
             .iter()
             .map(|m| word_count(m.get("content")))
             .sum::<u64>()
-            .max(1)
-    });
+    };
+    let chunks = opts.chunks.unwrap_or(cfg.default_chunks).min(MAX_CHUNKS);
+    let prompt_tokens = opts.prompt_tokens.unwrap_or(prompt_words.max(1));
     let completion_tokens = opts.completion_tokens.unwrap_or(chunks as u64);
     let usage = json!({
         "prompt_tokens": prompt_tokens,
@@ -435,6 +458,19 @@ fn chat(shared: &Shared, tracker: &mut Option<Tracker>, body: &Value, opts: &Fak
 
     if body.get("stream").and_then(Value::as_bool) != Some(true) {
         let content: String = (0..chunks).map(token).collect();
+        if legacy {
+            return json_response(
+                StatusCode::OK,
+                json!({
+                    "id": id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "text": content, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": usage,
+                }),
+            );
+        }
         return json_response(
             StatusCode::OK,
             json!({
@@ -476,6 +512,7 @@ fn chat(shared: &Shared, tracker: &mut Option<Tracker>, body: &Value, opts: &Fak
         include_usage,
         usage,
         delay: Duration::from_millis(opts.chunk_delay_ms.unwrap_or(cfg.chunk_delay_ms)),
+        legacy,
     };
     let stream = futures_util::stream::unfold(
         (plan, events.into_iter(), tracker.take()),
@@ -536,9 +573,19 @@ struct StreamPlan {
     include_usage: bool,
     usage: Value,
     delay: Duration,
+    /// Text-completion chunks (`/v1/completions`).
+    legacy: bool,
 }
 
 impl StreamPlan {
+    fn object(&self) -> &'static str {
+        if self.legacy {
+            "text_completion"
+        } else {
+            "chat.completion.chunk"
+        }
+    }
+
     fn chunk(&self, i: usize) -> Bytes {
         let mut delta = json!({"content": token(i)});
         if i == 0 {
@@ -549,12 +596,17 @@ impl StreamPlan {
         } else {
             Value::Null
         };
+        let choice = if self.legacy {
+            json!({"index": 0, "text": token(i), "logprobs": null, "finish_reason": finish_reason})
+        } else {
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason})
+        };
         let mut chunk = json!({
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": self.object(),
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+            "choices": [choice],
         });
         if self.include_usage {
             chunk["usage"] = Value::Null;
@@ -565,7 +617,7 @@ impl StreamPlan {
     fn usage_chunk(&self) -> Bytes {
         sse(&json!({
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": self.object(),
             "created": self.created,
             "model": self.model,
             "choices": [],

@@ -125,6 +125,14 @@ fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
             )),
         )
         .route(
+            &format!("{prefix}/completions"),
+            post(proxy::completions).route_layer(guard(
+                state,
+                Required,
+                Some(Permission::ChatWrite),
+            )),
+        )
+        .route(
             &format!("{prefix}/embeddings"),
             post(proxy::embeddings).route_layer(guard(
                 state,

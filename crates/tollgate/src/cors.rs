@@ -150,7 +150,9 @@ fn route_method(path: &str) -> Option<Method> {
         .find_map(|p| path.strip_prefix(p))?;
     match rest {
         "models" => Some(Method::GET),
-        "chat/completions" | "embeddings" | "images/generations" => Some(Method::POST),
+        "chat/completions" | "completions" | "embeddings" | "images/generations" => {
+            Some(Method::POST)
+        }
         _ => match rest.strip_prefix("models/") {
             Some(name) => (!name.is_empty()).then_some(Method::GET),
             None => rest

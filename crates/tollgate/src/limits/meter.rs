@@ -136,7 +136,8 @@ pub async fn admit(
     body: &Value,
     info: &RequestInfo,
 ) -> Result<Meter, ApiError> {
-    let chat = route == "chat/completions";
+    // Completions reserve a completion budget when the body names none (providers default it).
+    let chat = route == "chat/completions" || route == "completions";
     let est = estimate_tokens(body, chat, state.limits.config().default_max_tokens)?;
     let (prompt_estimate, estimate) = (est.prompt, est.total);
     let record = UsageRecord {

@@ -50,7 +50,65 @@ pub fn respond(endpoint: Endpoint, body: &Value) -> UpstreamReply {
         Endpoint::Chat => chat(body),
         Endpoint::Embeddings => embeddings(body),
         Endpoint::Images => images(body),
+        Endpoint::Completions => completion(body),
     }
+}
+
+/// A legacy text completion (`/v1/completions`), JSON or SSE.
+fn completion(body: &Value) -> UpstreamReply {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-chat")
+        .to_string();
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    let excerpt: String = prompt.chars().take(200).collect();
+    let reply = format!(" This is a mock completion from Tollgate of: {excerpt}");
+    let prompt_tokens = words(&prompt).max(1);
+    let completion_tokens = words(&reply);
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens});
+    let id = format!("cmpl-mock{}", crate::util::random_base62(12));
+    let created = now_secs();
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        let include_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let mut events: Vec<Bytes> = reply
+            .split_inclusive(' ')
+            .map(|piece| {
+                let c = json!({"id": id, "object": "text_completion", "created": created,
+                    "model": model, "choices": [{"index": 0, "text": piece, "logprobs": null,
+                    "finish_reason": null}]});
+                Bytes::from(format!("data: {c}\n\n"))
+            })
+            .collect();
+        let last = json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"}]});
+        events.push(Bytes::from(format!("data: {last}\n\n")));
+        if include_usage {
+            let u = json!({"id": id, "object": "text_completion", "created": created,
+                "model": model, "choices": [], "usage": usage});
+            events.push(Bytes::from(format!("data: {u}\n\n")));
+        }
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        let stream = futures_util::stream::iter(events.into_iter().map(Ok)).boxed();
+        return UpstreamReply::stream(stream);
+    }
+    UpstreamReply::json(json!({
+        "id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": reply, "logprobs": null, "finish_reason": "stop"}],
+        "usage": usage,
+    }))
 }
 
 fn chat(body: &Value) -> UpstreamReply {

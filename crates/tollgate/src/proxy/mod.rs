@@ -35,6 +35,8 @@ pub enum Endpoint {
     Chat = 0,
     Embeddings = 1,
     Images = 2,
+    /// Legacy text completions (`/v1/completions`).
+    Completions = 3,
 }
 
 impl Endpoint {
@@ -43,7 +45,13 @@ impl Endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Images => "images/generations",
+            Endpoint::Completions => "completions",
         }
+    }
+
+    /// Answers as SSE with `"stream": true`.
+    fn streams(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Completions)
     }
 }
 
@@ -89,8 +97,9 @@ pub enum Backend {
         base_url: String,
         /// The client for this provider's base URL (with its key and connection pool).
         upstream: Box<client::Upstream>,
-        /// Request targets of `chat/completions`, `embeddings`, `images/generations`.
-        targets: [String; 3],
+        /// Request targets of `chat/completions`, `embeddings`, `images/generations`,
+        /// `completions` (indexed by `Endpoint`).
+        targets: [String; 4],
         timeout: Duration,
     },
     Mock,
@@ -169,8 +178,13 @@ impl Proxy {
                         &settings,
                     )
                     .map_err(|e| anyhow::anyhow!("provider {}: {e:#}", p.name))?;
-                    let targets = [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Images]
-                        .map(|e| upstream.request_target(e.path()));
+                    let targets = [
+                        Endpoint::Chat,
+                        Endpoint::Embeddings,
+                        Endpoint::Images,
+                        Endpoint::Completions,
+                    ]
+                    .map(|e| upstream.request_target(e.path()));
                     Backend::OpenAi {
                         base_url,
                         upstream: Box::new(upstream),
@@ -387,6 +401,19 @@ pub async fn chat_completions(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `POST /v1/completions` (legacy text completions: LangChain's `OpenAI`, litellm's
+/// `text_completion`), JSON or SSE, with the same auth, limits and metering as chat.
+pub async fn completions(
+    State(state): State<AppState>,
+    caller: Caller,
+    info: RequestInfo,
+    body: RawJson,
+) -> Response {
+    forward(&state, caller, Endpoint::Completions, body, info)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 pub async fn embeddings(
     State(state): State<AppState>,
     caller: Caller,
@@ -530,11 +557,11 @@ pub(crate) fn request_model(value: &Value) -> Result<&str, ApiError> {
     }
 }
 
-/// Whether the answer streams: `stream: true`, on chat only.
+/// Whether the answer streams: `stream: true`, on chat and legacy completions.
 pub(crate) fn request_stream(value: &Value, endpoint: Endpoint) -> Result<bool, ApiError> {
     match value.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
-        Some(Value::Bool(true)) => Ok(endpoint == Endpoint::Chat),
+        Some(Value::Bool(true)) => Ok(endpoint.streams()),
         Some(_) => Err(ApiError::validation("stream", "stream must be a boolean")),
     }
 }

@@ -533,3 +533,77 @@ async fn a_model_is_retrieved_by_id() {
         .unwrap();
     expect_error(res, StatusCode::UNAUTHORIZED, "AUTH_MISSING").await;
 }
+
+/// `POST /v1/completions` (legacy text completions): JSON and SSE through the real upstream,
+/// metered like chat, with the same permission (a key without `chat:write` is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_completions_json_and_stream() {
+    let app = app().await;
+    let body = json!({"model": "gpt-test", "prompt": "Say this is a test", "max_tokens": 7});
+    let res = app
+        .post("/v1/completions", &app.owner_key, body.clone())
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["object"], "text_completion");
+    assert_eq!(out["model"], "gpt-test");
+    assert!(out["choices"][0]["text"].as_str().unwrap().len() > 1);
+    let seen = app.upstream.requests();
+    let req = seen.last().unwrap();
+    assert_eq!(req.path, "/v1/completions");
+    assert_eq!(req.body["model"], "upstream-gpt");
+    assert_eq!(req.body["prompt"], "Say this is a test");
+    // Streaming: chunks pass through (with the public name), usage is metered even when the
+    // client did not ask for the usage chunk, which it then does not see.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let res = app.post("/v1/completions", &app.owner_key, stream).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let text = read_all(res).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = data_events(&text);
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| e["object"] == "text_completion" && e["model"] == "gpt-test")
+    );
+    assert!(events.iter().all(|e| !e["usage"].is_object()), "{text}");
+    assert_eq!(
+        app.upstream.requests().last().unwrap().body["stream_options"]["include_usage"],
+        true
+    );
+    assert!(wait_usage_records(&app, 2).await);
+    let records =
+        tollgate::store::usage::recent_records(app.state.store.pool(), &app.tenant_id, 10)
+            .await
+            .unwrap();
+    assert!(
+        records.iter().all(|r| r.3 == "ok" && r.4 > 0 && r.5 > 0),
+        "{records:?}"
+    );
+    // The chat permission governs it.
+    let k = app
+        .create_key(
+            &app.owner_key,
+            json!({"name": "embed only", "scopes": ["embeddings:write"]}),
+        )
+        .await;
+    let res = app
+        .post("/v1/completions", k["key"].as_str().unwrap(), body)
+        .await;
+    expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
+    // The built-in mock provider answers it too.
+    let res = app
+        .post(
+            "/v1/completions",
+            &app.owner_key,
+            json!({"model": "mock-chat", "prompt": "hello"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["object"], "text_completion");
+    assert!(out["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
