@@ -411,8 +411,9 @@ async fn run_propagation(args: &Args, n: usize, client: &reqwest::Client) -> Res
     .await?;
     let h = &out.latency_us;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let probe = |q: f64| out.probe_us.value_at_quantile(q) as f64 / 1000.0;
     let line = format!(
-        "| {} | {} | {} | {n} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+        "| {} | {} | {} | {n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} |\n",
         args.label,
         if opts.redis_url.is_some() {
             "PostgreSQL + Redis"
@@ -428,6 +429,8 @@ async fn run_propagation(args: &Args, n: usize, client: &reqwest::Client) -> Res
         ms(0.9),
         ms(0.99),
         h.max() as f64 / 1000.0,
+        probe(0.5),
+        probe(0.99),
         if out.load_requests > 0 {
             format!("{} ({} errors)", out.load_requests, out.load_errors)
         } else {
@@ -436,7 +439,7 @@ async fn run_propagation(args: &Args, n: usize, client: &reqwest::Client) -> Res
     );
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(
-        b"| run | store | load on B | revocations | p50 ms | p90 ms | p99 ms | max ms | load requests |\n|---|---|---|---|---|---|---|---|---|\n",
+        b"| run | store | load on B | revocations | p50 ms | p90 ms | p99 ms | max ms | its probe's round trip p50 / p99 ms | load requests |\n|---|---|---|---|---|---|---|---|---|---|\n",
     )?;
     stdout.write_all(line.as_bytes())?;
     stdout.flush()?;

@@ -25,6 +25,9 @@ pub struct Options {
 
 pub struct Outcome {
     pub latency_us: Histogram<u64>,
+    /// The round trip of the probe that saw the `401` (part of `latency_us`: what B's load adds
+    /// to any request, not to the propagation).
+    pub probe_us: Histogram<u64>,
     pub load_requests: u64,
     pub load_errors: u64,
 }
@@ -136,6 +139,7 @@ pub async fn run(
     };
 
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut probe_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for i in 0..opts.revocations {
         let created: serde_json::Value = client
             .post(format!("{base_a}/v1/api-keys"))
@@ -186,7 +190,8 @@ pub async fn run(
                     if let (Some(t), Ok(401)) = (revoked_at, &status)
                         && sent >= t
                     {
-                        return Some(Instant::now().duration_since(t));
+                        let now = Instant::now();
+                        return Some((now.duration_since(t), now.duration_since(sent)));
                     }
                     if Instant::now() > deadline {
                         return None;
@@ -203,8 +208,9 @@ pub async fn run(
             .error_for_status()?;
         let _ = start_tx.send(Instant::now());
         match prober.await? {
-            Some(d) => {
+            Some((d, rtt)) => {
                 latency_us.record(d.as_micros().max(1) as u64)?;
+                probe_us.record(rtt.as_micros().max(1) as u64)?;
             }
             None => bail!("revocation {i} did not reach instance B within 10 s"),
         }
@@ -219,6 +225,7 @@ pub async fn run(
     drop(started);
     Ok(Outcome {
         latency_us,
+        probe_us,
         load_requests,
         load_errors,
     })
