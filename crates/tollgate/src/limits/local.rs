@@ -32,6 +32,10 @@ struct QuotaCell {
     /// refused without asking again (an over-quota client cannot turn into store load).
     exhausted_until_ms: i64,
     short_of: i64,
+    /// Units taken back by `take_idle` whose return to the store has not finished: until it
+    /// has, a refused lease does not mean the quota is spent (those units are on their way
+    /// back), so it marks nothing exhausted.
+    returning: i64,
 }
 
 type QuotaKey = (ScopeRef, Dim, i64);
@@ -240,9 +244,25 @@ impl LocalLimiter {
         cell.touched_ms = now_ms;
         if granted > 0 {
             cell.exhausted_until_ms = 0;
-        } else {
+        } else if cell.returning == 0 {
             cell.exhausted_until_ms = now_ms + EXHAUSTED_RECHECK_MS;
             cell.short_of = n.need as i64;
+        }
+    }
+
+    /// Whether units of this quota period are being given back to the store right now.
+    pub fn is_returning(&self, c: &Check, period_start: i64) -> bool {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.quotas
+            .get(&(c.scope.clone(), c.dim, period_start))
+            .is_some_and(|cell| cell.returning != 0)
+    }
+
+    /// The give-back of `budget` units that `take_idle` handed out has finished (or failed).
+    pub fn returned(&self, scope: &ScopeRef, dim: Dim, start: i64, budget: i64) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cell) = st.quotas.get_mut(&(scope.clone(), dim, start)) {
+            cell.returning = cell.returning.saturating_sub(budget);
         }
     }
 
@@ -256,6 +276,7 @@ impl LocalLimiter {
             if cell.budget != 0 && now_ms.saturating_sub(cell.touched_ms) >= idle_ms {
                 out.push((scope.clone(), *dim, *start, cell.budget));
                 cell.used = cell.used.saturating_sub(cell.budget);
+                cell.returning = cell.returning.saturating_add(cell.budget);
                 cell.budget = 0;
             }
         }
@@ -425,6 +446,31 @@ mod tests {
         assert_eq!(needs(l.decide(&checks, NOW + 1001)).len(), 1);
         // Tomorrow is another period.
         assert_eq!(needs(l.decide(&checks, end + 1))[0].period_start, end);
+    }
+
+    /// Units taken back for the store are not spent: a lease refused while they are on their
+    /// way back marks nothing exhausted, so the next request asks again (and gets them).
+    #[test]
+    fn a_refusal_during_a_give_back_is_not_trusted() {
+        let l = LocalLimiter::default();
+        let checks = [check("g", Dim::RequestsDay, 10, 1)];
+        let n = needs(l.decide(&checks, NOW));
+        l.deposit(&checks[0], &n[0], 4, 10, NOW);
+        let taken = l.take_idle(NOW + 5000, 2000);
+        assert_eq!(taken.len(), 1);
+        let start = n[0].period_start;
+        assert!(l.is_returning(&checks[0], start));
+        // The store has not received them yet: it refuses.
+        let n = needs(l.decide(&checks, NOW + 5001));
+        l.deposit(&checks[0], &n[0], 0, 10, NOW + 5001);
+        assert_eq!(needs(l.decide(&checks, NOW + 5002)).len(), 1, "asked again");
+        // Once they are back, a refusal is trusted again.
+        let (scope, dim, _, budget) = taken[0].clone();
+        l.returned(&scope, dim, start, budget);
+        assert!(!l.is_returning(&checks[0], start));
+        let n = needs(l.decide(&checks, NOW + 5003));
+        l.deposit(&checks[0], &n[0], 0, 10, NOW + 5003);
+        assert_eq!(decided(l.decide(&checks, NOW + 5004)).denied, Some(0));
     }
 
     #[test]

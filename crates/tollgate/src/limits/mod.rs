@@ -304,6 +304,11 @@ impl Limits {
                 })?;
                 self.local
                     .deposit(c, &n, lease.granted, lease.used, crate::util::now_ms());
+                // Refused while this instance is giving units of this period back: they are
+                // not spent, only on their way to the store; ask again once they are there.
+                if lease.granted == 0 && self.local.is_returning(c, n.period_start) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         }
         let mut err = ApiError::new(
@@ -332,6 +337,7 @@ impl Limits {
                 // overshoot); an unpaid overspend is lost.
                 tracing::warn!(error = %e, "could not give a quota lease back to the store");
             }
+            self.local.returned(&scope, dim, start, budget);
         }
     }
 
