@@ -37,6 +37,35 @@ pub struct CreateClientBody {
     pub roles: Option<Vec<String>>,
 }
 
+/// Whether `requested` is one of a client's `registered` redirect URIs: the same string, or —
+/// for a loopback IP literal over plain `http` (`http://127.0.0.1/cb`, `http://[::1]/cb`) —
+/// the same URI with any port, since a native app listens on whatever port it is given at run
+/// time (RFC 8252 §7.3). `localhost` is not treated so (§8.3: it may not resolve to loopback).
+pub fn redirect_registered(registered: &[String], requested: &str) -> bool {
+    if registered.iter().any(|u| u == requested) {
+        return true;
+    }
+    let loopback = |s: &str| {
+        let u = url::Url::parse(s).ok()?;
+        let ip = match u.host()? {
+            url::Host::Ipv4(a) => std::net::IpAddr::V4(a),
+            url::Host::Ipv6(a) => std::net::IpAddr::V6(a),
+            url::Host::Domain(_) => return None,
+        };
+        (u.scheme() == "http"
+            && ip.is_loopback()
+            && u.username().is_empty()
+            && u.password().is_none())
+        .then(|| (ip, u.path().to_string(), u.query().map(str::to_string)))
+    };
+    let Some(want) = loopback(requested) else {
+        return false;
+    };
+    registered
+        .iter()
+        .any(|u| loopback(u).is_some_and(|have| have == want))
+}
+
 /// Redirect URIs must be absolute, without a fragment; plain `http` only for loopback hosts
 /// (RFC 8252 §7.3); private-use schemes (`com.example.app:/cb`) for native apps.
 pub fn validate_redirect_uri(s: &str) -> ApiResult<()> {
@@ -237,4 +266,39 @@ pub async fn revoke(
         state.auth.invalidate(Kind::Credential, &id);
     }
     Ok(axum::Json(out).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_registered;
+
+    #[test]
+    fn loopback_redirects_match_on_any_port() {
+        let reg = vec![
+            "http://127.0.0.1/callback".to_string(),
+            "http://[::1]:8000/cb?x=1".to_string(),
+            "http://localhost:9000/cb".to_string(),
+            "https://app.example.com/cb".to_string(),
+        ];
+        for ok in [
+            "http://127.0.0.1/callback",
+            "http://127.0.0.1:53187/callback",
+            "http://[::1]:1234/cb?x=1",
+            "http://localhost:9000/cb",
+            "https://app.example.com/cb",
+        ] {
+            assert!(redirect_registered(&reg, ok), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:53187/other",
+            "http://127.0.0.2:53187/callback",
+            "http://[::1]:1234/cb",
+            "http://localhost:9001/cb",
+            "https://127.0.0.1:443/callback",
+            "http://user@127.0.0.1:5/callback",
+            "https://app.example.com:8443/cb",
+        ] {
+            assert!(!redirect_registered(&reg, bad), "{bad}");
+        }
+    }
 }

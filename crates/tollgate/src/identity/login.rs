@@ -77,7 +77,7 @@ async fn validate(state: &AppState, query: Option<&str>) -> Result<AuthzRequest,
     let redirect_uri = q
         .get("redirect_uri")
         .ok_or_else(|| page("redirect_uri is missing."))?;
-    if !client.redirect_uris.iter().any(|u| u == redirect_uri) {
+    if !super::clients::redirect_registered(&client.redirect_uris, redirect_uri) {
         return Err(page("redirect_uri is not registered for this application."));
     }
     let st = q.get("state").cloned();

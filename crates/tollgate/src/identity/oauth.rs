@@ -1124,7 +1124,7 @@ pub async fn authorize_json(
         .await?
         .filter(|c| c.revoked_at.is_none() && c.tenant_id == body.tenant_id)
         .ok_or_else(|| ApiError::validation("client_id", "Unknown client for this tenant"))?;
-    if !client.redirect_uris.iter().any(|u| u == &body.redirect_uri) {
+    if !super::clients::redirect_registered(&client.redirect_uris, &body.redirect_uri) {
         return Err(ApiError::validation(
             "redirect_uri",
             "redirect_uri is not registered for this client",

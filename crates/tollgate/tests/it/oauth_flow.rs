@@ -454,3 +454,62 @@ async fn reuse_cuts_a_live_stream(app: TestApp) {
             .await
     );
 }
+
+/// A native app registers `http://127.0.0.1/callback` and listens on whatever port it gets
+/// (RFC 8252 §7.3): the hosted login accepts the URI with any port, the code is bound to the
+/// URI as used, and another path or host is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_app_logs_in_on_any_loopback_port() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    set_owner_password(&app).await;
+    let c = create_client(
+        &app,
+        &app.owner_key,
+        json!({"name": "native app", "redirect_uris": ["http://127.0.0.1/callback"]}),
+    )
+    .await;
+    let cid = c["client_id"].as_str().unwrap();
+    let used = "http://127.0.0.1:53187/callback";
+    let (verifier, challenge) = pkce();
+    let code = login_code(
+        &app,
+        cid,
+        used,
+        Some(&challenge),
+        OWNER_EMAIL,
+        PASSWORD,
+        "openid",
+    )
+    .await;
+    let res = form_post(
+        &app,
+        "/oauth/token",
+        None,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", cid),
+            ("code", &code),
+            ("redirect_uri", used),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Another path, or localhost, is not registered.
+    for bad in [
+        "http://127.0.0.1:53187/elsewhere",
+        "http://localhost:53187/callback",
+    ] {
+        let res = app
+            .post(
+                "/v1/auth/authorize",
+                "",
+                json!({"tenant_id": app.tenant_id, "client_id": cid, "redirect_uri": bad,
+                       "code_challenge": challenge, "code_challenge_method": "S256",
+                       "state": "s", "scope": "openid"}),
+            )
+            .await;
+        let body = expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED").await;
+        assert_eq!(body["error"]["param"], "redirect_uri", "{bad}");
+    }
+}
