@@ -111,6 +111,33 @@ async fn fifty_concurrent_mutations_on_sqlite_all_succeed() {
                     )
                     .await,
                 ),
+                9 => (
+                    "member roles",
+                    app.put(
+                        &format!("/v1/users/{member_id}/roles"),
+                        key,
+                        json!({"roles": if i % 2 == 0 { ["developer"] } else { ["viewer"] }}),
+                    )
+                    .await,
+                ),
+                10 => (
+                    "subscription credential",
+                    app.post(
+                        &format!("/v1/subscriptions/{sub_id}/credentials"),
+                        key,
+                        json!({"type": "jwt_hs256"}),
+                    )
+                    .await,
+                ),
+                11 => (
+                    "subscription patch",
+                    app.patch(
+                        &format!("/v1/subscriptions/{sub_id}"),
+                        key,
+                        json!({"single_use_tokens": i % 2 == 0}),
+                    )
+                    .await,
+                ),
                 _ => ("key + revoke", {
                     let k = app.create_key(key, json!({"name": format!("r{i}")})).await;
                     app.delete(&format!("/v1/api-keys/{}", k["id"].as_str().unwrap()), key)
