@@ -487,6 +487,10 @@ impl Config {
 /// `public_url` is the JWT issuer and the base of every link the gateway sends: an absolute
 /// `http`/`https` URL with a host, no user info, query or fragment.
 fn check_public_url(u: &str) -> anyhow::Result<()> {
+    // The URL parser would strip or encode them; the value is used as written (the JWT `iss`).
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("public_url must not contain spaces or control characters, got {u:?}");
+    }
     let parsed = url::Url::parse(u)
         .map_err(|e| anyhow::anyhow!("public_url must be an absolute URL ({e}), got {u:?}"))?;
     if !matches!(parsed.scheme(), "http" | "https")
@@ -527,6 +531,10 @@ mod tests {
             "https://gw.example.com/?a=1",
             "https://gw.example.com/#x",
             "http://",
+            // Found by fuzzing: the inner space survived one `finish` and was trimmed by the next.
+            "http://127.0.0.1:808 /",
+            "https://gw.example.com/a b",
+            "https://gw.example.com/\tx",
         ] {
             assert!(finished(&format!("public_url = {bad:?}")).is_err(), "{bad}");
         }
