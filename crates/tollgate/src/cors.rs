@@ -15,8 +15,6 @@
 //!   expose the headers a client needs (`x-request-id`, `Retry-After`, the rate-limit headers).
 //!   No cookie is ever accepted cross-origin (`Access-Control-Allow-Credentials` is never sent).
 
-use std::sync::Arc;
-
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -167,13 +165,11 @@ fn route_method(path: &str) -> Option<Method> {
 #[derive(Clone)]
 pub struct CorsLayer {
     state: AppState,
-    own: Option<Arc<str>>,
 }
 
 impl CorsLayer {
     pub fn new(state: &AppState) -> Self {
         Self {
-            own: own_origin(&state.config.public_url).map(Into::into),
             state: state.clone(),
         }
     }
@@ -222,7 +218,7 @@ where
         let Some(method) = route_method(req.uri().path()) else {
             return Either::Left(self.inner.call(req));
         };
-        let Some(origin) = cross_origin(req.headers(), self.layer.own.as_deref()) else {
+        let Some(origin) = cross_origin(req.headers(), self.layer.state.auth.web_origin()) else {
             return Either::Left(self.inner.call(req));
         };
         let origin = origin.to_string();

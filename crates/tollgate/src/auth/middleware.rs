@@ -110,8 +110,7 @@ where
     }
     // A page of another origin may only use a credential whose subscription allows it.
     if req.headers().contains_key(axum::http::header::ORIGIN) {
-        let own = crate::cors::own_origin(&state.config.public_url);
-        if let Some(origin) = crate::cors::cross_origin(req.headers(), own.as_deref())
+        if let Some(origin) = crate::cors::cross_origin(req.headers(), state.auth.web_origin())
             && let Err(e) = crate::cors::check(&principal, origin)
         {
             state.metrics.auth_failure("origin");

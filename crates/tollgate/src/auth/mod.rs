@@ -201,6 +201,8 @@ pub struct Auth {
     key_prefix: String,
     /// The gateway's public URL: the `iss` of platform JWTs.
     public_url: String,
+    /// The origin of `public_url` (its own pages are not cross-origin), derived once.
+    web_origin: Option<Arc<str>>,
     cache: KeyCache,
     hub: Arc<RevocationHub>,
     /// The identity service's state: signing keys, token and JWKS caches, login throttle.
@@ -245,6 +247,7 @@ impl Auth {
         Self {
             store,
             key_prefix,
+            web_origin: crate::cors::own_origin(&public_url).map(Into::into),
             public_url,
             cache: KeyCache::new(cache_ttl),
             hub: Arc::new(RevocationHub::default()),
@@ -290,6 +293,11 @@ impl Auth {
 
     pub fn public_url(&self) -> &str {
         &self.public_url
+    }
+
+    /// The gateway's own web origin (`crate::cors`).
+    pub fn web_origin(&self) -> Option<&str> {
+        self.web_origin.as_deref()
     }
 
     /// The current auth epoch. Verifiers that cache (like the key verifier) tag entries with it
