@@ -109,13 +109,11 @@ where
         return e.into_response();
     }
     // A page of another origin may only use a credential whose subscription allows it.
-    if req.headers().contains_key(axum::http::header::ORIGIN) {
-        if let Some(origin) = crate::cors::cross_origin(req.headers(), state.auth.web_origin())
-            && let Err(e) = crate::cors::check(&principal, origin)
-        {
-            state.metrics.auth_failure("origin");
-            return e.into_response();
-        }
+    if let Some(origin) = crate::cors::cross_origin(req.headers(), state.auth.web_origin())
+        && let Err(e) = crate::cors::check(&principal, origin)
+    {
+        state.metrics.auth_failure("origin");
+        return e.into_response();
     }
     req.extensions_mut().insert(Arc::new(principal));
     match inner.call(req).await {
