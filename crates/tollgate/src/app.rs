@@ -76,7 +76,8 @@ impl AppState {
         let proxy = Proxy::from_config(&config)?;
         let mut metrics = Metrics::default();
         let limits = Arc::new(crate::limits::Limits::new(
-            &config,
+            &config.limits,
+            config.redis_url.as_ref().map(|u| u.expose()),
             store.clone(),
             metrics.registry_mut(),
         )?);

@@ -92,42 +92,8 @@ pub struct OutboundConfig {
 }
 
 /// `[limits]`: ceilings that apply besides a key's own `rate_limit` and a subscription's plan.
-/// Every field of a limit set is optional; absent (or 0) = unlimited. The tightest limit applies.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// `[limits.tenant]`: applies to each tenant as a whole.
-    pub tenant: crate::limits::LimitSet,
-    /// `[limits.tenants."ten_…"]`: replaces `[limits.tenant]` for one tenant id.
-    pub tenants: std::collections::HashMap<String, crate::limits::LimitSet>,
-    /// `[limits.user]`: applies to each member (all of their keys and tokens) within a tenant.
-    pub user: crate::limits::LimitSet,
-    /// `[limits.key]`: default for every API key; a key's own `rate_limit` can only tighten it.
-    pub key: crate::limits::LimitSet,
-    /// Completion tokens assumed at admission when a request has no `max_tokens`.
-    pub default_max_tokens: u64,
-    /// Prefix of every Redis key Tollgate writes (several deployments can share one Redis).
-    pub redis_prefix: String,
-    /// Deadline for one Redis decision; past it the local limiter decides.
-    pub redis_timeout_ms: u64,
-    /// How long a concurrency slot held in Redis survives an instance that died mid-request.
-    pub concurrency_lease_seconds: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            tenant: Default::default(),
-            tenants: Default::default(),
-            user: Default::default(),
-            key: Default::default(),
-            default_max_tokens: 256,
-            redis_prefix: "tollgate:".into(),
-            redis_timeout_ms: 250,
-            concurrency_lease_seconds: 900,
-        }
-    }
-}
+/// `[limits]`, the limits engine's own settings.
+pub use tollgate_limits::LimitsConfig;
 
 /// `[usage]`: the bounded queue between requests and the batched store writer.
 #[derive(Debug, Clone, Deserialize)]

@@ -160,9 +160,9 @@ pub async fn admit(
     };
     // Backpressure, never loss: wait for room in the usage queue before doing any work.
     let permit = state.usage.reserve().await;
-    let checks = state.limits.checks_for(caller, estimate);
+    let checks = super::checks_for(&state.limits, caller, estimate);
     let started = Instant::now();
-    match state.limits.decide(checks).await {
+    match super::decide(&state.limits, checks).await {
         Ok((reservation, headers)) => Ok(Meter {
             state: state.clone(),
             reservation,

@@ -38,13 +38,14 @@ const LAYERS: &[Layer] = &[
         allowed_tollgate: &["tollgate-core"],
     },
     Layer {
-        // The lower layers still to come are held to their rules as soon as they exist.
+        // Decides; knows nothing of HTTP serving or of how a caller was authenticated.
         krate: "tollgate-limits",
-        required: false,
-        banned: &["axum"],
-        allowed_tollgate: &["tollgate-core", "tollgate-store", "tollgate-upstream"],
+        required: true,
+        banned: &["axum", "hyper"],
+        allowed_tollgate: &["tollgate-core", "tollgate-store"],
     },
     Layer {
+        // The lower layer still to come is held to its rules as soon as it exists.
         krate: "tollgate-auth",
         required: false,
         banned: &["axum"],

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use super::{Check, CheckState, Decision, Dim, ScopeRef};
+use crate::{Check, CheckState, Decision, Dim, ScopeRef};
 use tollgate_core::limits::gcra::{self, MINUTE_MS};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -17,7 +17,7 @@ struct RateCell {
     concurrent: u64,
 }
 
-use crate::util::Fx;
+use tollgate_core::ids::Fx;
 
 /// This instance's share of one quota period.
 #[derive(Debug, Default, Clone, Copy)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::{Check, CheckState, Decision, Dim, MAX_UNITS};
+use crate::{Check, CheckState, Decision, Dim, MAX_UNITS};
 
 /// What the admission script answered.
 #[derive(Debug)]
@@ -221,7 +221,7 @@ impl RedisLimiter {
         let client = redis::Client::open(url).map_err(|e| {
             anyhow::anyhow!(
                 "invalid redis_url: {}",
-                crate::store::redact_url(&e.to_string())
+                tollgate_store::redact_url(&e.to_string())
             )
         })?;
         let cfg = redis::aio::ConnectionManagerConfig::new()

@@ -3,9 +3,9 @@
 //! each kind) and the IETF draft `RateLimit-Policy` / `RateLimit` structured fields (one item per
 //! kind, quotas included).
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Check, CheckState, Dim};
+use crate::{Check, CheckState, Dim};
 
 /// The tightest state of one dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn headers_for_the_tightest_windows() {
-        use super::super::{ScopeKind, ScopeRef};
+        use crate::{ScopeKind, ScopeRef};
         let scope = |id: &str| ScopeRef {
             kind: ScopeKind::Key,
             tenant_id: "ten_a".into(),
