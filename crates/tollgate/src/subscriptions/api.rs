@@ -378,7 +378,7 @@ async fn subscription_api(state: &AppState, s: &Subscription) -> ApiResult<Value
     Ok(out)
 }
 
-async fn create_subscription(
+pub(crate) async fn create_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -620,7 +620,7 @@ async fn patch_subscription(
 /// `DELETE /v1/subscriptions/{id}`: cancels (idempotent). Its keys and credentials stop working
 /// at once on every instance, in-flight requests included, and its queued operations are
 /// cancelled.
-async fn cancel_subscription(
+pub(crate) async fn cancel_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -697,7 +697,7 @@ fn validate_kid(kid: &str) -> ApiResult<String> {
     Ok(kid.to_string())
 }
 
-async fn create_credential(
+pub(crate) async fn create_credential(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -959,7 +959,7 @@ async fn list_credentials(
 
 /// Revokes one credential of a subscription: a JWT credential (`cred_…`) or a bound API key
 /// (`key_…`). Requests in flight with it are cut.
-async fn revoke_credential(
+pub(crate) async fn revoke_credential(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
