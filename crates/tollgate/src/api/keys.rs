@@ -238,7 +238,7 @@ pub async fn create(
                 "a key belongs to a user or to a subscription, not both",
             ));
         }
-        let spec = crate::subscriptions::api::SubscriptionKeySpec {
+        let spec = crate::service::subscriptions::SubscriptionKeySpec {
             name,
             expires_at: body.expires_at.clone(),
             scopes: body.scopes.clone(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use super::session::{begin_login, portal_tenant};
 use super::{AuthForms, Ctx, parse_form};
 use crate::error::{ApiError, ApiResult};
-use crate::http::{Json, Meta};
 use crate::identity::accounts::{PURPOSE_RESET, PURPOSE_VERIFY};
 use crate::identity::oauth::secret_hash;
+use crate::service::Unit;
+use crate::service::subscriptions as subsvc;
 use crate::store::identity as idstore;
 use crate::store::invalidations::Kind;
 use crate::store::subscriptions::{self as substore, PlanLimits, Product, Subscription};
@@ -588,40 +589,6 @@ pub async fn product(mut ctx: Ctx, Path(id): Path<String>) -> Response {
 
 // ---- subscriptions --------------------------------------------------------------------------------
 
-/// Reads the JSON body of an operation's answer.
-async fn answer(res: Response) -> (StatusCode, Value) {
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-fn answer_error(status: StatusCode, v: &Value) -> ApiError {
-    let e = &v["error"];
-    let msg = e["message"]
-        .as_str()
-        .unwrap_or("The request failed")
-        .to_string();
-    let mut err = ApiError::new(
-        match status.as_u16() {
-            404 => crate::error::ErrorCode::NotFound,
-            403 => crate::error::ErrorCode::PermissionDenied,
-            409 => crate::error::ErrorCode::Conflict,
-            422 => crate::error::ErrorCode::ValidationFailed,
-            503 => crate::error::ErrorCode::Unavailable,
-            400 => crate::error::ErrorCode::InvalidRequest,
-            _ => crate::error::ErrorCode::Internal,
-        },
-        msg,
-    );
-    err.param = e["param"].as_str().map(str::to_string);
-    err
-}
-
 /// The session's own subscription `id` in the portal: another person's is `404`.
 async fn own_subscription(ctx: &Ctx, id: &str) -> ApiResult<Subscription> {
     let Some(s) = &ctx.session else {
@@ -638,6 +605,22 @@ async fn own_subscription(ctx: &Ctx, id: &str) -> ApiResult<Subscription> {
         .await?
         .filter(|sub| sub.user_id.as_deref() == Some(s.user_id.as_str()))
         .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+/// The session's own subscription in `unit`, checked before an operation changes it.
+async fn own_in_unit(
+    unit: &mut Unit<'_>,
+    caller: &crate::auth::middleware::Caller,
+    user_id: &str,
+    id: &str,
+) -> ApiResult<Subscription> {
+    subsvc::load(unit.conn(), caller, id)
+        .await?
+        .user_id
+        .as_deref()
+        .filter(|u| *u == user_id)
+        .ok_or_else(|| ApiError::not_found("subscription"))?;
+    subsvc::load(unit.conn(), caller, id).await
 }
 
 /// `POST /console/portal/subscribe` (`plan_id`): a plan of a published product only.
@@ -668,27 +651,18 @@ pub async fn subscribe(ctx: Ctx, body: Bytes) -> Response {
         .filter(|pl| products.iter().any(|p| p.id == pl.product_id))
         .ok_or_else(|| ApiError::not_found("plan"))?;
         let caller = s.portal_caller(&ctx.state).await?;
-        let res = crate::subscriptions::api::create_subscription(
-            State(ctx.state.clone()),
-            caller,
-            Meta(ctx.meta.clone()),
-            Json(crate::subscriptions::api::CreateSubscription {
+        let mut unit = Unit::begin(&ctx.state.store, &ctx.meta).await?;
+        let (sub, _) = subsvc::create_subscription(
+            &mut unit,
+            &caller,
+            subsvc::NewSubscription {
                 plan_id: plan.id,
-                user_id: None,
-                max_token_lifetime_seconds: None,
-                single_use_tokens: None,
-                allowed_origins: None,
-            }),
+                ..Default::default()
+            },
         )
         .await?;
-        let (status, v) = answer(res).await;
-        if status != StatusCode::CREATED {
-            return Err(answer_error(status, &v));
-        }
-        v["id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::internal("a subscription without an id"))
+        unit.commit(&ctx.state.auth).await?;
+        ApiResult::Ok(sub.id)
     };
     match done.await {
         Ok(id) => ctx.redirect(&format!("/console/portal/subscriptions/{id}")),
@@ -1058,50 +1032,61 @@ pub async fn create_credential(ctx: Ctx, Path(id): Path<String>, body: Bytes) ->
         .unwrap_or_default();
     let alg = form.get("alg").cloned().unwrap_or_default();
     let public_key = form.get("public_key").cloned().unwrap_or_default();
-    let body = crate::subscriptions::api::CreateCredential {
-        kind: kind.clone(),
-        alg: (kind == "jwt_public_key").then(|| alg.clone()),
-        public_key: (kind == "jwt_public_key")
-            .then(|| Value::String(public_key.trim().to_string())),
-        kid: None,
-        name: (kind == "api_key").then(|| {
-            if name.is_empty() {
-                "portal key".to_string()
-            } else {
-                name.clone()
-            }
-        }),
-        expires_at: None,
-    };
     let created = async {
         let caller = s.portal_caller(&ctx.state).await?;
-        let res = crate::subscriptions::api::create_credential(
-            State(ctx.state.clone()),
-            caller,
-            Meta(ctx.meta.clone()),
-            Path(sub.id.clone()),
-            Json(body),
-        )
-        .await?;
-        let (status, v) = answer(res).await;
-        if status != StatusCode::CREATED {
-            return Err(answer_error(status, &v));
-        }
-        ApiResult::Ok(v)
+        let mut unit = Unit::begin(&ctx.state.store, &ctx.meta).await?;
+        own_in_unit(&mut unit, &caller, &s.user_id, &sub.id).await?;
+        let flash = match kind.as_str() {
+            "api_key" => {
+                let spec = subsvc::SubscriptionKeySpec {
+                    name: if name.is_empty() {
+                        "portal key".to_string()
+                    } else {
+                        name.clone()
+                    },
+                    expires_at: None,
+                    scopes: None,
+                    rate_limit: None,
+                };
+                let (_, key) = subsvc::create_subscription_key(
+                    &mut unit,
+                    ctx.state.auth.key_prefix(),
+                    &caller,
+                    &sub.id,
+                    spec,
+                )
+                .await?;
+                Some(
+                    json!({"subscription_id": sub.id, "title": "Your new API key",
+                    "value": key.plaintext, "kid": ""}),
+                )
+            }
+            "jwt_hs256" | "jwt_public_key" => {
+                let input = if kind == "jwt_hs256" {
+                    subsvc::NewSigningKey::Hs256 { kid: None }
+                } else {
+                    subsvc::NewSigningKey::Public {
+                        alg: Some(alg.clone()),
+                        public_key: Some(public_key.trim().to_string()),
+                        kid: None,
+                    }
+                };
+                let secrets = ctx.state.auth.subscriptions.secrets()?;
+                let (cred, secret) =
+                    subsvc::create_signing_credential(&mut unit, secrets, &caller, &sub.id, input)
+                        .await?;
+                secret.map(|value| {
+                    json!({"subscription_id": sub.id, "title": "Your new HS256 secret",
+                        "value": value, "kid": cred.kid})
+                })
+            }
+            _ => return Err(ApiError::validation("type", "unknown credential type")),
+        };
+        unit.commit(&ctx.state.auth).await?;
+        ApiResult::Ok(flash)
     };
     match created.await {
-        Ok(v) => {
-            let flash = match kind.as_str() {
-                "api_key" => Some(
-                    json!({"subscription_id": sub.id, "title": "Your new API key",
-                    "value": v["key"], "kid": ""}),
-                ),
-                "jwt_hs256" => Some(
-                    json!({"subscription_id": sub.id, "title": "Your new HS256 secret",
-                    "value": v["secret"], "kid": v["kid"]}),
-                ),
-                _ => None,
-            };
+        Ok(flash) => {
             if let Some(f) = flash
                 && let Err(e) = s.set_flash(&ctx.state, &f).await
             {
@@ -1146,19 +1131,11 @@ pub async fn revoke_credential(
         return ctx.need_session();
     };
     let done = async {
-        let sub = own_subscription(&ctx, &id).await?;
         let caller = s.portal_caller(&ctx.state).await?;
-        let res = crate::subscriptions::api::revoke_credential(
-            State(ctx.state.clone()),
-            caller,
-            Meta(ctx.meta.clone()),
-            Path((sub.id.clone(), cred)),
-        )
-        .await?;
-        let (status, v) = answer(res).await;
-        if !status.is_success() {
-            return Err(answer_error(status, &v));
-        }
+        let mut unit = Unit::begin(&ctx.state.store, &ctx.meta).await?;
+        let sub = own_in_unit(&mut unit, &caller, &s.user_id, &id).await?;
+        subsvc::revoke_credential(&mut unit, &caller, &sub.id, &cred).await?;
+        unit.commit(&ctx.state.auth).await?;
         ApiResult::Ok(sub.id)
     };
     match done.await {
@@ -1177,19 +1154,11 @@ pub async fn cancel(ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
         return ctx.need_session();
     };
     let done = async {
-        let sub = own_subscription(&ctx, &id).await?;
         let caller = s.portal_caller(&ctx.state).await?;
-        let res = crate::subscriptions::api::cancel_subscription(
-            State(ctx.state.clone()),
-            caller,
-            Meta(ctx.meta.clone()),
-            Path(sub.id.clone()),
-        )
-        .await?;
-        let (status, v) = answer(res).await;
-        if !status.is_success() {
-            return Err(answer_error(status, &v));
-        }
+        let mut unit = Unit::begin(&ctx.state.store, &ctx.meta).await?;
+        let sub = own_in_unit(&mut unit, &caller, &s.user_id, &id).await?;
+        subsvc::cancel_subscription(&mut unit, &caller, &sub.id).await?;
+        unit.commit(&ctx.state.auth).await?;
         ApiResult::Ok(sub.id)
     };
     match done.await {

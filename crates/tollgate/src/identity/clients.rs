@@ -12,18 +12,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::middleware::{Caller, within_ceiling};
+use crate::auth::middleware::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
-use crate::identity::oauth::secret_hash;
-use crate::store::audit::{AuditEvent, append};
+use crate::service::Unit;
+use crate::service::identity as service;
+use crate::service::users::role_names;
 use crate::store::identity::{self as idstore, OAuthClient};
-use crate::store::invalidations::{self, Kind};
-use crate::store::{Conn, StoreError, tenants};
-use crate::util::{new_id, now_ms, random_base62};
+use crate::store::{Conn, StoreError};
 use crate::wire::ToApiWithRoles;
-use tollgate_core::audit::Action;
-use tollgate_core::permissions::{Authority, OWNER_ROLE, builtin_role};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,18 +86,6 @@ pub fn validate_redirect_uri(s: &str) -> ApiResult<()> {
     }
 }
 
-async fn role_names(conn: &mut Conn, tenant_id: &str, ids: &[String]) -> ApiResult<Vec<String>> {
-    let mut names = Vec::new();
-    for id in ids {
-        if builtin_role(id).is_some() {
-            names.push(id.clone());
-        } else if let Some(r) = tenants::get_role(conn, tenant_id, id).await? {
-            names.push(r.name);
-        }
-    }
-    Ok(names)
-}
-
 async fn to_api(conn: &mut Conn, c: &OAuthClient) -> ApiResult<Value> {
     let names = role_names(conn, &c.tenant_id, &c.roles).await?;
     Ok(c.to_api(&names))
@@ -112,88 +97,16 @@ pub async fn create(
     Meta(meta): Meta,
     Json(body): Json<CreateClientBody>,
 ) -> ApiResult<Response> {
-    let name = crate::service::keys::validate_name(&body.name)?;
-    if body.redirect_uris.len() > 20 {
-        return Err(ApiError::validation(
-            "redirect_uris",
-            "at most 20 redirect URIs",
-        ));
-    }
-    for u in &body.redirect_uris {
-        validate_redirect_uri(u)?;
-    }
-    if !body.confidential && body.redirect_uris.is_empty() {
-        return Err(ApiError::validation(
-            "redirect_uris",
-            "a public client needs at least one redirect URI",
-        ));
-    }
-    if !body.confidential && body.roles.as_ref().is_some_and(|r| !r.is_empty()) {
-        return Err(ApiError::validation(
-            "roles",
-            "only confidential clients (service accounts) have roles",
-        ));
-    }
-    // A service account is never a tenant owner: the owner role is for people.
-    if body
-        .roles
-        .iter()
-        .flatten()
-        .any(|r| r.eq_ignore_ascii_case(OWNER_ROLE))
-    {
-        return Err(ApiError::validation(
-            "roles",
-            "a service account cannot hold the owner role; give it admin",
-        ));
-    }
-    let mut tx = state.store.begin().await?;
-    let (role_ids, perms) = crate::api::users::resolve_roles(
-        &mut tx,
-        &caller.tenant_id,
-        body.roles.as_deref().unwrap_or_default(),
-    )
-    .await?;
-    // Never more than the caller's effective permissions (its roles narrowed by its scopes).
-    // Service-account tokens hold permissions only: no owner or platform powers.
-    within_ceiling(
-        Authority::permissions_only(caller.permissions),
-        Authority::permissions_only(perms),
-        "give a service account these roles",
-        Some("roles"),
-    )?;
-    let secret = body
-        .confidential
-        .then(|| format!("tgcs_{}", random_base62(43)));
-    let client = OAuthClient {
-        id: new_id("cli"),
-        tenant_id: caller.tenant_id.to_string(),
-        name,
-        redirect_uris: body.redirect_uris.clone(),
+    let input = service::NewClient {
+        name: body.name,
+        redirect_uris: body.redirect_uris,
         confidential: body.confidential,
-        secret_hash: secret.as_deref().map(secret_hash),
-        roles: role_ids,
-        created_at: now_ms(),
-        created_by: caller.user_id.as_deref().map(str::to_string),
-        revoked_at: None,
+        roles: body.roles,
     };
-    idstore::insert_client(&mut tx, &client).await?;
-    let mut out = to_api(&mut tx, &client).await?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            caller.tenant_id.to_string(),
-            caller.actor(),
-            Action::OauthClientCreated,
-            &meta,
-        )
-        .target("oauth_client", client.id.clone())
-        .details(
-            json!({"name": client.name, "confidential": client.confidential,
-                "redirect_uris": client.redirect_uris, "roles": out["roles"]}),
-        ),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let (client, secret) = service::create_client(&mut unit, &caller, input).await?;
+    let mut out = to_api(unit.conn(), &client).await?;
+    unit.commit(&state.auth).await?;
     if let Some(s) = secret {
         out["client_secret"] = json!(s);
     }
@@ -240,31 +153,10 @@ pub async fn revoke(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let mut tx = state.store.begin().await?;
-    let changed = idstore::revoke_client(&mut tx, &caller.tenant_id, &id, now_ms()).await?;
-    let c = idstore::get_client(&mut tx, &caller.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("OAuth client"))?;
-    if changed {
-        append(
-            &mut tx,
-            AuditEvent::new(
-                caller.tenant_id.to_string(),
-                caller.actor(),
-                Action::OauthClientRevoked,
-                &meta,
-            )
-            .target("oauth_client", id.clone())
-            .details(json!({"name": c.name})),
-        )
-        .await?;
-        invalidations::publish(&mut tx, Kind::Credential, &id, &meta).await?;
-    }
-    let out = to_api(&mut tx, &c).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    if changed {
-        state.auth.invalidate(Kind::Credential, &id);
-    }
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let c = service::revoke_client(&mut unit, &caller, &id).await?;
+    let out = to_api(unit.conn(), &c).await?;
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(out).into_response())
 }
 

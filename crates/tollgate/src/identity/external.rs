@@ -29,13 +29,9 @@ use crate::http::{Json, Meta};
 use crate::identity::jws;
 use crate::identity::keys::{VerifyKey, verify_key_from_jwk};
 use crate::netguard::{self, Outbound};
-use crate::store::audit::{AuditEvent, append};
 use crate::store::identity::{self as idstore, ExternalIssuer};
-use crate::store::invalidations::{self, Kind};
 use crate::store::{StoreError, tenants};
-use crate::util::{new_id, now_ms};
 use crate::wire::ToApi;
-use tollgate_core::audit::Action;
 
 /// An unknown `kid` refetches an issuer's JWKS at most this often.
 pub const REFETCH_MIN: Duration = Duration::from_secs(60);
@@ -356,62 +352,16 @@ pub async fn create(
             tracing::info!(reason = e.reason(), "identity provider's jwks_url refused");
             ApiError::validation("jwks_url", format!("jwks_url {}", netguard::REFUSED_URL))
         })?;
-    if body.audience.trim().is_empty() {
-        return Err(ApiError::validation("audience", "audience is required"));
-    }
-    let claim = body.claim.unwrap_or_else(|| "email".into());
-    let mut tx = state.store.begin().await?;
-    let default_role = match &body.default_role {
-        Some(role) => {
-            let (ids, perms) = crate::api::users::resolve_roles(
-                &mut tx,
-                &caller.tenant_id,
-                std::slice::from_ref(role),
-            )
-            .await?;
-            if !perms.is_subset_of(caller.permissions) {
-                return Err(ApiError::permission_denied(
-                    "You cannot grant permissions you do not hold",
-                ));
-            }
-            if ids
-                .iter()
-                .any(|r| r == tollgate_core::permissions::OWNER_ROLE)
-            {
-                return Err(ApiError::validation(
-                    "default_role",
-                    "An identity provider's tokens can never hold the owner role",
-                ));
-            }
-            ids.into_iter().next()
-        }
-        None => None,
-    };
-    let reg = ExternalIssuer {
-        id: new_id("idp"),
-        tenant_id: caller.tenant_id.to_string(),
+    let input = crate::service::identity::NewIdentityProvider {
         issuer,
         jwks_url: jwks.to_string(),
-        audience: body.audience.trim().to_string(),
-        claim,
-        default_role,
-        max_permissions: caller.permissions,
-        created_at: now_ms(),
+        audience: body.audience,
+        claim: body.claim,
+        default_role: body.default_role,
     };
-    idstore::insert_issuer(&mut tx, &reg).await?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            caller.tenant_id.to_string(),
-            caller.actor(),
-            Action::IdentityProviderCreated,
-            &meta,
-        )
-        .target("identity_provider", reg.id.clone())
-        .details(reg.to_api()),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
+    let reg = crate::service::identity::create_identity_provider(&mut unit, &caller, input).await?;
+    unit.commit(&state.auth).await?;
     Ok((StatusCode::CREATED, axum::Json(reg.to_api())).into_response())
 }
 
@@ -430,24 +380,11 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let mut tx = state.store.begin().await?;
-    if !idstore::delete_issuer(&mut tx, &caller.tenant_id, &id).await? {
-        return Err(ApiError::not_found("identity provider"));
-    }
-    append(
-        &mut tx,
-        AuditEvent::new(
-            caller.tenant_id.to_string(),
-            caller.actor(),
-            Action::IdentityProviderDeleted,
-            &meta,
-        )
-        .target("identity_provider", id.clone()),
-    )
-    .await?;
-    invalidations::publish(&mut tx, Kind::Credential, &id, &meta).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
+    crate::service::identity::delete_identity_provider(&mut unit, &caller, &id).await?;
+    unit.commit(&state.auth).await?;
+    // Local memory only (its cached JWKS): other instances refuse its tokens from the
+    // invalidation and the registration being gone.
     state.auth.identity.external.forget(&id).await;
-    state.auth.invalidate(Kind::Credential, &id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

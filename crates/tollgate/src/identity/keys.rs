@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
+use crate::store::audit::{Actor, RequestMeta};
 use crate::store::identity::{self as idstore, SigningKeyRow};
 use crate::store::{Store, StoreError};
 use crate::util::now_ms;
@@ -500,38 +500,33 @@ async fn create_key(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    let mut tx = store.begin().await?;
+    let meta = RequestMeta::default();
+    let mut unit = crate::service::Unit::begin(store, &meta).await?;
     if retire_after.is_none()
-        && let Some(existing) = idstore::current_signing_key(&mut tx).await?
+        && let Some(existing) = idstore::current_signing_key(unit.conn()).await?
     {
         // Another instance generated the first key meanwhile: use it.
-        drop(tx);
+        drop(unit);
         return open_row(&existing, kek).map_err(ApiError::internal);
     }
-    idstore::insert_signing_key(&mut tx, &row).await?;
+    idstore::insert_signing_key(unit.conn(), &row).await?;
     let mut retired = Vec::new();
     if let Some(after) = retire_after {
         let now = now_ms();
-        let until = now + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 2);
-        retired = idstore::retire_signing_keys(&mut tx, &row.kid, now, until).await?;
+        let until = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 2));
+        retired = idstore::retire_signing_keys(unit.conn(), &row.kid, now, until).await?;
     }
-    append(
-        &mut tx,
-        AuditEvent::new(
-            PLATFORM_CHAIN,
-            actor,
-            if retire_after.is_some() {
-                Action::SigningKeyRotated
-            } else {
-                Action::SigningKeyCreated
-            },
-            &RequestMeta::default(),
-        )
+    let action = if retire_after.is_some() {
+        Action::SigningKeyRotated
+    } else {
+        Action::SigningKeyCreated
+    };
+    let event = unit
+        .event(PLATFORM_CHAIN, actor, action)
         .target("signing_key", row.kid.clone())
-        .details(json!({"alg": row.alg, "retired": retired})),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+        .details(json!({"alg": row.alg, "retired": retired}));
+    unit.audit(event).await?;
+    unit.commit_offline().await?;
     tracing::info!(kid = %row.kid, alg = %row.alg, "new platform signing key");
     Ok(signer)
 }

@@ -15,7 +15,9 @@ use crate::store::audit::{AuditEvent, RequestMeta, append};
 use crate::store::invalidations::{self, Kind};
 use crate::store::{Conn, Store, StoreError, Tx};
 
+pub mod identity;
 pub mod keys;
+pub mod subscriptions;
 pub mod tenants;
 pub mod users;
 

@@ -8,28 +8,22 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::keys::{self, Alg};
-use super::{DEFAULT_MAX_TOKEN_LIFETIME, LARGEST_MAX_TOKEN_LIFETIME};
 use crate::app::AppState;
 use crate::auth::middleware::{Caller, guard, within_ceiling};
-use crate::auth::{AuthLevel, PermSet, Permission};
+use crate::auth::{AuthLevel, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
-use crate::store::audit::{AuditEvent, RequestMeta, append};
-use crate::store::invalidations::{self, Kind};
-use crate::store::keys::KeyRateLimit;
+use crate::service::Unit;
+use crate::service::subscriptions::{self as service, SubscriptionKeySpec};
+use crate::store::StoreError;
+use crate::store::audit::RequestMeta;
 use crate::store::subscriptions::{
-    self as store, Credential, Plan, PlanLimits, Product, Status, Subscription,
+    self as store, Credential, Plan, PlanLimits, Product, Subscription,
 };
-use crate::store::{StoreError, Tx};
-use crate::util::{new_id, now_ms, random_base62};
 use crate::wire::ToApi;
-use tollgate_core::audit::Action;
 use tollgate_core::permissions::Authority;
 
 pub fn routes(state: &AppState) -> Router<AppState> {
@@ -81,14 +75,6 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         )
 }
 
-fn commit_err(e: sqlx::Error) -> ApiError {
-    StoreError::from(e).into()
-}
-
-async fn commit(tx: Tx) -> ApiResult<()> {
-    tx.commit().await.map_err(commit_err)
-}
-
 /// Products and plans are readable by any member of the tenant (not by a subscription's own
 /// credentials, which only see their models through `/v1/models`).
 fn require_member(caller: &Caller) -> ApiResult<()> {
@@ -135,65 +121,18 @@ async fn create_product(
     Meta(meta): Meta,
     Json(body): Json<CreateProduct>,
 ) -> ApiResult<Response> {
-    let name = crate::service::keys::validate_name(&body.name)?;
-    let description = body.description.unwrap_or_default();
-    if description.chars().count() > 2000 {
-        return Err(ApiError::validation(
-            "description",
-            "description is at most 2000 characters",
-        ));
-    }
-    if body.models.is_empty() {
-        return Err(ApiError::validation(
-            "models",
-            "a product lists at least one model",
-        ));
-    }
-    let mut models: Vec<String> = Vec::new();
-    for m in &body.models {
-        if state.proxy.route(m).is_none() {
-            return Err(ApiError::validation(
-                "models",
-                format!("the model {m:?} is not configured on this gateway"),
-            ));
-        }
-        if !models.contains(m) {
-            models.push(m.clone());
-        }
-    }
-    let product = Product {
-        id: new_id("prod"),
-        tenant_id: caller.tenant_id.to_string(),
-        name,
-        description,
-        models,
-        created_at: now_ms(),
+    let input = service::NewProduct {
+        name: body.name,
+        description: body.description,
+        models: body.models,
     };
-    let mut tx = state.store.begin().await?;
-    store::insert_product(&mut tx, &product)
-        .await
-        .map_err(|e| conflict_as(e, "A product with that name already exists"))?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            product.tenant_id.clone(),
-            caller.actor(),
-            Action::ProductCreated,
-            &meta,
-        )
-        .target("product", product.id.clone())
-        .details(json!({"name": product.name, "models": product.models})),
-    )
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let product = service::create_product(&mut unit, &caller, input, |m| {
+        state.proxy.route(m).is_some()
+    })
     .await?;
-    commit(tx).await?;
+    unit.commit(&state.auth).await?;
     Ok(created(product.to_api()))
-}
-
-fn conflict_as(e: StoreError, msg: &str) -> ApiError {
-    match e {
-        StoreError::Conflict(_) => ApiError::conflict(msg),
-        other => other.into(),
-    }
 }
 
 async fn list_products(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
@@ -238,61 +177,20 @@ pub struct CreatePlan {
     pub limits: PlanLimits,
 }
 
-fn validate_limits(l: &PlanLimits) -> ApiResult<()> {
-    let all = [
-        ("requests_per_minute", l.requests_per_minute),
-        ("tokens_per_minute", l.tokens_per_minute),
-        ("concurrent_requests", l.concurrent_requests),
-        ("requests_per_day", l.requests_per_day),
-        ("tokens_per_month", l.tokens_per_month),
-    ];
-    for (name, v) in all {
-        if v == Some(0) {
-            return Err(ApiError::validation(
-                "limits",
-                format!("limits.{name} must be positive (omit it for no limit)"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 async fn create_plan(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
     Json(body): Json<CreatePlan>,
 ) -> ApiResult<Response> {
-    let name = crate::service::keys::validate_name(&body.name)?;
-    validate_limits(&body.limits)?;
-    let mut tx = state.store.begin().await?;
-    let product = store::get_product(&mut tx, &caller.tenant_id, &body.product_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("product").with_param("product_id"))?;
-    let plan = Plan {
-        id: new_id("plan"),
-        tenant_id: caller.tenant_id.to_string(),
-        product_id: product.id.clone(),
-        name,
+    let input = service::NewPlan {
+        product_id: body.product_id,
+        name: body.name,
         limits: body.limits,
-        created_at: now_ms(),
     };
-    store::insert_plan(&mut tx, &plan)
-        .await
-        .map_err(|e| conflict_as(e, "This product already has a plan with that name"))?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            plan.tenant_id.clone(),
-            caller.actor(),
-            Action::PlanCreated,
-            &meta,
-        )
-        .target("plan", plan.id.clone())
-        .details(json!({"name": plan.name, "product_id": plan.product_id, "limits": plan.limits})),
-    )
-    .await?;
-    commit(tx).await?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let plan = service::create_plan(&mut unit, &caller, input).await?;
+    unit.commit(&state.auth).await?;
     Ok(created(plan.to_api()))
 }
 
@@ -336,13 +234,6 @@ async fn get_plan(
 // ---------------------------------------------------------------------------------------------
 // Subscriptions
 
-/// A new subscription id: 24 lowercase hex characters (96 random bits).
-pub fn new_subscription_id() -> ApiResult<String> {
-    let mut b = [0u8; 12];
-    crate::crypto::random_bytes(&mut b).map_err(ApiError::internal)?;
-    Ok(hex::encode(b))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
@@ -359,16 +250,6 @@ pub struct CreateSubscription {
     pub allowed_origins: Option<Vec<String>>,
 }
 
-fn validate_lifetime(v: i64) -> ApiResult<i64> {
-    if !(1..=LARGEST_MAX_TOKEN_LIFETIME).contains(&v) {
-        return Err(ApiError::validation(
-            "max_token_lifetime_seconds",
-            format!("max_token_lifetime_seconds must be 1 to {LARGEST_MAX_TOKEN_LIFETIME}"),
-        ));
-    }
-    Ok(v)
-}
-
 async fn subscription_api(state: &AppState, s: &Subscription) -> ApiResult<Value> {
     let mut out = s.to_api();
     let mut c = conn(state).await?;
@@ -378,63 +259,22 @@ async fn subscription_api(state: &AppState, s: &Subscription) -> ApiResult<Value
     Ok(out)
 }
 
-pub(crate) async fn create_subscription(
+async fn create_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
     Json(body): Json<CreateSubscription>,
 ) -> ApiResult<Response> {
-    let lifetime = validate_lifetime(
-        body.max_token_lifetime_seconds
-            .unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME),
-    )?;
-    let allowed_origins = crate::cors::validate_origins(body.allowed_origins.unwrap_or_default())?;
-    let user_id = match body.user_id {
-        Some(u) => {
-            crate::store::tenants::resolve_permissions(state.store.pool(), &caller.tenant_id, &u)
-                .await?
-                .ok_or_else(|| ApiError::not_found("user").with_param("user_id"))?;
-            Some(u)
-        }
-        None => caller.user_id.as_deref().map(str::to_string),
+    let input = service::NewSubscription {
+        plan_id: body.plan_id,
+        user_id: body.user_id,
+        max_token_lifetime_seconds: body.max_token_lifetime_seconds,
+        single_use_tokens: body.single_use_tokens,
+        allowed_origins: body.allowed_origins,
     };
-    let mut tx = state.store.begin().await?;
-    let plan = store::get_plan(&mut tx, &caller.tenant_id, &body.plan_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("plan").with_param("plan_id"))?;
-    let now = now_ms();
-    let sub = Subscription {
-        id: new_subscription_id()?,
-        tenant_id: caller.tenant_id.to_string(),
-        plan_id: plan.id.clone(),
-        user_id,
-        status: Status::Active,
-        max_token_lifetime_seconds: lifetime,
-        single_use_tokens: body.single_use_tokens.unwrap_or(false),
-        created_at: now,
-        updated_at: now,
-        cancelled_at: None,
-        allowed_origins,
-    };
-    store::insert_subscription(&mut tx, &sub).await?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            sub.tenant_id.clone(),
-            caller.actor(),
-            Action::SubscriptionCreated,
-            &meta,
-        )
-        .target("subscription", sub.id.clone())
-        .details(
-            json!({"plan_id": sub.plan_id, "product_id": plan.product_id,
-            "user_id": sub.user_id, "max_token_lifetime_seconds": lifetime,
-            "single_use_tokens": sub.single_use_tokens,
-            "allowed_origins": sub.allowed_origins}),
-        ),
-    )
-    .await?;
-    commit(tx).await?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let (sub, plan) = service::create_subscription(&mut unit, &caller, input).await?;
+    unit.commit(&state.auth).await?;
     let mut out = sub.to_api();
     out["product_id"] = Value::String(plan.product_id);
     Ok(created(out))
@@ -455,16 +295,6 @@ async fn list_subscriptions(
         store::list_subscriptions(state.store.pool(), &caller.tenant_id, q.plan_id.as_deref())
             .await?;
     Ok(list(subs.iter().map(Subscription::to_api).collect()))
-}
-
-async fn load_subscription(
-    conn: &mut crate::store::Conn,
-    caller: &Caller,
-    id: &str,
-) -> ApiResult<Subscription> {
-    store::get_subscription(conn, &caller.tenant_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
 async fn credentials_api(state: &AppState, s: &Subscription) -> ApiResult<Vec<Value>> {
@@ -490,7 +320,7 @@ async fn get_subscription(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let mut c = conn(&state).await?;
-    let s = load_subscription(&mut c, &caller, &id).await?;
+    let s = service::load(&mut c, &caller, &id).await?;
     drop(c);
     let mut out = subscription_api(&state, &s).await?;
     out["credentials"] = Value::Array(credentials_api(&state, &s).await?);
@@ -512,15 +342,6 @@ pub struct PatchSubscription {
     pub allowed_origins: Option<Vec<String>>,
 }
 
-fn inactive_error() -> Value {
-    crate::error::ApiError::new(
-        crate::error::ErrorCode::SubscriptionInactive,
-        "The subscription was cancelled or suspended",
-    )
-    .body()["error"]
-        .clone()
-}
-
 async fn patch_subscription(
     State(state): State<AppState>,
     caller: Caller,
@@ -528,132 +349,30 @@ async fn patch_subscription(
     Path(id): Path<String>,
     Json(body): Json<PatchSubscription>,
 ) -> ApiResult<Response> {
-    let new_status = match body.status.as_deref() {
-        None => None,
-        Some("active") => Some(Status::Active),
-        Some("suspended") => Some(Status::Suspended),
-        Some(_) => {
-            return Err(ApiError::validation(
-                "status",
-                "status must be \"active\" or \"suspended\" (DELETE cancels)",
-            ));
-        }
+    let changes = service::SubscriptionChanges {
+        status: body.status,
+        max_token_lifetime_seconds: body.max_token_lifetime_seconds,
+        single_use_tokens: body.single_use_tokens,
+        allowed_origins: body.allowed_origins,
     };
-    let lifetime = body
-        .max_token_lifetime_seconds
-        .map(validate_lifetime)
-        .transpose()?;
-    let origins = body
-        .allowed_origins
-        .map(crate::cors::validate_origins)
-        .transpose()?;
-    let mut tx = state.store.begin().await?;
-    let mut s = load_subscription(&mut tx, &caller, &id).await?;
-    if s.status == Status::Cancelled {
-        return Err(ApiError::conflict("A cancelled subscription cannot change"));
-    }
-    let mut changed = Vec::new();
-    let mut cut = false;
-    if let Some(st) = new_status
-        && st != s.status
-    {
-        cut = st == Status::Suspended;
-        s.status = st;
-        changed.push("status");
-    }
-    if let Some(l) = lifetime
-        && l != s.max_token_lifetime_seconds
-    {
-        s.max_token_lifetime_seconds = l;
-        changed.push("max_token_lifetime_seconds");
-    }
-    if let Some(b) = body.single_use_tokens
-        && b != s.single_use_tokens
-    {
-        s.single_use_tokens = b;
-        changed.push("single_use_tokens");
-    }
-    if let Some(o) = origins
-        && o != s.allowed_origins
-    {
-        s.allowed_origins = o;
-        changed.push("allowed_origins");
-    }
-    let kind = if cut {
-        Kind::Subject
-    } else {
-        Kind::Permissions
-    };
-    if !changed.is_empty() {
-        s.updated_at = now_ms();
-        store::update_subscription(&mut tx, &s).await?;
-        if cut {
-            store::cancel_queued_operations(&mut tx, &s.id, &inactive_error(), s.updated_at)
-                .await?;
-        }
-        append(
-            &mut tx,
-            AuditEvent::new(
-                s.tenant_id.clone(),
-                caller.actor(),
-                if cut {
-                    Action::SubscriptionSuspended
-                } else {
-                    Action::SubscriptionUpdated
-                },
-                &meta,
-            )
-            .target("subscription", s.id.clone())
-            .details(json!({"changed": changed, "status": s.status.as_str(),
-                "allowed_origins": s.allowed_origins})),
-        )
-        .await?;
-        invalidations::publish(&mut tx, kind, &s.id, &meta).await?;
-    }
-    commit(tx).await?;
-    if !changed.is_empty() {
-        state.auth.invalidate(kind, &s.id);
-    }
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let s = service::update_subscription(&mut unit, &caller, &id, changes).await?;
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(subscription_api(&state, &s).await?).into_response())
 }
 
 /// `DELETE /v1/subscriptions/{id}`: cancels (idempotent). Its keys and credentials stop working
 /// at once on every instance, in-flight requests included, and its queued operations are
 /// cancelled.
-pub(crate) async fn cancel_subscription(
+async fn cancel_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let mut tx = state.store.begin().await?;
-    let mut s = load_subscription(&mut tx, &caller, &id).await?;
-    let changed = s.status != Status::Cancelled;
-    if changed {
-        let now = now_ms();
-        s.status = Status::Cancelled;
-        s.cancelled_at = Some(now);
-        s.updated_at = now;
-        store::update_subscription(&mut tx, &s).await?;
-        let ops = store::cancel_queued_operations(&mut tx, &s.id, &inactive_error(), now).await?;
-        append(
-            &mut tx,
-            AuditEvent::new(
-                s.tenant_id.clone(),
-                caller.actor(),
-                Action::SubscriptionCancelled,
-                &meta,
-            )
-            .target("subscription", s.id.clone())
-            .details(json!({"plan_id": s.plan_id, "cancelled_operations": ops})),
-        )
-        .await?;
-        invalidations::publish(&mut tx, Kind::Subject, &s.id, &meta).await?;
-    }
-    commit(tx).await?;
-    if changed {
-        state.auth.invalidate(Kind::Subject, &s.id);
-    }
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let s = service::cancel_subscription(&mut unit, &caller, &id).await?;
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(subscription_api(&state, &s).await?).into_response())
 }
 
@@ -682,29 +401,14 @@ pub struct CreateCredential {
     pub expires_at: Option<String>,
 }
 
-fn validate_kid(kid: &str) -> ApiResult<String> {
-    if kid.is_empty()
-        || kid.len() > 64
-        || !kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(ApiError::validation(
-            "kid",
-            "kid must be 1-64 characters of A-Z a-z 0-9 - _ . :",
-        ));
-    }
-    Ok(kid.to_string())
-}
-
-pub(crate) async fn create_credential(
+async fn create_credential(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
     Path(id): Path<String>,
     Json(body): Json<CreateCredential>,
 ) -> ApiResult<Response> {
-    match body.kind.as_str() {
+    let signing = match body.kind.as_str() {
         "api_key" => {
             let name = body
                 .name
@@ -723,127 +427,47 @@ pub(crate) async fn create_credential(
                 },
             )
             .await?;
-            Ok(created(out))
+            return Ok(created(out));
         }
-        "jwt_hs256" | "jwt_public_key" => {
-            create_jwt_credential(&state, &caller, &meta, &id, body).await
-        }
-        other => Err(ApiError::validation(
-            "type",
-            format!("unknown credential type {other:?}; use api_key, jwt_hs256 or jwt_public_key"),
-        )),
-    }
-}
-
-async fn create_jwt_credential(
-    state: &AppState,
-    caller: &Caller,
-    meta: &RequestMeta,
-    sub_id: &str,
-    body: CreateCredential,
-) -> ApiResult<Response> {
-    // A signing credential mints app JWTs, which carry the subscription-key permissions: the
-    // caller must hold them all (its effective permissions; no other power is involved).
-    within_ceiling(
-        Authority::permissions_only(caller.permissions),
-        Authority::permissions_only(crate::auth::subscription_key_permissions()),
-        "create a signing credential for app JWTs",
-        Some("type"),
-    )?;
-    let cred_id = new_id("cred");
-    let (alg, material, format, secret, jwk_kid) = if body.kind == "jwt_hs256" {
-        if body.alg.as_deref().is_some_and(|a| a != "HS256") || body.public_key.is_some() {
-            return Err(ApiError::validation(
-                "type",
-                "jwt_hs256 credentials are generated by Tollgate: send only type (and kid)",
-            ));
-        }
-        let secret = keys::generate_hs256_secret().map_err(ApiError::internal)?;
-        let sealed = state
-            .auth
-            .subscriptions
-            .secrets()?
-            .seal(secret.as_bytes(), &cred_id)
-            .map_err(ApiError::internal)?;
-        (Alg::Hs256, sealed, "generated", Some(secret), None)
-    } else {
-        let alg = body
-            .alg
-            .as_deref()
-            .and_then(Alg::parse)
-            .filter(|a| *a != Alg::Hs256)
-            .ok_or_else(|| ApiError::validation("alg", "alg must be RS256, ES256 or EdDSA"))?;
-        let text = match &body.public_key {
-            Some(Value::String(s)) => s.clone(),
-            Some(v @ Value::Object(_)) => v.to_string(),
-            _ => {
+        "jwt_hs256" => {
+            if body.alg.as_deref().is_some_and(|a| a != "HS256") || body.public_key.is_some() {
+                // Checked after the caller's ceiling, as the operation itself checks it first.
+                within_ceiling(
+                    Authority::permissions_only(caller.permissions),
+                    Authority::permissions_only(crate::auth::subscription_key_permissions()),
+                    "create a signing credential for app JWTs",
+                    Some("type"),
+                )?;
                 return Err(ApiError::validation(
-                    "public_key",
-                    "public_key (PEM text or a JWK) is required",
+                    "type",
+                    "jwt_hs256 credentials are generated by Tollgate: send only type (and kid)",
                 ));
             }
-        };
-        let key = keys::parse_public_key(alg, &text)
-            .map_err(|msg| ApiError::validation("public_key", msg))?;
-        (
-            alg,
-            URL_SAFE_NO_PAD.encode(&key.material),
-            key.format,
-            None,
-            key.jwk_kid,
-        )
+            service::NewSigningKey::Hs256 { kid: body.kid }
+        }
+        "jwt_public_key" => service::NewSigningKey::Public {
+            alg: body.alg,
+            public_key: match body.public_key {
+                Some(Value::String(s)) => Some(s),
+                Some(v @ Value::Object(_)) => Some(v.to_string()),
+                _ => None,
+            },
+            kid: body.kid,
+        },
+        other => {
+            return Err(ApiError::validation(
+                "type",
+                format!(
+                    "unknown credential type {other:?}; use api_key, jwt_hs256 or jwt_public_key"
+                ),
+            ));
+        }
     };
-    let kid = match body.kid.or(jwk_kid) {
-        Some(k) => validate_kid(&k)?,
-        None => random_base62(16),
-    };
-    let mut tx = state.store.begin().await?;
-    let s = load_subscription(&mut tx, caller, sub_id).await?;
-    if s.status == Status::Cancelled {
-        return Err(ApiError::conflict(
-            "A cancelled subscription cannot get new credentials",
-        ));
-    }
-    let cred = Credential {
-        id: cred_id,
-        tenant_id: s.tenant_id.clone(),
-        subscription_id: s.id.clone(),
-        kind: body.kind.clone(),
-        kid,
-        alg: alg.as_str().to_string(),
-        key_material: material,
-        key_format: format.to_string(),
-        created_at: now_ms(),
-        created_by: caller.user_id.as_deref().map(str::to_string),
-        revoked_at: None,
-    };
-    store::insert_credential(&mut tx, &cred)
-        .await
-        .map_err(|e| {
-            conflict_as(
-                e,
-                "This subscription already has a credential with that kid",
-            )
-        })?;
-    append(
-        &mut tx,
-        AuditEvent::new(
-            s.tenant_id.clone(),
-            caller.actor(),
-            Action::SubscriptionCredentialCreated,
-            meta,
-        )
-        .target("subscription_credential", cred.id.clone())
-        .details(
-            json!({"subscription_id": s.id, "type": cred.kind, "kid": cred.kid,
-            "alg": cred.alg, "key_format": cred.key_format}),
-        ),
-    )
-    .await?;
-    // Cached verifications of this subscription must see the new kid.
-    invalidations::publish(&mut tx, Kind::Permissions, &s.id, meta).await?;
-    commit(tx).await?;
-    state.auth.invalidate(Kind::Permissions, &s.id);
+    let secrets = state.auth.subscriptions.secrets()?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let (cred, secret) =
+        service::create_signing_credential(&mut unit, secrets, &caller, &id, signing).await?;
+    unit.commit(&state.auth).await?;
     let mut out = cred.to_api();
     if let Some(secret) = secret {
         out["secret"] = Value::String(secret);
@@ -851,18 +475,9 @@ async fn create_jwt_credential(
     Ok(created(out))
 }
 
-/// Settings of a subscription-bound API key.
-pub struct SubscriptionKeySpec {
-    pub name: String,
-    pub expires_at: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub rate_limit: Option<KeyRateLimit>,
-}
-
-/// Creates an API key bound to a subscription of the caller's tenant (its models and limits come
-/// from the plan). Used by `POST /v1/subscriptions/{id}/credentials {"type": "api_key"}` and
-/// `POST /v1/api-keys {"subscription_id": ...}`. Needs `subscriptions:write`, and the key never
-/// holds a permission the caller lacks (see `crate::api::keys::inherited_scopes`).
+/// Creates an API key bound to a subscription of the caller's tenant and answers its JSON (the
+/// plaintext included, once). Used by `POST /v1/subscriptions/{id}/credentials {"type":
+/// "api_key"}` and `POST /v1/api-keys {"subscription_id": ...}`.
 pub async fn create_subscription_key(
     state: &AppState,
     caller: &Caller,
@@ -870,75 +485,9 @@ pub async fn create_subscription_key(
     sub_id: &str,
     spec: SubscriptionKeySpec,
 ) -> ApiResult<Value> {
-    caller.require(Permission::SubscriptionsWrite)?;
-    let name = crate::service::keys::validate_name(&spec.name)?;
-    let expires_at = match spec.expires_at.as_deref() {
-        None => None,
-        Some(s) => {
-            let at = crate::util::parse_rfc3339(s).ok_or_else(|| {
-                ApiError::validation("expires_at", "expires_at must be an RFC 3339 time")
-            })?;
-            if at <= now_ms() {
-                return Err(ApiError::validation(
-                    "expires_at",
-                    "expires_at must be in the future",
-                ));
-            }
-            Some(at)
-        }
-    };
-    let scope_set = spec
-        .scopes
-        .as_deref()
-        .map(crate::api::keys::validate_subscription_scopes)
-        .transpose()?;
-    if let Some(rl) = &spec.rate_limit
-        && (rl.requests_per_minute == Some(0) || rl.tokens_per_minute == Some(0))
-    {
-        return Err(ApiError::validation(
-            "rate_limit",
-            "rate limits must be positive",
-        ));
-    }
-    let mut unit = crate::service::Unit::begin(&state.store, meta).await?;
-    let s = load_subscription(unit.conn(), caller, sub_id)
-        .await
-        .map_err(|e| e.with_param("subscription_id"))?;
-    if s.status == Status::Cancelled {
-        return Err(ApiError::conflict(
-            "A cancelled subscription cannot get new credentials",
-        ));
-    }
-    // The key never holds more than the caller: explicit scopes must be held by the caller, and
-    // without scopes a narrower caller's key inherits the caller's permissions. A subscription
-    // key has permissions only, so the caller's effective permissions are the whole ceiling.
-    let ceiling = Authority::permissions_only(caller.permissions);
-    let base = crate::auth::subscription_key_permissions();
-    let sub_key = |p: PermSet| Authority::permissions_only(base.intersect(p));
-    let scopes = match (spec.scopes, scope_set) {
-        (Some(scopes), Some(set)) => {
-            within_ceiling(
-                ceiling,
-                sub_key(set),
-                "create a key with these scopes",
-                Some("scopes"),
-            )?;
-            Some(scopes)
-        }
-        _ => crate::api::keys::inherited_scopes(ceiling, sub_key(base), sub_key)?,
-    };
-    let key_spec = crate::service::keys::NewKeySpec {
-        tenant_id: s.tenant_id.clone(),
-        user_id: None,
-        subscription_id: Some(s.id.clone()),
-        name,
-        expires_at,
-        scopes,
-        rate_limit: spec.rate_limit,
-        created_by: caller.user_id.as_deref().map(str::to_string),
-    };
+    let mut unit = Unit::begin(&state.store, meta).await?;
     let (rec, secret) =
-        crate::service::keys::create(&mut unit, state.auth.key_prefix(), key_spec, caller.actor())
+        service::create_subscription_key(&mut unit, state.auth.key_prefix(), caller, sub_id, spec)
             .await?;
     unit.commit(&state.auth).await?;
     let mut out = crate::api::keys::created_json(&rec, secret);
@@ -952,50 +501,29 @@ async fn list_credentials(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let mut c = conn(&state).await?;
-    let s = load_subscription(&mut c, &caller, &id).await?;
+    let s = service::load(&mut c, &caller, &id).await?;
     drop(c);
     Ok(list(credentials_api(&state, &s).await?))
 }
 
 /// Revokes one credential of a subscription: a JWT credential (`cred_…`) or a bound API key
 /// (`key_…`). Requests in flight with it are cut.
-pub(crate) async fn revoke_credential(
+async fn revoke_credential(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
     Path((id, cred_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
-    let s = load_subscription(unit.conn(), &caller, &id).await?;
-    if let Some(key) = crate::store::keys::get(unit.conn(), &s.tenant_id, &cred_id).await?
-        && key.subscription_id.as_deref() == Some(s.id.as_str())
-    {
-        let (rec, _) =
-            crate::service::keys::revoke(&mut unit, &s.tenant_id, &cred_id, caller.actor()).await?;
-        unit.commit(&state.auth).await?;
-        let mut out = rec.to_api();
-        out["type"] = "api_key".into();
-        return Ok(axum::Json(out).into_response());
-    }
-    let Some(_) = store::get_credential(unit.conn(), &s.tenant_id, &s.id, &cred_id).await? else {
-        return Err(ApiError::not_found("credential"));
-    };
-    let changed = store::revoke_credential(unit.conn(), &s.tenant_id, &cred_id, now_ms()).await?;
-    if changed {
-        let event = unit
-            .event(
-                s.tenant_id.clone(),
-                caller.actor(),
-                Action::SubscriptionCredentialRevoked,
-            )
-            .target("subscription_credential", cred_id.clone())
-            .details(json!({"subscription_id": s.id}));
-        unit.audit(event).await?;
-        unit.invalidate(Kind::Credential, &cred_id).await?;
-    }
-    let cred = store::get_credential(unit.conn(), &s.tenant_id, &s.id, &cred_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("credential"))?;
+    let mut unit = Unit::begin(&state.store, &meta).await?;
+    let revoked = service::revoke_credential(&mut unit, &caller, &id, &cred_id).await?;
     unit.commit(&state.auth).await?;
-    Ok(axum::Json(cred.to_api()).into_response())
+    let out = match revoked {
+        service::RevokedCredential::Key(rec) => {
+            let mut out = rec.to_api();
+            out["type"] = "api_key".into();
+            out
+        }
+        service::RevokedCredential::Signing(cred) => cred.to_api(),
+    };
+    Ok(axum::Json(out).into_response())
 }
