@@ -191,7 +191,7 @@ impl Authority {
 }
 
 /// The built-in roles. Custom roles live in the store, per tenant.
-pub const BUILTIN_ROLES: &[&str] = &["owner", "admin", "developer", "viewer"];
+pub const BUILTIN_ROLES: &[&str] = &["owner", "admin", "developer", "viewer", "consumer"];
 
 /// The role whose holders own the tenant. Only an owner grants or removes it.
 pub const OWNER_ROLE: &str = "owner";
@@ -216,6 +216,16 @@ pub fn builtin_role(name: &str) -> Option<PermSet> {
             UsageRead,
         ]),
         "viewer" => PermSet::of(&[ModelsRead, OperationsRead, UsageRead]),
+        // Developer-portal sign-ups: what their subscriptions' credentials are used for. Their
+        // own subscriptions, credentials and usage are managed through the portal, which checks
+        // ownership itself (another consumer's object is 404 there).
+        "consumer" => PermSet::of(&[
+            ModelsRead,
+            ChatWrite,
+            EmbeddingsWrite,
+            ImagesWrite,
+            OperationsRead,
+        ]),
         _ => return None,
     })
 }
@@ -226,6 +236,7 @@ pub fn builtin_description(name: &str) -> &'static str {
         "admin" => "Everything but transferring or deleting the tenant",
         "developer" => "Calls models, manages own API keys, reads own usage",
         "viewer" => "Reads models, operations and usage",
+        "consumer" => "Developer-portal sign-up: manages their own subscriptions and credentials",
         _ => "",
     }
 }

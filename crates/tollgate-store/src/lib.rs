@@ -9,6 +9,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Transaction};
 
 pub mod audit;
+pub mod console;
 pub mod files;
 pub mod identity;
 pub mod invalidations;

@@ -31,6 +31,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_quota_counters"),
     migration!(6, "0006_invalidation_origin"),
     migration!(7, "0007_subscription_origins"),
+    migration!(8, "0008_console"),
 ];
 
 const ADVISORY_LOCK_ID: i64 = 0x746f_6c6c_6761_7465; // "tollgate"

@@ -242,6 +242,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ai_routes(&state, "/api/v2"))
         .nest("/v1", management_routes(&state))
         .merge(crate::identity::routes(&state))
+        .merge(crate::console::routes(&state))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         // One body limit for every route (inside `Observe`, so a 413 has its request id and

@@ -424,9 +424,24 @@ pub async fn serve(config: Config, bootstrap_email: &str) -> anyhow::Result<()> 
             .await
             .map_err(|e| anyhow::anyhow!("bootstrap failed: {}", e.message))?
     {
+        let link = match crate::console::session::issue_link(
+            &state.store,
+            &state.config.public_url,
+            &boot.user_id,
+        )
+        .await
+        {
+            Ok(l) => format!(
+                "\nOne-time console link (works once, for 15 minutes; it signs you in and asks for a password):\n\n    {l}\n"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e.message, "could not issue the one-time console link");
+                String::new()
+            }
+        };
         let banner = format!(
             "\nTollgate first start: created tenant \"default\" (id {}) with owner {bootstrap_email}.\n\
-             Bootstrap API key (shown once — store it now):\n\n    {}\n",
+             Bootstrap API key (shown once — store it now):\n\n    {}\n{link}",
             boot.tenant_id, boot.api_key
         );
         if out(&banner).is_err() {

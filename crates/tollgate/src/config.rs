@@ -75,6 +75,8 @@ pub struct Config {
     pub usage: UsageConfig,
     /// Spike alerts (`alert.usage_spike`).
     pub alerts: AlertsConfig,
+    /// `[portal]`: the developer portal of the web console.
+    pub portal: PortalConfig,
     /// Outbound requests to user-supplied URLs (identity providers' JWKS, the alert webhook).
     pub outbound: OutboundConfig,
 }
@@ -159,6 +161,15 @@ pub struct AuthConfig {
     pub access_token_ttl_seconds: u64,
     pub refresh_token_ttl_seconds: u64,
     pub open_signup: bool,
+}
+
+/// `[portal]`: the developer portal (web console) belongs to one tenant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortalConfig {
+    /// The tenant (id or name) whose published products the portal offers and which its
+    /// sign-ups join as consumers. Unset: the first tenant created.
+    pub tenant: Option<String>,
 }
 
 /// `[operations]`: the asynchronous-operation worker pool.
@@ -265,6 +276,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             usage: UsageConfig::default(),
             alerts: AlertsConfig::default(),
+            portal: PortalConfig::default(),
             outbound: OutboundConfig::default(),
         }
     }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod cors;
 pub mod crypto;
 pub mod error;

@@ -317,18 +317,23 @@ fn login_page(
             }),
         ),
     );
+    if let Ok(v) = HeaderValue::from_str(&csrf_cookie(state, &csrf)) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// The `Set-Cookie` value of the login form's CSRF token (also set by the console, whose sign-in
+/// dialog posts this form).
+pub(crate) fn csrf_cookie(state: &AppState, csrf: &str) -> String {
     let secure = if state.config.public_url.starts_with("https://") {
         "; Secure"
     } else {
         ""
     };
-    let cookie = format!(
+    format!(
         "{CSRF_COOKIE}={csrf}; Path=/oauth/authorize; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    res
+    )
 }
 
 /// `GET /oauth/authorize`: the login form.
@@ -541,7 +546,7 @@ async fn audit_failure(
     Ok(())
 }
 
-async fn issue_code(
+pub(crate) async fn issue_code(
     state: &AppState,
     authz: &AuthzRequest,
     user_id: &str,

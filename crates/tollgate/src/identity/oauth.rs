@@ -338,6 +338,27 @@ async fn revoke_family_tx(
     Ok(changed)
 }
 
+/// Ends a login session (its refresh-token family) as a logout by its user: on every instance,
+/// in-flight requests included. Ending a session that is already over changes nothing.
+pub(crate) async fn end_session(
+    state: &AppState,
+    family_id: &str,
+    meta: &RequestMeta,
+) -> Result<(), ApiError> {
+    let Some(fam) = idstore::get_family(state.store.pool(), family_id).await? else {
+        return Ok(());
+    };
+    let mut tx = state.store.begin().await?;
+    let actor = Actor::user(fam.user_id.clone());
+    let changed =
+        revoke_family_tx(&mut tx, &fam, "logout", Action::AuthLogout, actor, meta).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    if changed {
+        state.auth.invalidate(Kind::Credential, &fam.id);
+    }
+    Ok(())
+}
+
 /// The answer to a grant that continues a login session: a new access token bound to the session
 /// (`sid`), and the refresh token just issued for it.
 async fn session_tokens(

@@ -833,7 +833,17 @@ async fn no_custom_role_passes_for_owner(app: TestApp) {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["owner", "admin", "developer", "viewer", "helper"]);
+    assert_eq!(
+        names,
+        [
+            "owner",
+            "admin",
+            "developer",
+            "viewer",
+            "consumer",
+            "helper"
+        ]
+    );
     // "owner" is no permission a custom role could carry either.
     let res = app
         .post(

@@ -14,6 +14,7 @@ mod helpers;
 mod alerts;
 mod app_jwt;
 mod audit;
+mod console;
 mod cors;
 mod edges;
 mod errors;

@@ -70,7 +70,17 @@ async fn custom_roles_grant_exactly_their_permissions(app: TestApp) {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["owner", "admin", "developer", "viewer", "embedder"]);
+    assert_eq!(
+        names,
+        [
+            "owner",
+            "admin",
+            "developer",
+            "viewer",
+            "consumer",
+            "embedder"
+        ]
+    );
     expect_error(
         app.patch("/v1/roles/owner", &app.owner_key, json!({"name": "x"}))
             .await,
