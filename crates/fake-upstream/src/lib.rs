@@ -1,7 +1,7 @@
 //! A fake OpenAI-compatible upstream on a real socket, for Tollgate's tests and benchmarks.
 //!
-//! It serves `GET /v1/models`, `POST /v1/chat/completions` (JSON and SSE), `POST /v1/embeddings`
-//! and `POST /v1/images/generations`. A request can steer its own response through an extra
+//! It serves `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` and
+//! `POST /v1/responses` (JSON and SSE), `POST /v1/embeddings` and `POST /v1/images/generations`. A request can steer its own response through an extra
 //! top-level `"fake"` object in the body (a gateway passes unknown fields through):
 //!
 //! ```json
@@ -329,6 +329,7 @@ async fn respond(shared: &Shared, tracker: &mut Option<Tracker>, req: Request) -
         "/v1/models" => Method::GET,
         "/v1/chat/completions"
         | "/v1/completions"
+        | "/v1/responses"
         | "/v1/embeddings"
         | "/v1/images/generations" => Method::POST,
         _ => {
@@ -395,6 +396,7 @@ async fn respond(shared: &Shared, tracker: &mut Option<Tracker>, req: Request) -
     match path {
         "/v1/chat/completions" => chat(shared, tracker, &body, &opts, false),
         "/v1/completions" => chat(shared, tracker, &body, &opts, true),
+        "/v1/responses" => responses(shared, tracker, &body, &opts),
         "/v1/embeddings" => embeddings(&body, &opts),
         _ => images(&body),
     }
@@ -545,6 +547,122 @@ fn chat(
                 }
             };
             Some((item, (plan, events, tracker)))
+        },
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// The Responses API (`/v1/responses`): `input` (a string or message items) in, an `output`
+/// message out; a stream is typed events (`event:` + `data:` lines) ending with
+/// `response.completed`, whose `response.usage` has `input_tokens`/`output_tokens`, and no
+/// `[DONE]`. `fake.chunks` output-text deltas, `drop_after` cuts after that many.
+fn responses(
+    shared: &Shared,
+    tracker: &mut Option<Tracker>,
+    body: &Value,
+    opts: &FakeOpts,
+) -> Response {
+    let cfg = &shared.cfg;
+    let Some(model) = body.get("model").and_then(Value::as_str) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "you must provide a model parameter",
+        );
+    };
+    let input_words = match body.get("input") {
+        Some(i @ Value::String(_)) => word_count(Some(i)),
+        Some(Value::Array(items)) => items.iter().map(|m| word_count(m.get("content"))).sum(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`input` must be a string or an array of items",
+            );
+        }
+    };
+    let chunks = opts.chunks.unwrap_or(cfg.default_chunks).min(MAX_CHUNKS);
+    let input_tokens = opts.prompt_tokens.unwrap_or(input_words.max(1));
+    let output_tokens = opts.completion_tokens.unwrap_or(chunks as u64);
+    let usage = json!({
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens.saturating_add(output_tokens),
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    });
+    let n = shared.started.load(Ordering::Relaxed);
+    let id = format!("resp_fake{n}");
+    let msg_id = format!("msg_fake{n}");
+    let created = now_secs();
+    let text: String = (0..chunks).map(token).collect();
+    let whole = |status: &str, output: Value, usage: Value| {
+        json!({"id": id, "object": "response", "created_at": created, "status": status,
+            "model": model, "output": output, "usage": usage})
+    };
+    let message = json!([{"type": "message", "id": msg_id, "status": "completed",
+        "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}]);
+    if body.get("stream").and_then(Value::as_bool) != Some(true) {
+        return json_response(StatusCode::OK, whole("completed", message, usage));
+    }
+    let event = |kind: &str, data: &Value| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+    let created_ev = event(
+        "response.created",
+        &json!({"type": "response.created", "sequence_number": 0,
+            "response": whole("in_progress", json!([]), Value::Null)}),
+    );
+    let sent = opts.drop_after.map_or(chunks, |d| d.min(chunks));
+    let deltas: Vec<Bytes> = (0..sent)
+        .map(|i| {
+            event(
+                "response.output_text.delta",
+                &json!({"type": "response.output_text.delta", "sequence_number": i + 1,
+                    "item_id": msg_id, "output_index": 0, "content_index": 0,
+                    "delta": token(i), "logprobs": []}),
+            )
+        })
+        .collect();
+    let completed = opts.drop_after.is_none().then(|| {
+        event(
+            "response.completed",
+            &json!({"type": "response.completed", "sequence_number": chunks + 1,
+                "response": whole("completed", message.clone(), usage.clone())}),
+        )
+    });
+    let delay = Duration::from_millis(opts.chunk_delay_ms.unwrap_or(cfg.chunk_delay_ms));
+    let mut items: Vec<Option<Bytes>> = vec![Some(created_ev)];
+    items.extend(deltas.into_iter().map(Some));
+    // `None`: the scripted cut (after the deltas, instead of the final event).
+    items.push(completed);
+    let stream = futures_util::stream::unfold(
+        (items.into_iter().enumerate(), tracker.take()),
+        move |(mut items, mut tracker)| async move {
+            let Some((i, item)) = items.next() else {
+                if let Some(t) = tracker.take() {
+                    t.finish();
+                }
+                return None;
+            };
+            if i > 1 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let out = match item {
+                Some(bytes) => Ok(bytes),
+                None => {
+                    tokio::time::sleep(delay.max(Duration::from_millis(20))).await;
+                    if let Some(t) = tracker.take() {
+                        t.finish();
+                    }
+                    Err(io::Error::other("fake-upstream: drop_after"))
+                }
+            };
+            Some((out, (items, tracker)))
         },
     );
     (

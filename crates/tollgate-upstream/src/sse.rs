@@ -29,12 +29,35 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
 }
 
+/// A `usage` object: chat and completions name its counts `prompt_tokens`/`completion_tokens`,
+/// the Responses API `input_tokens`/`output_tokens`; the first pair wins when both are there.
 #[derive(serde::Deserialize)]
 struct UsageFields {
     #[serde(default)]
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+impl UsageFields {
+    fn counts(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self
+                .prompt_tokens
+                .or(self.input_tokens)
+                .unwrap_or(0)
+                .min(MAX_REPORTED_TOKENS),
+            completion_tokens: self
+                .completion_tokens
+                .or(self.output_tokens)
+                .unwrap_or(0)
+                .min(MAX_REPORTED_TOKENS),
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -48,10 +71,7 @@ impl TokenUsage {
     /// of the whole response. `Err` when the body is not a JSON object.
     pub fn from_body(body: &[u8]) -> Result<Option<Self>, serde_json::Error> {
         let w: WithUsage = serde_json::from_slice(body)?;
-        Ok(w.usage.map(|u| Self {
-            prompt_tokens: u.prompt_tokens.unwrap_or(0).min(MAX_REPORTED_TOKENS),
-            completion_tokens: u.completion_tokens.unwrap_or(0).min(MAX_REPORTED_TOKENS),
-        }))
+        Ok(w.usage.map(|u| u.counts()))
     }
 
     pub fn from_json(v: &Value) -> Option<Self> {
@@ -63,15 +83,16 @@ impl TokenUsage {
         if !u.is_object() {
             return None;
         }
-        let count = |name: &str| {
+        let count = |name: &str, alt: &str| {
             u.get(name)
                 .and_then(Value::as_u64)
+                .or_else(|| u.get(alt).and_then(Value::as_u64))
                 .unwrap_or(0)
                 .min(MAX_REPORTED_TOKENS)
         };
         Some(Self {
-            prompt_tokens: count("prompt_tokens"),
-            completion_tokens: count("completion_tokens"),
+            prompt_tokens: count("prompt_tokens", "input_tokens"),
+            completion_tokens: count("completion_tokens", "output_tokens"),
         })
     }
 }
@@ -244,6 +265,59 @@ pub fn classify(event: &[u8]) -> EventKind {
     }
 }
 
+/// What one event of a Responses API stream (`POST /v1/responses`) means to the gateway.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseEvent {
+    /// The stream's last event (`response.completed`, `response.incomplete` or
+    /// `response.failed`), with the usage its `response` reports.
+    End(Option<TokenUsage>),
+    /// Any other event: output deltas, progress, items.
+    Other,
+}
+
+/// The event types that end a Responses API stream.
+const RESPONSE_END_TYPES: [&str; 3] = [
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+];
+
+/// Classifies one event of a Responses API stream. Its data is only parsed when it names one of
+/// the final event types, and then only `type` and `response.usage` are read.
+pub fn classify_response(event: &[u8]) -> ResponseEvent {
+    let payload = data_payload(event);
+    let names_end = RESPONSE_END_TYPES
+        .iter()
+        .any(|t| memchr::memmem::find(&payload, t.as_bytes()).is_some());
+    if !names_end || payload.trim_ascii_start().first() != Some(&b'{') {
+        return ResponseEvent::Other;
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
+        #[serde(default)]
+        response: Option<Inner>,
+    }
+    let Ok(ev) = serde_json::from_slice::<Outer>(&payload) else {
+        return ResponseEvent::Other;
+    };
+    match ev.kind.as_deref() {
+        Some(t) if RESPONSE_END_TYPES.contains(&t) => ResponseEvent::End(
+            ev.response
+                .and_then(|r| r.usage)
+                .as_ref()
+                .and_then(TokenUsage::from_usage),
+        ),
+        _ => ResponseEvent::Other,
+    }
+}
+
 /// Joins the frames a stream has ready *now* into one frame of at most about `max` bytes. It
 /// never waits for more: a frame goes out as soon as the stream has nothing else ready, so
 /// nothing is buffered, but a burst of events costs one body frame (one chunk, one write)
@@ -384,6 +458,30 @@ mod tests {
         assert_eq!(classify(event.as_bytes()), EventKind::UsageOnly(capped));
         // Summed and stored as i64 without overflow.
         assert!(i64::try_from(capped.prompt_tokens + capped.completion_tokens).is_ok());
+    }
+
+    #[test]
+    fn responses_usage_and_the_final_event() {
+        let body = br#"{"id":"resp_1","object":"response","usage":{"input_tokens":7,"output_tokens":3,"total_tokens":10}}"#;
+        assert_eq!(
+            TokenUsage::from_body(body).unwrap(),
+            Some(TokenUsage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
+        let done = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":9,\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\n\n";
+        assert_eq!(
+            classify_response(done),
+            ResponseEvent::End(Some(TokenUsage {
+                prompt_tokens: 4,
+                completion_tokens: 2
+            }))
+        );
+        let delta = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\n";
+        assert_eq!(classify_response(delta), ResponseEvent::Other);
+        let failed = b"data: {\"type\":\"response.failed\",\"response\":{\"usage\":null}}\n\n";
+        assert_eq!(classify_response(failed), ResponseEvent::End(None));
     }
 
     #[test]

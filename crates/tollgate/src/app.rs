@@ -134,6 +134,10 @@ fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
             )),
         )
         .route(
+            &format!("{prefix}/responses"),
+            post(proxy::responses).route_layer(guard(state, Required, Some(Permission::ChatWrite))),
+        )
+        .route(
             &format!("{prefix}/embeddings"),
             post(proxy::embeddings).route_layer(guard(
                 state,

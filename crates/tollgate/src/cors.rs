@@ -148,7 +148,7 @@ fn route_method(path: &str) -> Option<Method> {
         .find_map(|p| path.strip_prefix(p))?;
     match rest {
         "models" => Some(Method::GET),
-        "chat/completions" | "completions" | "embeddings" | "images/generations" => {
+        "chat/completions" | "completions" | "responses" | "embeddings" | "images/generations" => {
             Some(Method::POST)
         }
         _ => match rest.strip_prefix("models/") {

@@ -510,7 +510,9 @@ impl Stream for Script {
 /// reference split whatever the chunking, and classify without panicking; reported usage must
 /// be summable; `coalesce` must pass every byte once, in order.
 pub fn sse(data: &[u8]) {
-    use tollgate_upstream::sse::{EventKind, EventSplitter, TokenUsage, classify, coalesce};
+    use tollgate_upstream::sse::{
+        EventKind, EventSplitter, ResponseEvent, TokenUsage, classify, classify_response, coalesce,
+    };
     let (plan, stream) = plan_and_rest(data);
     let mut splitter = EventSplitter::default();
     let mut events: Vec<Bytes> = Vec::new();
@@ -548,6 +550,10 @@ pub fn sse(data: &[u8]) {
         match classify(ev) {
             EventKind::UsageOnly(u) | EventKind::Data(Some(u)) => checked(u),
             EventKind::Done | EventKind::Data(None) => {}
+        }
+        match classify_response(ev) {
+            ResponseEvent::End(Some(u)) => checked(u),
+            ResponseEvent::End(None) | ResponseEvent::Other => {}
         }
     }
     if let Ok(Some(u)) = TokenUsage::from_body(stream) {

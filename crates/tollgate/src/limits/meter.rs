@@ -89,8 +89,10 @@ pub struct Estimate {
     pub param: Option<&'static str>,
 }
 
-/// Tokens estimated at admission: the prompt (≈ 4 bytes per token) plus the completion budget
-/// (the larger of `max_completion_tokens` and `max_tokens`, else `default_max_tokens` for chat),
+/// Tokens estimated at admission: the prompt (≈ 4 bytes per token; `messages`, `input`,
+/// `prompt`, `instructions`) plus the completion budget (the largest of
+/// `max_completion_tokens`, `max_tokens` and `max_output_tokens`, else `default_max_tokens` for
+/// chat, completions and responses),
 /// times `n`. Every number from the body is range-checked (`422` naming the field) and the
 /// arithmetic saturates, so no request can make its own estimate wrap around.
 pub fn estimate_tokens(
@@ -100,7 +102,7 @@ pub fn estimate_tokens(
 ) -> Result<Estimate, ApiError> {
     let mut prompt_field = None;
     let mut prompt_text: u64 = 0;
-    for k in ["messages", "input", "prompt"] {
+    for k in ["messages", "input", "prompt", "instructions"] {
         if let Some(v) = body.get(k) {
             prompt_field.get_or_insert(k);
             prompt_text = prompt_text.saturating_add(text_len(v));
@@ -109,13 +111,28 @@ pub fn estimate_tokens(
     let prompt = prompt_text.div_ceil(BYTES_PER_TOKEN).max(1);
     let max_completion = count_param(body, "max_completion_tokens", MAX_TOKENS)?;
     let max_tokens = count_param(body, "max_tokens", MAX_TOKENS)?;
+    // The Responses API's name for the completion budget (it has no `n`).
+    let max_output = count_param(body, "max_output_tokens", MAX_TOKENS)?;
     let n = count_param(body, "n", MAX_N)?.unwrap_or(1);
-    let (completion, param) = match (max_completion, max_tokens) {
-        (Some(a), Some(b)) if b > a => (b, Some("max_tokens")),
-        (Some(a), _) => (a, Some("max_completion_tokens")),
-        (None, Some(b)) => (b, Some("max_tokens")),
-        (None, None) if chat => (default_max_tokens.min(MAX_TOKENS), Some("max_tokens")),
-        (None, None) => (0, prompt_field),
+    // The largest budget the body names (the first named on a tie).
+    let budget = [
+        ("max_completion_tokens", max_completion),
+        ("max_tokens", max_tokens),
+        ("max_output_tokens", max_output),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| v.map(|v| (v, name)))
+    .fold(
+        None,
+        |best: Option<(u64, &'static str)>, (v, name)| match best {
+            Some((b, _)) if b >= v => best,
+            _ => Some((v, name)),
+        },
+    );
+    let (completion, param) = match budget {
+        Some((v, name)) => (v, Some(name)),
+        None if chat => (default_max_tokens.min(MAX_TOKENS), Some("max_tokens")),
+        None => (0, prompt_field),
     };
     Ok(Estimate {
         prompt,
@@ -137,7 +154,7 @@ pub async fn admit(
     info: &RequestInfo,
 ) -> Result<Meter, ApiError> {
     // Completions reserve a completion budget when the body names none (providers default it).
-    let chat = route == "chat/completions" || route == "completions";
+    let chat = matches!(route, "chat/completions" | "completions" | "responses");
     let est = estimate_tokens(body, chat, state.limits.config().default_max_tokens)?;
     let (prompt_estimate, estimate) = (est.prompt, est.total);
     let record = UsageRecord {

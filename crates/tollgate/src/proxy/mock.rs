@@ -51,7 +51,87 @@ pub fn respond(endpoint: Endpoint, body: &Value) -> UpstreamReply {
         Endpoint::Embeddings => embeddings(body),
         Endpoint::Images => images(body),
         Endpoint::Completions => completion(body),
+        Endpoint::Responses => response(body),
     }
+}
+
+/// The text of a Responses API `input`: a string, or items whose `content` is a string or
+/// parts with `text`.
+fn input_text(body: &Value) -> String {
+    match body.get("input") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| match i.get("content") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(parts)) => Some(
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// A Responses API answer (`/v1/responses`), JSON or SSE (typed events ending with
+/// `response.completed`, which carries the usage).
+fn response(body: &Value) -> UpstreamReply {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-chat")
+        .to_string();
+    let prompt = input_text(body);
+    let excerpt: String = prompt.chars().take(200).collect();
+    let reply = format!("This is a mock response from Tollgate to: {excerpt}");
+    let input_tokens = words(&prompt).max(1);
+    let output_tokens = words(&reply);
+    let id = format!("resp_mock{}", crate::util::random_base62(12));
+    let msg_id = format!("msg_mock{}", crate::util::random_base62(12));
+    let created = now_secs();
+    let message = |text: &str| {
+        json!({"type": "message", "id": msg_id, "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let whole = |status: &str, output: Value, usage: Value| {
+        json!({"id": id, "object": "response", "created_at": created, "status": status,
+            "model": model, "output": output, "usage": usage})
+    };
+    let usage = json!({"input_tokens": input_tokens, "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0}});
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        let event =
+            |kind: &str, data: Value| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+        let mut events = vec![event(
+            "response.created",
+            json!({"type": "response.created", "sequence_number": 0,
+                "response": whole("in_progress", json!([]), Value::Null)}),
+        )];
+        for (i, piece) in reply.split_inclusive(' ').enumerate() {
+            events.push(event(
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "sequence_number": i + 1,
+                    "item_id": msg_id, "output_index": 0, "content_index": 0,
+                    "delta": piece, "logprobs": []}),
+            ));
+        }
+        events.push(event(
+            "response.completed",
+            json!({"type": "response.completed", "sequence_number": events.len(),
+                "response": whole("completed", json!([message(&reply)]), usage)}),
+        ));
+        let stream = futures_util::stream::iter(events.into_iter().map(Ok)).boxed();
+        return UpstreamReply::stream(stream);
+    }
+    UpstreamReply::json(whole("completed", json!([message(&reply)]), usage))
 }
 
 /// A legacy text completion (`/v1/completions`), JSON or SSE.

@@ -28,7 +28,7 @@ pub mod mock;
 use tollgate_upstream::{ByteStream, UpstreamFailure};
 use tollgate_upstream::{client, sse};
 
-use sse::{EventKind, EventSplitter, TokenUsage};
+use sse::{EventKind, EventSplitter, ResponseEvent, TokenUsage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -37,6 +37,8 @@ pub enum Endpoint {
     Images = 2,
     /// Legacy text completions (`/v1/completions`).
     Completions = 3,
+    /// The Responses API (`/v1/responses`).
+    Responses = 4,
 }
 
 impl Endpoint {
@@ -46,11 +48,22 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Images => "images/generations",
             Endpoint::Completions => "completions",
+            Endpoint::Responses => "responses",
         }
     }
 
     /// Answers as SSE with `"stream": true`.
     fn streams(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Responses
+        )
+    }
+
+    /// A stream of chat-completion-style chunks ended by `data: [DONE]`, whose usage comes in a
+    /// chunk the gateway asks for (`stream_options.include_usage`). A Responses API stream
+    /// instead ends with its `response.completed` event, which always carries the usage.
+    fn chunked_stream(self) -> bool {
         matches!(self, Endpoint::Chat | Endpoint::Completions)
     }
 }
@@ -98,8 +111,8 @@ pub enum Backend {
         /// The client for this provider's base URL (with its key and connection pool).
         upstream: Box<client::Upstream>,
         /// Request targets of `chat/completions`, `embeddings`, `images/generations`,
-        /// `completions` (indexed by `Endpoint`).
-        targets: [String; 4],
+        /// `completions`, `responses` (indexed by `Endpoint`).
+        targets: [String; 5],
         timeout: Duration,
     },
     Mock,
@@ -183,6 +196,7 @@ impl Proxy {
                         Endpoint::Embeddings,
                         Endpoint::Images,
                         Endpoint::Completions,
+                        Endpoint::Responses,
                     ]
                     .map(|e| upstream.request_target(e.path()));
                     Backend::OpenAi {
@@ -401,6 +415,19 @@ pub async fn chat_completions(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `POST /v1/responses` (the Responses API, which current SDKs and agent frameworks default
+/// to), JSON or SSE, with the same auth, limits, metering and revocation as chat.
+pub async fn responses(
+    State(state): State<AppState>,
+    caller: Caller,
+    info: RequestInfo,
+    body: RawJson,
+) -> Response {
+    forward(&state, caller, Endpoint::Responses, body, info)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 /// `POST /v1/completions` (legacy text completions: LangChain's `OpenAI`, litellm's
 /// `text_completion`), JSON or SSE, with the same auth, limits and metering as chat.
 pub async fn completions(
@@ -591,7 +618,9 @@ async fn forward(
         binding.check(&raw.value)?;
     }
     let stream = request_stream(&raw.value, endpoint)?;
-    let (value, bytes, client_wants_usage) = prepare(raw, &route, stream)?;
+    // A Responses stream always reports its usage; only chunked streams are asked for it.
+    let ask_usage = stream && endpoint.chunked_stream();
+    let (value, bytes, client_wants_usage) = prepare(raw, &route, ask_usage)?;
     // Limits and quotas (429s carry their headers); the meter settles when it drops.
     let mut meter =
         crate::limits::admit(state, &caller, endpoint.path(), &route.name, &value, &info).await?;
@@ -662,6 +691,7 @@ async fn forward(
                 upstream,
                 StreamOptions {
                     client_wants_usage,
+                    responses: endpoint == Endpoint::Responses,
                     idle,
                     rename: (route.upstream_model != route.name)
                         .then(|| Arc::<str>::from(route.name.as_str())),
@@ -688,6 +718,8 @@ struct StreamState {
     meter: Meter,
     /// The public model name, when chunks must be rewritten to it.
     rename: Option<Arc<str>>,
+    /// A Responses API stream (typed events, no `[DONE]`).
+    responses: bool,
 }
 
 impl StreamState {
@@ -699,6 +731,9 @@ impl StreamState {
     }
 
     fn take_events(&mut self) {
+        if self.responses {
+            return self.take_response_events();
+        }
         while let Some(ev) = self.splitter.next_event() {
             match sse::classify(&ev) {
                 EventKind::UsageOnly(u) => {
@@ -729,6 +764,28 @@ impl StreamState {
                     self.queue.push_back(ev);
                 }
             }
+        }
+    }
+
+    /// A Responses API stream: every event is forwarded (with the public model name); the
+    /// final one carries the usage and ends the stream.
+    fn take_response_events(&mut self) {
+        while let Some(ev) = self.splitter.next_event() {
+            match sse::classify_response(&ev) {
+                ResponseEvent::End(u) => {
+                    if u.is_some() {
+                        self.usage = u;
+                    }
+                    self.meter.set_usage(u);
+                    self.saw_done = true;
+                }
+                ResponseEvent::Other => self.meter.chunk(),
+            }
+            let ev = match &self.rename {
+                Some(name) => public_model_response_event(ev, name),
+                None => ev,
+            };
+            self.queue.push_back(ev);
         }
     }
 
@@ -779,6 +836,8 @@ impl StreamState {
 /// How a stream is passed on.
 struct StreamOptions {
     client_wants_usage: bool,
+    /// A Responses API stream.
+    responses: bool,
     idle: Duration,
     /// The public model name, when the route renames the model (chunks are rewritten).
     rename: Option<Arc<str>>,
@@ -823,6 +882,47 @@ fn public_model_event(ev: Bytes, name: &str) -> Bytes {
     }
 }
 
+/// One event of a Responses API stream (`event:` and `data:` lines) with the `model` of the
+/// `response` it carries set to `name`; events without one (deltas) unchanged.
+fn public_model_response_event(ev: Bytes, name: &str) -> Bytes {
+    let Some(at) = memchr::memmem::find(&ev, b"data:") else {
+        return ev;
+    };
+    if at != 0 && ev[at - 1] != b'\n' {
+        return ev;
+    }
+    let payload = ev[at + b"data:".len()..].trim_ascii();
+    if payload.contains(&b'\n')
+        || !payload.starts_with(b"{")
+        || memchr::memmem::find(payload, b"\"model\"").is_none()
+    {
+        return ev;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Map<String, Value>>(payload) else {
+        return ev;
+    };
+    let mut changed = false;
+    if let Some(Value::Object(r)) = v.get_mut("response")
+        && let Some(slot) = r.get_mut("model")
+    {
+        *slot = Value::String(name.to_string());
+        changed = true;
+    }
+    if let Some(slot) = v.get_mut("model") {
+        *slot = Value::String(name.to_string());
+        changed = true;
+    }
+    let Some(json) = changed.then(|| serde_json::to_vec(&v).ok()).flatten() else {
+        return ev;
+    };
+    let mut out = Vec::with_capacity(at + json.len() + 8);
+    out.extend_from_slice(&ev[..at]);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 fn stream_response(
     state: &AppState,
     caller: Caller,
@@ -832,6 +932,7 @@ fn stream_response(
 ) -> Response {
     let StreamOptions {
         client_wants_usage,
+        responses,
         idle,
         rename,
     } = opts;
@@ -854,6 +955,7 @@ fn stream_response(
         state: state.clone(),
         meter,
         rename,
+        responses,
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
         st.next_frame()

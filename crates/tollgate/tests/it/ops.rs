@@ -338,7 +338,9 @@ fn terminate(child: &mut std::process::Child) {
     }
 }
 
-/// The official OpenAI Python SDK against the gateway (base URL + key, nothing else).
+/// The official OpenAI Python SDK against the gateway (base URL + key, nothing else): chat,
+/// embeddings, models (list and retrieve), legacy completions and the Responses API, JSON and
+/// streamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_python_sdk_works_unmodified() {
     let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -362,6 +364,24 @@ assert "".join(parts), parts
 e = client.embeddings.create(model="fake-embed", input=["a", "b"])
 assert len(e.data) == 2
 assert [m.id for m in client.models.list()][:2] == ["gpt-test", "fake-model"]
+assert client.models.retrieve("gpt-test").id == "gpt-test"
+try:
+    client.models.retrieve("no-such-model")
+    raise SystemExit("expected a not-found error")
+except openai.NotFoundError:
+    pass
+c = client.completions.create(model="gpt-test", prompt="Say this is a test", max_tokens=5)
+assert c.choices[0].text and c.model == "gpt-test", c
+text = "".join(ch.choices[0].text for ch in client.completions.create(
+    model="gpt-test", prompt="Say this", stream=True) if ch.choices)
+assert text, text
+r = client.responses.create(model="gpt-test", input="Say this is a test")
+assert r.output_text and r.model == "gpt-test" and r.usage.output_tokens > 0, r
+events = list(client.responses.create(model="gpt-test", input="Say this", stream=True))
+assert events[-1].type == "response.completed", events[-1]
+assert events[-1].response.model == "gpt-test", events[-1]
+deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+assert deltas == events[-1].response.output_text, (deltas, events[-1].response.output_text)
 try:
     openai.OpenAI(base_url=sys.argv[1], api_key="tgk_wrong", max_retries=0).models.list()
     raise SystemExit("expected an authentication error")

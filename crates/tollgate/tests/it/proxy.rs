@@ -607,3 +607,135 @@ async fn legacy_completions_json_and_stream() {
     assert_eq!(out["object"], "text_completion");
     assert!(out["usage"]["total_tokens"].as_u64().unwrap() > 0);
 }
+
+/// The `data:` objects of a Responses API stream (each event has an `event:` line first).
+fn response_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// `POST /v1/responses` (the Responses API): JSON and SSE through the real upstream, the public
+/// model name in the answer and in every event that names one, usage metered from the
+/// response's `usage` and from the `response.completed` event (which the stream must end with),
+/// the chat permission, a model the caller may not use refused, and a revoked key cutting a
+/// stream in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_json_and_stream() {
+    let app = app().await;
+    let body = json!({"model": "gpt-test", "input": "Say this is a test",
+        "max_output_tokens": 16, "fake": {"chunks": 4, "prompt_tokens": 9, "completion_tokens": 4}});
+    let res = app
+        .post("/v1/responses", &app.owner_key, body.clone())
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["object"], "response");
+    assert_eq!(out["model"], "gpt-test");
+    assert_eq!(out["output"][0]["content"][0]["type"], "output_text");
+    let seen = app.upstream.requests();
+    let req = seen.last().unwrap();
+    assert_eq!(req.path, "/v1/responses");
+    assert_eq!(req.body["model"], "upstream-gpt");
+    assert_eq!(req.body["input"], "Say this is a test");
+    // Streaming: the events pass through as typed events, the model renamed where they carry
+    // the response; nothing is added to the body (the final event always has the usage).
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let res = app.post("/v1/responses", &app.owner_key, stream).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let text = read_all(res).await;
+    assert!(text.starts_with("event: response.created\n"), "{text}");
+    assert!(
+        !text.contains("[DONE]") && !text.contains("event: error"),
+        "{text}"
+    );
+    let events = response_events(&text);
+    assert_eq!(events.len(), 6, "{text}");
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    for e in events.iter().filter(|e| e["response"].is_object()) {
+        assert_eq!(e["response"]["model"], "gpt-test", "{e}");
+    }
+    let up = app.upstream.requests();
+    assert!(up.last().unwrap().body.get("stream_options").is_none());
+    assert!(wait_usage_records(&app, 2).await);
+    let records =
+        tollgate::store::usage::recent_records(app.state.store.pool(), &app.tenant_id, 10)
+            .await
+            .unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.0 == "gpt-test" && r.3 == "ok" && r.4 == 9 && r.5 == 4),
+        "{records:?}"
+    );
+    // A stream the upstream cuts before `response.completed` is a failed stream, told so.
+    let mut cut = body.clone();
+    cut["stream"] = json!(true);
+    cut["fake"] = json!({"chunks": 5, "drop_after": 2});
+    let text = read_all(app.post("/v1/responses", &app.owner_key, cut).await).await;
+    assert!(text.contains("event: error"), "{text}");
+    // The chat permission governs it; a model outside a subscription's product is refused.
+    let k = app
+        .create_key(
+            &app.owner_key,
+            json!({"name": "embed only", "scopes": ["embeddings:write"]}),
+        )
+        .await;
+    let res = app
+        .post("/v1/responses", k["key"].as_str().unwrap(), body.clone())
+        .await;
+    expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
+    let sub = crate::subs::subscribe(&app, &["fake-model"]).await;
+    let sk = crate::subs::sub_api_key(&app, &sub.id).await;
+    let res = app.post("/v1/responses", &sk, body.clone()).await;
+    expect_error(res, StatusCode::FORBIDDEN, "PERMISSION_DENIED").await;
+    // Revoking the key cuts a stream in flight.
+    let created = app
+        .create_key(&app.owner_key, json!({"name": "streamer"}))
+        .await;
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    );
+    let mut long = body.clone();
+    long["stream"] = json!(true);
+    long["fake"] = json!({"chunks": 200, "chunk_delay_ms": 50});
+    let mut res = app.post("/v1/responses", &key, long).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("event: response.created"));
+    let started = std::time::Instant::now();
+    let del = app
+        .delete(&format!("/v1/api-keys/{id}"), &app.owner_key)
+        .await;
+    assert_eq!(del.status(), StatusCode::OK);
+    let mut rest = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "cut promptly");
+    assert!(rest.contains("AUTH_REVOKED"), "{rest}");
+    assert!(!rest.contains("response.completed"), "{rest}");
+    // The built-in mock provider answers it too, JSON and SSE.
+    let mock = json!({"model": "mock-chat", "input": "hello there"});
+    let res = app
+        .post("/v1/responses", &app.owner_key, mock.clone())
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out: Value = res.json().await.unwrap();
+    assert!(out["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    let mut mock_stream = mock;
+    mock_stream["stream"] = json!(true);
+    let text = read_all(app.post("/v1/responses", &app.owner_key, mock_stream).await).await;
+    assert!(text.contains("event: response.completed"), "{text}");
+    assert!(!text.contains("event: error"), "{text}");
+}
