@@ -43,7 +43,7 @@ pub mod local;
 pub mod redis;
 
 pub use headers::RateHeaders;
-use local::{LocalLimiter, Outcome};
+use local::{LocalLimiter, LocalOutcome};
 
 /// A quota lease unused for this long goes back to the store's counter.
 pub const LEASE_IDLE_MS: i64 = 2000;
@@ -426,8 +426,8 @@ impl Limits {
         // only when concurrent requests spend a fresh lease before this one gets to it.
         for _ in 0..8 {
             let needs = match self.local.decide(checks, now_ms) {
-                Outcome::Decided(d) => return Ok(d),
-                Outcome::Lease(needs) => needs,
+                LocalOutcome::Decided(d) => return Ok(d),
+                LocalOutcome::Lease(needs) => needs,
             };
             for n in needs {
                 let c = &checks[n.index];
@@ -740,7 +740,7 @@ mod tests {
         }
         let checks = t.elapsed().as_nanos() / n;
         let c = l.checks(&scopes, 300);
-        let Outcome::Decided(d) = l.local.decide(&c, now_ms()) else {
+        let LocalOutcome::Decided(d) = l.local.decide(&c, now_ms()) else {
             panic!("leases were taken by the loop above")
         };
         let t = std::time::Instant::now();

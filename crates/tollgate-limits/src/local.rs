@@ -57,7 +57,7 @@ pub struct LeaseNeed {
 
 /// What a local decision came to.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum LocalOutcome {
     Decided(Decision),
     /// Nothing was reserved: take these leases, [`LocalLimiter::deposit`] them, decide again.
     Lease(Vec<LeaseNeed>),
@@ -92,12 +92,12 @@ impl std::fmt::Debug for LocalLimiter {
 
 impl LocalLimiter {
     /// Decides a request at `now_ms`, or says which quota leases it needs first.
-    pub fn decide(&self, checks: &[Check], now_ms: i64) -> Outcome {
+    pub fn decide(&self, checks: &[Check], now_ms: i64) -> LocalOutcome {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         Self::decide_locked(&mut st, checks, now_ms)
     }
 
-    fn decide_locked(st: &mut State, checks: &[Check], now_ms: i64) -> Outcome {
+    fn decide_locked(st: &mut State, checks: &[Check], now_ms: i64) -> LocalOutcome {
         let now = now_ms as f64;
         let mut states = Vec::with_capacity(checks.len());
         let mut denied: Option<(usize, f64)> = None;
@@ -196,14 +196,14 @@ impl LocalLimiter {
                     s.remaining = s.remaining.min(checks[j].limit);
                 }
             }
-            return Outcome::Decided(Decision {
+            return LocalOutcome::Decided(Decision {
                 denied: Some(i),
                 retry_ms: retry,
                 states,
             });
         }
         if !needs.is_empty() {
-            return Outcome::Lease(needs);
+            return LocalOutcome::Lease(needs);
         }
         for (i, v) in pending {
             let c = &checks[i];
@@ -225,7 +225,7 @@ impl LocalLimiter {
                 }
             }
         }
-        Outcome::Decided(Decision {
+        LocalOutcome::Decided(Decision {
             denied: None,
             retry_ms: 0.0,
             states,
@@ -360,17 +360,17 @@ mod tests {
 
     const NOW: i64 = 1_763_812_345_678;
 
-    fn decided(o: Outcome) -> Decision {
+    fn decided(o: LocalOutcome) -> Decision {
         match o {
-            Outcome::Decided(d) => d,
-            Outcome::Lease(n) => panic!("needs a lease: {n:?}"),
+            LocalOutcome::Decided(d) => d,
+            LocalOutcome::Lease(n) => panic!("needs a lease: {n:?}"),
         }
     }
 
-    fn needs(o: Outcome) -> Vec<LeaseNeed> {
+    fn needs(o: LocalOutcome) -> Vec<LeaseNeed> {
         match o {
-            Outcome::Lease(n) => n,
-            Outcome::Decided(d) => panic!("decided: {d:?}"),
+            LocalOutcome::Lease(n) => n,
+            LocalOutcome::Decided(d) => panic!("decided: {d:?}"),
         }
     }
 

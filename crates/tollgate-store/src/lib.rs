@@ -151,7 +151,7 @@ where
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -160,7 +160,7 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    backend: Backend,
+    backend: Dialect,
     /// SQLite only: the usage writer's own connection, through the typed driver rather than
     /// `Any` (see `usage::write_batch`).
     usage_sqlite: Option<sqlx::SqlitePool>,
@@ -204,9 +204,9 @@ impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
+            Dialect::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
+            Dialect::Postgres
         } else {
             anyhow::bail!("database_url must start with sqlite:// or postgres://");
         };
@@ -214,7 +214,7 @@ impl Store {
         // SQLite: the database file (and so its -wal and -shm files, which SQLite creates with
         // the database file's mode) is created 0600 in a 0700 folder; wider ones are reported.
         let mut sqlite_file = None;
-        if backend == Backend::Sqlite {
+        if backend == Dialect::Sqlite {
             let rest = url
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
@@ -246,8 +246,8 @@ impl Store {
         // connections close after a minute idle, and each cache is capped at 1 MiB (the
         // operating system caches the file as well).
         let (max, idle) = match backend {
-            Backend::Sqlite => (4, Duration::from_secs(60)),
-            Backend::Postgres => (16, Duration::from_secs(600)),
+            Dialect::Sqlite => (4, Duration::from_secs(60)),
+            Dialect::Postgres => (16, Duration::from_secs(600)),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
@@ -256,7 +256,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    if backend == Dialect::Sqlite {
                         sqlx::raw_sql(
                             "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; \
                              PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; \
@@ -275,14 +275,14 @@ impl Store {
             })?;
         // (An in-memory database is private to its connection: its usage goes through the pool.)
         let usage_sqlite = match backend {
-            Backend::Sqlite if !url.contains(":memory:") => Some(usage_connection(&url)?),
+            Dialect::Sqlite if !url.contains(":memory:") => Some(usage_connection(&url)?),
             _ => None,
         };
         let store = Self {
             pool,
             backend,
             usage_sqlite,
-            writer: (backend == Backend::Sqlite)
+            writer: (backend == Dialect::Sqlite)
                 .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
         };
         migrate::run(&store).await?;
@@ -299,7 +299,7 @@ impl Store {
         self.usage_sqlite.as_ref()
     }
 
-    pub fn backend(&self) -> Backend {
+    pub fn backend(&self) -> Dialect {
         self.backend
     }
 
@@ -321,8 +321,8 @@ impl Store {
             None => None,
         };
         let inner = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
         };
         Ok(Tx { inner, _turn: turn })
     }

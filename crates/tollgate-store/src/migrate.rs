@@ -3,7 +3,7 @@
 
 use sqlx::AssertSqlSafe;
 
-use crate::{Backend, Store};
+use crate::{Dialect, Store};
 
 struct Migration {
     version: i64,
@@ -38,14 +38,14 @@ const ADVISORY_LOCK_ID: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 
 pub async fn run(store: &Store) -> anyhow::Result<()> {
     let mut conn = store.pool().acquire().await?;
-    if store.backend() == Backend::Postgres {
+    if store.backend() == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(ADVISORY_LOCK_ID)
             .execute(&mut *conn)
             .await?;
     }
     let result = apply_all(store.backend(), &mut conn).await;
-    if store.backend() == Backend::Postgres {
+    if store.backend() == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(ADVISORY_LOCK_ID)
             .execute(&mut *conn)
@@ -54,7 +54,7 @@ pub async fn run(store: &Store) -> anyhow::Result<()> {
     result
 }
 
-async fn apply_all(backend: Backend, conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+async fn apply_all(backend: Dialect, conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
     use sqlx::Connection;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -76,8 +76,8 @@ async fn apply_all(backend: Backend, conn: &mut sqlx::AnyConnection) -> anyhow::
             continue;
         }
         let sql = match backend {
-            Backend::Sqlite => m.sqlite,
-            Backend::Postgres => m.postgres,
+            Dialect::Sqlite => m.sqlite,
+            Dialect::Postgres => m.postgres,
         };
         let mut tx = conn.begin().await?;
         sqlx::raw_sql(AssertSqlSafe(sql))

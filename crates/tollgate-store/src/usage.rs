@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use crate::{Backend, StoreResult};
+use crate::{Dialect, StoreResult};
 use tollgate_core::limits::{Dim, ScopeKind, ScopeRef};
 
 use tollgate_core::usage::UsageRecord;
@@ -54,7 +54,7 @@ struct Statements {
 }
 
 impl Statements {
-    fn build(backend: Backend) -> Self {
+    fn build(backend: Dialect) -> Self {
         let texts = |head: &str, cols: usize, tail: &str| {
             CHUNK_ROWS
                 .iter()
@@ -67,12 +67,12 @@ impl Statements {
         }
     }
 
-    fn of(backend: Backend) -> &'static Self {
+    fn of(backend: Dialect) -> &'static Self {
         static SQLITE: std::sync::OnceLock<Statements> = std::sync::OnceLock::new();
         static POSTGRES: std::sync::OnceLock<Statements> = std::sync::OnceLock::new();
         match backend {
-            Backend::Sqlite => SQLITE.get_or_init(|| Self::build(backend)),
-            Backend::Postgres => POSTGRES.get_or_init(|| Self::build(backend)),
+            Dialect::Sqlite => SQLITE.get_or_init(|| Self::build(backend)),
+            Dialect::Postgres => POSTGRES.get_or_init(|| Self::build(backend)),
         }
     }
 
@@ -86,7 +86,7 @@ impl Statements {
 /// `($1, $2, …), (…)` — or, on SQLite, anonymous `?`: its driver resolves each `$N` with a linear
 /// scan of the statement's parameters, which made binding quadratic in the batch size. (The only
 /// place in the store that does not use `$N`.)
-fn placeholders(rows: usize, cols: usize, backend: Backend) -> String {
+fn placeholders(rows: usize, cols: usize, backend: Dialect) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -98,8 +98,8 @@ fn placeholders(rows: usize, cols: usize, backend: Backend) -> String {
                 s.push_str(", ");
             }
             match backend {
-                Backend::Sqlite => s.push('?'),
-                Backend::Postgres => {
+                Dialect::Sqlite => s.push('?'),
+                Dialect::Postgres => {
                     s.push('$');
                     s.push_str(&(r * cols + c + 1).to_string());
                 }
@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(sizes(1), [1]);
         assert_eq!(sizes(1000), [256, 256, 256, 128, 64, 32, 8]);
         assert_eq!(sizes(7), [4, 2, 1]);
-        for backend in [Backend::Sqlite, Backend::Postgres] {
+        for backend in [Dialect::Sqlite, Dialect::Postgres] {
             let st = Statements::of(backend);
             for (i, rows) in CHUNK_ROWS.iter().enumerate() {
                 let text = Statements::pick(&st.records, *rows);
@@ -462,8 +462,8 @@ mod tests {
             }
             let last = Statements::pick(&st.records, 2);
             match backend {
-                Backend::Sqlite => assert_eq!(last.matches('?').count(), 2 * RECORD_COLS),
-                Backend::Postgres => assert!(last.ends_with("$27, $28)"), "{last}"),
+                Dialect::Sqlite => assert_eq!(last.matches('?').count(), 2 * RECORD_COLS),
+                Dialect::Postgres => assert!(last.ends_with("$27, $28)"), "{last}"),
             }
         }
     }

@@ -610,7 +610,7 @@ fn admission_settings(f: u8) -> (crate::proxy::Endpoint, u64) {
 /// checked, and the estimate must cover the prompt and the completion budget.
 pub fn admission(data: &[u8]) {
     use crate::proxy::{
-        Backend, Endpoint, ModelRoute, Provider, prepare, request_model, request_stream,
+        Endpoint, ModelRoute, Provider, ProviderBackend, prepare, request_model, request_stream,
     };
     let (f, body) = flags(data);
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
@@ -627,7 +627,7 @@ pub fn admission(data: &[u8]) {
         name: model.to_string(),
         provider: std::sync::Arc::new(Provider {
             name: "fuzz",
-            backend: Backend::Mock,
+            backend: ProviderBackend::Mock,
         }),
         upstream_model: if f & 1 == 1 {
             format!("{model}-upstream")

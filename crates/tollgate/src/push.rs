@@ -43,7 +43,7 @@ fn redis_channel(state: &AppState) -> String {
 /// Starts the listeners (and the Redis publisher) this deployment has.
 pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    if state.store.backend() == crate::store::Backend::Postgres {
+    if state.store.backend() == crate::store::Dialect::Postgres {
         let s = state.clone();
         tasks.push(tokio::spawn(async move { pg_listen(s).await }));
     }

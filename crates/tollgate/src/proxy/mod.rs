@@ -105,7 +105,7 @@ pub struct UpstreamReply {
 }
 
 #[derive(Debug)]
-pub enum Backend {
+pub enum ProviderBackend {
     OpenAi {
         base_url: String,
         /// The client for this provider's base URL (with its key and connection pool).
@@ -122,15 +122,15 @@ pub enum Backend {
 pub struct Provider {
     /// Interned: also the `provider` label of upstream metrics.
     pub name: &'static str,
-    pub backend: Backend,
+    pub backend: ProviderBackend,
 }
 
 impl Provider {
     /// Deadline for the answer head, and the idle limit between stream chunks.
     pub fn timeout(&self, default: Duration) -> Duration {
         match &self.backend {
-            Backend::OpenAi { timeout, .. } => *timeout,
-            Backend::Mock => default,
+            ProviderBackend::OpenAi { timeout, .. } => *timeout,
+            ProviderBackend::Mock => default,
         }
     }
 }
@@ -171,7 +171,7 @@ impl Proxy {
         let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
         for p in &cfg.providers {
             let backend = match p.kind {
-                ProviderKind::Mock => Backend::Mock,
+                ProviderKind::Mock => ProviderBackend::Mock,
                 ProviderKind::Openai => {
                     let api_key = match &p.api_key_env {
                         None if p.api_key.is_some() => p.api_key.clone(),
@@ -199,7 +199,7 @@ impl Proxy {
                         Endpoint::Responses,
                     ]
                     .map(|e| upstream.request_target(e.path()));
-                    Backend::OpenAi {
+                    ProviderBackend::OpenAi {
                         base_url,
                         upstream: Box::new(upstream),
                         targets,
@@ -230,7 +230,7 @@ impl Proxy {
             // No provider configured: serve the built-in mock models so `serve` works out of the box.
             let provider = Arc::new(Provider {
                 name: "mock",
-                backend: Backend::Mock,
+                backend: ProviderBackend::Mock,
             });
             for (name, _) in mock::MODELS {
                 routes.push(Arc::new(ModelRoute {
@@ -265,8 +265,8 @@ impl Proxy {
         bytes: Bytes,
     ) -> Result<UpstreamReply, UpstreamFailure> {
         match &route.provider.backend {
-            Backend::Mock => Ok(mock::respond(endpoint, body)),
-            Backend::OpenAi {
+            ProviderBackend::Mock => Ok(mock::respond(endpoint, body)),
+            ProviderBackend::OpenAi {
                 upstream,
                 targets,
                 timeout,
@@ -982,7 +982,7 @@ mod tests {
             name: name.into(),
             provider: Arc::new(Provider {
                 name: "p",
-                backend: Backend::Mock,
+                backend: ProviderBackend::Mock,
             }),
             upstream_model: upstream_model.into(),
         }
@@ -1026,7 +1026,7 @@ mod tests {
             ..Config::default()
         };
         let proxy = Proxy::from_config(&cfg).unwrap();
-        let Backend::OpenAi {
+        let ProviderBackend::OpenAi {
             targets, timeout, ..
         } = &proxy.route("a").unwrap().provider.backend
         else {
@@ -1034,7 +1034,8 @@ mod tests {
         };
         assert_eq!(targets[Endpoint::Chat as usize], "/v1/chat/completions");
         assert_eq!(*timeout, Duration::from_secs(7));
-        let Backend::OpenAi { targets, .. } = &proxy.route("b").unwrap().provider.backend else {
+        let ProviderBackend::OpenAi { targets, .. } = &proxy.route("b").unwrap().provider.backend
+        else {
             panic!("not an OpenAI backend");
         };
         assert_eq!(

@@ -311,3 +311,64 @@ fn the_lower_crates_have_no_module_cycle() {
     let gateway = module_graph(&crates.join("tollgate").join("src"));
     assert!(find_cycle(&gateway).is_some());
 }
+
+/// The public types (`pub struct|enum|trait|type Name`) declared in a crate's shipped code.
+fn public_types(src: &std::path::Path) -> HashSet<String> {
+    fn walk(dir: &std::path::Path, out: &mut HashSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for line in code.lines() {
+                let line = line.trim_start();
+                for kw in ["pub struct ", "pub enum ", "pub trait ", "pub type "] {
+                    if let Some(rest) = line.strip_prefix(kw) {
+                        let name: String = rest
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect();
+                        out.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = HashSet::new();
+    walk(src, &mut out);
+    out
+}
+
+/// One name per concept: no two crates of the gateway declare a public type of the same name
+/// (the SDK and the test tools are separate products and may mirror the gateway's names).
+#[test]
+fn no_two_gateway_crates_declare_the_same_public_type() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    let mut clashes = Vec::new();
+    for krate in [
+        "tollgate",
+        "tollgate-core",
+        "tollgate-store",
+        "tollgate-limits",
+        "tollgate-upstream",
+    ] {
+        let mut names: Vec<String> = public_types(&crates.join(krate).join("src"))
+            .into_iter()
+            .collect();
+        assert!(!names.is_empty(), "{krate}: no public types found");
+        names.sort();
+        for name in names {
+            if let Some(other) = seen.insert(name.clone(), krate) {
+                clashes.push(format!("{name}: {other} and {krate}"));
+            }
+        }
+    }
+    assert!(clashes.is_empty(), "same name, two crates: {clashes:?}");
+}
