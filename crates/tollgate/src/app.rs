@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::middleware::guard;
-use crate::auth::{Auth, AuthLevel, Permission};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -97,155 +95,8 @@ impl AppState {
     }
 }
 
-/// The AI routes under `prefix` (`/v1`, `/api/v1` and `/api/v2`). Registered with their full
-/// paths rather than nested: a nested router rewrites every request's URI to strip its prefix,
-/// a cost the hottest routes need not pay.
-fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
-    use crate::proxy;
-    use AuthLevel::{Optional, Required};
-    Router::new()
-        .route(
-            &format!("{prefix}/models"),
-            get(proxy::list_models).route_layer(guard(
-                state,
-                Optional,
-                Some(Permission::ModelsRead),
-            )),
-        )
-        .route(
-            // A catch-all: model names may hold `/` (`meta-llama/Llama-3.1-8B`).
-            &format!("{prefix}/models/{{*id}}"),
-            get(proxy::get_model).route_layer(guard(state, Optional, Some(Permission::ModelsRead))),
-        )
-        .route(
-            &format!("{prefix}/chat/completions"),
-            post(proxy::chat_completions).route_layer(guard(
-                state,
-                Required,
-                Some(Permission::ChatWrite),
-            )),
-        )
-        .route(
-            &format!("{prefix}/completions"),
-            post(proxy::completions).route_layer(guard(
-                state,
-                Required,
-                Some(Permission::ChatWrite),
-            )),
-        )
-        .route(
-            &format!("{prefix}/responses"),
-            post(proxy::responses).route_layer(guard(state, Required, Some(Permission::ChatWrite))),
-        )
-        .route(
-            &format!("{prefix}/embeddings"),
-            post(proxy::embeddings).route_layer(guard(
-                state,
-                Required,
-                Some(Permission::EmbeddingsWrite),
-            )),
-        )
-        .route(
-            &format!("{prefix}/images/generations"),
-            post(proxy::image_generations).route_layer(guard(
-                state,
-                Required,
-                Some(Permission::ImagesWrite),
-            )),
-        )
-        .merge(crate::subscriptions::ai_routes(state, prefix))
-}
-
-/// Management routes (SPEC §4.2). Finer checks (own vs any key, the credential ceiling, tenant
-/// owner, platform owner) are in handlers.
-fn management_routes(state: &AppState) -> Router<AppState> {
-    use crate::api::{audit, keys, tenants, users};
-    use AuthLevel::{Optional, Required};
-    let any = || guard(state, Required, None);
-    let perm = |p| guard(state, Required, Some(p));
-    Router::new()
-        .route(
-            "/api-keys",
-            get(keys::list).post(keys::create).route_layer(any()),
-        )
-        .route(
-            "/api-keys/{id}",
-            get(keys::get)
-                .patch(keys::patch)
-                .delete(keys::revoke)
-                .route_layer(any()),
-        )
-        .route(
-            "/api-keys/{id}/rotate",
-            post(keys::rotate).route_layer(any()),
-        )
-        .route(
-            "/users",
-            get(users::list).route_layer(perm(Permission::UsersRead)),
-        )
-        .route(
-            "/users",
-            post(users::create).route_layer(perm(Permission::UsersWrite)),
-        )
-        .route(
-            "/users/{id}",
-            get(users::get).route_layer(perm(Permission::UsersRead)),
-        )
-        .route(
-            "/users/{id}",
-            axum::routing::patch(users::patch)
-                .delete(users::delete)
-                .route_layer(perm(Permission::UsersWrite)),
-        )
-        .route(
-            "/users/{id}/roles",
-            axum::routing::put(users::put_roles).route_layer(perm(Permission::UsersWrite)),
-        )
-        .route(
-            "/roles",
-            get(users::list_roles)
-                .post(users::create_role)
-                .route_layer(perm(Permission::RolesWrite)),
-        )
-        .route(
-            "/roles/{id}",
-            axum::routing::patch(users::patch_role)
-                .delete(users::delete_role)
-                .route_layer(perm(Permission::RolesWrite)),
-        )
-        .route(
-            "/tenants",
-            // The platform owner only (checked in the handler), and only with a credential whose
-            // effective permissions include tenant:admin: scopes narrow platform powers too.
-            get(tenants::list)
-                .post(tenants::create)
-                .route_layer(perm(Permission::TenantAdmin)),
-        )
-        .route(
-            "/me",
-            get(tenants::me).route_layer(guard(state, Optional, None)),
-        )
-        .merge(crate::subscriptions::routes(state))
-        .route(
-            "/usage",
-            get(crate::usage::api::get_usage).route_layer(perm(Permission::UsageRead)),
-        )
-        .route(
-            "/audit-events",
-            get(audit::list).route_layer(perm(Permission::AuditRead)),
-        )
-}
-
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(crate::ops::health))
-        .route("/ready", get(crate::ops::ready))
-        .route("/metrics", get(crate::ops::metrics))
-        .merge(ai_routes(&state, "/v1"))
-        .merge(ai_routes(&state, "/api/v1"))
-        .merge(ai_routes(&state, "/api/v2"))
-        .nest("/v1", management_routes(&state))
-        .merge(crate::identity::routes(&state))
+    crate::routes::router(&state)
         .merge(crate::console::routes(&state))
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod passwords;
 pub mod proxy;
 pub mod push;
+pub mod routes;
 pub mod server;
 pub mod service;
 pub mod subscriptions;

@@ -15,12 +15,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use axum::Router;
-use axum::routing::{get, post};
-
-use crate::app::AppState;
-use crate::auth::middleware::guard;
-use crate::auth::{AuthLevel, Permission, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 pub mod accounts;
@@ -142,59 +137,4 @@ pub async fn verify_external_jwt(
     issuer: &str,
 ) -> Result<Principal, ApiError> {
     external::verify(auth, token, issuer).await
-}
-
-/// The identity routes: public OAuth / login / account endpoints, and the `tenant:admin`
-/// management of OAuth clients and identity providers.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let admin = || guard(state, AuthLevel::Required, Some(Permission::TenantAdmin));
-    Router::new()
-        // Discovery and keys (public).
-        .route("/.well-known/openid-configuration", get(oauth::discovery))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth::discovery),
-        )
-        .route("/.well-known/jwks.json", get(oauth::jwks))
-        // Standard endpoints (public; clients authenticate themselves where required).
-        .route("/oauth/authorize", get(login::show).post(login::submit))
-        .route("/oauth/token", post(oauth::token))
-        .route("/oauth/revoke", post(oauth::revoke))
-        .route("/oauth/introspect", post(oauth::introspect))
-        // ScaiKey-style flow and accounts (public).
-        .route("/v1/auth/identify", post(oauth::identify))
-        .route("/v1/auth/authorize", post(oauth::authorize_json))
-        .route("/v1/auth/token", post(oauth::json_token))
-        .route("/v1/auth/refresh", post(oauth::json_refresh))
-        .route("/v1/auth/logout", post(oauth::logout))
-        .route("/v1/auth/signup", post(accounts::signup))
-        .route("/v1/auth/verify-email", get(accounts::verify_email))
-        .route("/v1/auth/password-reset", post(accounts::password_reset))
-        .route(
-            "/v1/auth/password-reset/confirm",
-            post(accounts::password_reset_confirm),
-        )
-        // Management (tenant:admin).
-        .route(
-            "/v1/oauth-clients",
-            get(clients::list)
-                .post(clients::create)
-                .route_layer(admin()),
-        )
-        .route(
-            "/v1/oauth-clients/{id}",
-            get(clients::get)
-                .delete(clients::revoke)
-                .route_layer(admin()),
-        )
-        .route(
-            "/v1/identity-providers",
-            get(external::list)
-                .post(external::create)
-                .route_layer(admin()),
-        )
-        .route(
-            "/v1/identity-providers/{id}",
-            axum::routing::delete(external::delete).route_layer(admin()),
-        )
 }

@@ -3,17 +3,14 @@
 //! event in the same transaction; changes that take access away also write an invalidation (so
 //! every instance cuts in-flight requests) and apply it locally after the commit.
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::middleware::{Caller, guard, within_ceiling};
-use crate::auth::{AuthLevel, Permission};
+use crate::auth::middleware::{Caller, within_ceiling};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::service::Unit;
@@ -25,55 +22,6 @@ use crate::store::subscriptions::{
 };
 use crate::wire::ToApi;
 use tollgate_core::permissions::Authority;
-
-pub fn routes(state: &AppState) -> Router<AppState> {
-    use AuthLevel::Required;
-    let any = || guard(state, Required, None);
-    let perm = |p| guard(state, Required, Some(p));
-    Router::new()
-        .route("/products", get(list_products).route_layer(any()))
-        .route(
-            "/products",
-            post(create_product).route_layer(perm(Permission::ProductsWrite)),
-        )
-        .route("/products/{id}", get(get_product).route_layer(any()))
-        .route("/plans", get(list_plans).route_layer(any()))
-        .route(
-            "/plans",
-            post(create_plan).route_layer(perm(Permission::ProductsWrite)),
-        )
-        .route("/plans/{id}", get(get_plan).route_layer(any()))
-        .route(
-            "/subscriptions",
-            get(list_subscriptions).route_layer(perm(Permission::SubscriptionsRead)),
-        )
-        .route(
-            "/subscriptions",
-            post(create_subscription).route_layer(perm(Permission::SubscriptionsWrite)),
-        )
-        .route(
-            "/subscriptions/{id}",
-            get(get_subscription).route_layer(perm(Permission::SubscriptionsRead)),
-        )
-        .route(
-            "/subscriptions/{id}",
-            delete(cancel_subscription)
-                .patch(patch_subscription)
-                .route_layer(perm(Permission::SubscriptionsWrite)),
-        )
-        .route(
-            "/subscriptions/{id}/credentials",
-            get(list_credentials).route_layer(perm(Permission::SubscriptionsRead)),
-        )
-        .route(
-            "/subscriptions/{id}/credentials",
-            post(create_credential).route_layer(perm(Permission::SubscriptionsWrite)),
-        )
-        .route(
-            "/subscriptions/{id}/credentials/{cred}",
-            delete(revoke_credential).route_layer(perm(Permission::SubscriptionsWrite)),
-        )
-}
 
 /// Products and plans are readable by any member of the tenant (not by a subscription's own
 /// credentials, which only see their models through `/v1/models`).
@@ -115,7 +63,7 @@ pub struct CreateProduct {
     pub models: Vec<String>,
 }
 
-async fn create_product(
+pub async fn create_product(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -135,7 +83,7 @@ async fn create_product(
     Ok(created(product.to_api()))
 }
 
-async fn list_products(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+pub async fn list_products(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     require_member(&caller)?;
     let data = store::list_products(state.store.pool(), &caller.tenant_id)
         .await?
@@ -145,7 +93,7 @@ async fn list_products(State(state): State<AppState>, caller: Caller) -> ApiResu
     Ok(list(data))
 }
 
-async fn get_product(
+pub async fn get_product(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -177,7 +125,7 @@ pub struct CreatePlan {
     pub limits: PlanLimits,
 }
 
-async fn create_plan(
+pub async fn create_plan(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -200,7 +148,7 @@ pub struct PlanQuery {
     pub product_id: Option<String>,
 }
 
-async fn list_plans(
+pub async fn list_plans(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<PlanQuery>,
@@ -218,7 +166,7 @@ async fn list_plans(
     Ok(list(data))
 }
 
-async fn get_plan(
+pub async fn get_plan(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -259,7 +207,7 @@ async fn subscription_api(state: &AppState, s: &Subscription) -> ApiResult<Value
     Ok(out)
 }
 
-async fn create_subscription(
+pub async fn create_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -286,7 +234,7 @@ pub struct SubscriptionQuery {
     pub plan_id: Option<String>,
 }
 
-async fn list_subscriptions(
+pub async fn list_subscriptions(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<SubscriptionQuery>,
@@ -314,7 +262,7 @@ async fn credentials_api(state: &AppState, s: &Subscription) -> ApiResult<Vec<Va
     Ok(out)
 }
 
-async fn get_subscription(
+pub async fn get_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -342,7 +290,7 @@ pub struct PatchSubscription {
     pub allowed_origins: Option<Vec<String>>,
 }
 
-async fn patch_subscription(
+pub async fn patch_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -364,7 +312,7 @@ async fn patch_subscription(
 /// `DELETE /v1/subscriptions/{id}`: cancels (idempotent). Its keys and credentials stop working
 /// at once on every instance, in-flight requests included, and its queued operations are
 /// cancelled.
-async fn cancel_subscription(
+pub async fn cancel_subscription(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -401,7 +349,7 @@ pub struct CreateCredential {
     pub expires_at: Option<String>,
 }
 
-async fn create_credential(
+pub async fn create_credential(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,
@@ -495,7 +443,7 @@ pub async fn create_subscription_key(
     Ok(out)
 }
 
-async fn list_credentials(
+pub async fn list_credentials(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -508,7 +456,7 @@ async fn list_credentials(
 
 /// Revokes one credential of a subscription: a JWT credential (`cred_…`) or a bound API key
 /// (`key_…`). Requests in flight with it are cut.
-async fn revoke_credential(
+pub async fn revoke_credential(
     State(state): State<AppState>,
     caller: Caller,
     Meta(meta): Meta,

@@ -15,7 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use jsonwebtoken::{DecodingKey, Validation};
 
 use crate::app::AppState;
@@ -256,17 +255,6 @@ pub async fn key_access(
     epoch: u64,
 ) -> Result<Option<Arc<SubscriptionAccess>>, ApiError> {
     access(auth, subscription_id, epoch).await
-}
-
-/// Management routes, merged under `/v1`.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    api::routes(state)
-}
-
-/// AI-side routes (`GET {prefix}/operations/{id}`), merged into the AI routes under `/v1`,
-/// `/api/v1` and `/api/v2`.
-pub fn ai_routes(state: &AppState, prefix: &str) -> Router<AppState> {
-    operations::routes(state, prefix)
 }
 
 /// Background work: the operations worker pool and the pruning of expired `jti`s, old

@@ -22,20 +22,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
-use crate::auth::middleware::{Caller, guard};
+use crate::auth::CredentialType;
+use crate::auth::middleware::Caller;
 use crate::auth::revocation::CutReason;
-use crate::auth::{AuthLevel, CredentialType, Permission};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::http::RawJson;
 use crate::proxy::{Endpoint, ReplyBody, UpstreamReply};
@@ -56,17 +54,6 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").finish_non_exhaustive()
     }
-}
-
-pub fn routes(state: &AppState, prefix: &str) -> Router<AppState> {
-    Router::new().route(
-        &format!("{prefix}/operations/{{id}}"),
-        get(get_operation).route_layer(guard(
-            state,
-            AuthLevel::Optional,
-            Some(Permission::OperationsRead),
-        )),
-    )
 }
 
 /// Whether the client asked for an asynchronous answer (RFC 7240 `Prefer: respond-async`).
@@ -158,7 +145,7 @@ pub async fn submit(state: &AppState, caller: Caller, raw: RawJson) -> ApiResult
 }
 
 /// `GET /v1/operations/{id}` (optional auth, `operations:read`).
-async fn get_operation(
+pub async fn get_operation(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

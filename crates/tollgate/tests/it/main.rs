@@ -30,6 +30,7 @@ mod proxy;
 mod push;
 mod quotas;
 mod redis;
+mod routes;
 mod sdk_vectors;
 mod signup;
 mod ssrf;
