@@ -37,6 +37,8 @@ pub struct Inner {
     pub usage: crate::usage::UsageQueue,
     /// The guard of every outbound request to a user-supplied URL.
     pub outbound: Arc<crate::netguard::Outbound>,
+    /// The asynchronous image operations' worker pool of this instance.
+    pub operations: crate::subscriptions::operations::Runtime,
 }
 
 impl std::ops::Deref for AppState {
@@ -91,6 +93,7 @@ impl AppState {
             limits,
             usage,
             outbound,
+            operations: Default::default(),
         })))
     }
 }

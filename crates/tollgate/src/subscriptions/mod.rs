@@ -105,8 +105,6 @@ pub struct SubscriptionAuth {
     cache: RwLock<HashMap<Arc<str>, Cached>>,
     ttl: Duration,
     secrets: OnceLock<LazySecretBox>,
-    /// The operations worker pool of this instance.
-    pub(crate) runtime: operations::Runtime,
 }
 
 impl std::fmt::Debug for SubscriptionAuth {
@@ -121,7 +119,6 @@ impl SubscriptionAuth {
             cache: RwLock::new(HashMap::new()),
             ttl,
             secrets: OnceLock::new(),
-            runtime: operations::Runtime::default(),
         }
     }
 

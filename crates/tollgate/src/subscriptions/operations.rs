@@ -131,7 +131,7 @@ pub async fn submit(state: &AppState, caller: Caller, raw: RawJson) -> ApiResult
         finished_at: None,
     };
     store::insert_operation(pool, &op).await?;
-    state.auth.subscriptions.runtime.notify.notify_one();
+    state.operations.notify.notify_one();
     let location = format!("/v1/operations/{}", op.id);
     let mut res = (StatusCode::ACCEPTED, axum::Json(op.to_api())).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -170,7 +170,7 @@ pub async fn get_operation(
 pub fn spawn_workers(state: &AppState) -> Vec<JoinHandle<()>> {
     let cfg = &state.config.operations;
     let instance = crate::util::random_base62(8);
-    if let Ok(mut w) = state.auth.subscriptions.runtime.workers.lock() {
+    if let Ok(mut w) = state.operations.workers.lock() {
         for i in 0..cfg.workers {
             let s = state.clone();
             let name = format!("{instance}/{i}");
@@ -184,9 +184,7 @@ pub fn spawn_workers(state: &AppState) -> Vec<JoinHandle<()>> {
 /// Waits (bounded) for the workers to put their running operations back in the queue.
 pub async fn drain(state: &AppState) {
     let handles: Vec<JoinHandle<()>> = state
-        .auth
-        .subscriptions
-        .runtime
+        .operations
         .workers
         .lock()
         .map(|mut w| w.drain(..).collect())
@@ -233,7 +231,7 @@ async fn recover_loop(state: AppState) {
                     tracing::warn!(requeued, failed, "recovered operations whose lease ran out");
                 }
                 for _ in 0..requeued {
-                    state.auth.subscriptions.runtime.notify.notify_one();
+                    state.operations.notify.notify_one();
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not recover expired operations"),
@@ -243,7 +241,7 @@ async fn recover_loop(state: AppState) {
 
 async fn worker(state: AppState, name: String) {
     let poll = Duration::from_millis(state.config.operations.poll_ms.max(10));
-    let rt = &state.auth.subscriptions.runtime;
+    let rt = &state.operations;
     loop {
         if state.shutdown.is_cancelled() {
             return;
