@@ -79,9 +79,11 @@ async function axe(page, name) {
   checked.add(name);
 }
 
-/** A screenshot of the viewport (a handful, for the README), at a size and in a scheme. */
+/** A screenshot of the viewport (a handful, for the README), at a size and in a scheme; axe at a
+ * phone's width too. */
 async function shot(page, name, viewport, colorScheme) {
   await page.setViewportSize(viewport);
+  if (viewport === PHONE) await axe(page, `${name} (phone width)`);
   await page.emulateMedia({ colorScheme });
   const path = join(shotsDir, `${name}.png`);
   await page.screenshot({ path });
@@ -278,6 +280,8 @@ test('a consumer signs up, verifies, subscribes, calls the API with an app JWT a
   const withJwt = await chat({ token: jwt });
   assert.equal(withJwt.status, 200, withJwt.text);
   assert.equal(withJwt.json.object, 'chat.completion');
+  assert.ok((await page.locator('pre').first().textContent()).includes(`curl ${gw.url}/v1/chat/completions`),
+    'the "call it" snippet names the gateway');
 
   // An API key: shown once, gone on reload.
   await page.getByLabel('API key name').fill('backend');
@@ -293,6 +297,9 @@ test('a consumer signs up, verifies, subscribes, calls the API with an app JWT a
   assert.ok(!html.includes(key) && !html.includes(secret), 'no secret after a reload');
   assert.equal(await page.getByRole('row', { name: /API key/ }).count(), 1);
   assert.equal(await page.getByRole('row', { name: /HS256 secret/ }).count(), 1);
+  await page.setViewportSize(PHONE);
+  assert.equal(await page.getByRole('row', { name: /API key/ }).count(), 1, 'stacked on a phone, rows stay rows');
+  await page.setViewportSize(DESKTOP);
   await shot(page, 'portal-subscription-light', DESKTOP, 'light');
   await shot(page, 'portal-subscription-dark', DESKTOP, 'dark');
   await shot(page, 'portal-subscription-phone-dark', PHONE, 'dark');
