@@ -112,23 +112,10 @@ export async function startGateway({ bin, upstream, dataDir, publicUrl }) {
   };
 }
 
-/** Decodes a message body by its Content-Transfer-Encoding (7bit, quoted-printable, base64). */
-function decodeBody(eml) {
-  const [head, ...rest] = eml.split(/\r?\n\r?\n/);
-  const body = rest.join('\n\n');
-  const enc = /^content-transfer-encoding:\s*(\S+)/im.exec(head)?.[1]?.toLowerCase();
-  if (enc === 'base64') return Buffer.from(body.replace(/\s+/g, ''), 'base64').toString('utf8');
-  if (enc === 'quoted-printable') {
-    const bytes = Buffer.from(body.replace(/=\r?\n/g, ''), 'binary').toString('binary')
-      .replace(/=([0-9A-F]{2})/gi, (_, h) => String.fromCharCode(parseInt(h, 16)));
-    return Buffer.from(bytes, 'binary').toString('utf8');
-  }
-  return body;
-}
-
 /**
  * The link to `path` (e.g. `/console/verify`) in the newest message of the outbox sent to `to`;
- * waits for it to arrive.
+ * waits for it to arrive. The file is read as a person would read it, undecoded: the gateway
+ * sends its messages `7bit`, so a link is never broken by quoted-printable's soft line breaks.
  */
 export async function linkFromOutbox(dataDir, to, path, timeoutMs = 10_000) {
   const outbox = join(dataDir, 'outbox');
@@ -139,8 +126,7 @@ export async function linkFromOutbox(dataDir, to, path, timeoutMs = 10_000) {
       const eml = await readFile(join(outbox, name), 'utf8');
       const head = eml.split(/\r?\n\r?\n/)[0];
       if (!new RegExp(`^to:.*${to.replace(/[.+]/g, '\\$&')}`, 'im').test(head)) continue;
-      const body = decodeBody(eml);
-      const m = new RegExp(`https?://[^\\s]+${path.replace(/\//g, '\\/')}\\?token=[A-Za-z0-9]+`).exec(body);
+      const m = new RegExp(`https?://[^\\s]+${path.replace(/\//g, '\\/')}\\?token=[A-Za-z0-9]+(?=\\r?\\n)`).exec(eml);
       if (m) return m[0];
     }
     if (Date.now() > deadline) throw new Error(`no message to ${to} with a ${path} link in ${outbox}`);
