@@ -464,3 +464,51 @@ test('the whole journey works with the keyboard alone', async () => {
   noProblems(page);
   await context.close();
 });
+
+test('a password reset through the emailed link; the spent link shows the expired page', async () => {
+  const { context, page } = await open();
+  const fresh = 'a brand new passphrase';
+  await page.goto(`${gw.url}/console/auth?tab=login`);
+  await page.getByRole('link', { name: 'Forgot your password?' }).click();
+  await page.waitForURL(/\/console\/reset$/);
+  await axe(page, 'reset request');
+  await page.getByLabel('Email').fill(alice.email);
+  await page.getByRole('button', { name: 'Send the link' }).click();
+  assert.equal(await heading(page), 'Check your email');
+  const link = await linkFromOutbox(gw.dataDir, alice.email, '/console/reset/confirm');
+  await page.goto(link);
+  assert.equal(await heading(page), 'Choose a new password');
+  await axe(page, 'choose a new password');
+  // The two passwords differ: said next to the field, announced, nothing changed.
+  await page.getByLabel('New password').fill(fresh);
+  await page.getByLabel('Repeat the password').fill(`${fresh}!`);
+  await page.getByRole('button', { name: 'Save password' }).click();
+  assert.match(await page.getByRole('alert').textContent(), /differ/);
+  assert.equal(await page.getByLabel('New password').inputValue(), '', 'a password is never sent back');
+  await axe(page, 'new password with errors');
+  await page.getByLabel('New password').fill(fresh);
+  await page.getByLabel('Repeat the password').fill(fresh);
+  await page.getByRole('button', { name: 'Save password' }).click();
+  assert.equal(await heading(page), 'Password changed');
+
+  await page.goto(link);
+  await page.getByLabel('New password').fill(fresh);
+  await page.getByLabel('Repeat the password').fill(fresh);
+  const [res] = await Promise.all([
+    page.waitForResponse((r) => r.request().method() === 'POST'),
+    page.getByRole('button', { name: 'Save password' }).click(),
+  ]);
+  assert.equal(res.status(), 410);
+  assert.equal(await heading(page), 'This link has expired');
+  await axe(page, 'spent reset link');
+
+  // The new password logs in.
+  await page.goto(`${gw.url}/console/auth?tab=login`);
+  await page.getByRole('textbox', { name: 'Email' }).fill(alice.email);
+  await page.locator('#login-password').fill(fresh);
+  await page.getByRole('tabpanel', { name: 'Log in' }).getByRole('button', { name: 'Log in' }).click();
+  await page.waitForURL(/\/console$/);
+  await page.getByRole('link', { name: 'My subscriptions' }).waitFor();
+  noProblems(page);
+  await context.close();
+});
