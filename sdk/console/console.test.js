@@ -93,8 +93,12 @@ async function shot(page, name, viewport, colorScheme) {
   await page.emulateMedia({ colorScheme: 'light' });
 }
 
-async function heading(page) {
-  return (await page.getByRole('heading', { level: 1 }).textContent()).trim();
+/** Waits for the page's h1 to be `text` (after a click, the next page may still be loading). */
+async function heading(page, text, message) {
+  const h1 = page.getByRole('heading', { level: 1, name: text, exact: true });
+  await h1.waitFor({ timeout: 10_000 }).catch(() => {});
+  const found = (await page.getByRole('heading', { level: 1 }).textContent()).trim();
+  assert.equal(found, text, message);
 }
 
 async function api(path, { method = 'GET', token, apiKey, body } = {}) {
@@ -132,11 +136,11 @@ async function signUpAndVerify(page, email) {
   await dialog.locator('#signup-password').fill(PASSWORD);
   await dialog.getByRole('button', { name: 'Create account' }).click();
   await page.waitForURL(/\/console\/signup$/);
-  assert.equal(await heading(page), 'Check your email');
+  await heading(page, 'Check your email');
   const link = await linkFromOutbox(gw.dataDir, email, '/console/verify');
   assert.ok(link.startsWith(`${gw.url}/console/verify?token=`), `the link names the bound port: ${link}`);
   await page.goto(link);
-  assert.equal(await heading(page), 'Email verified');
+  await heading(page, 'Email verified');
 }
 
 /** Logs in on the page the verification left (its "Log in" button → the log-in form). */
@@ -196,7 +200,7 @@ test('the one-time console link signs the owner in once; they set a password and
   const { page } = owner;
   assert.ok(gw.consoleLink.startsWith(`${gw.url}/console/link?token=`), `the link names the bound port: ${gw.consoleLink}`);
   await page.goto(gw.consoleLink);
-  assert.equal(await heading(page), 'Sign in to the console');
+  await heading(page, 'Sign in to the console');
   await axe(page, 'one-time link');
   await page.getByRole('button', { name: 'Continue' }).click();
   await page.waitForURL(/\/console\/password$/);
@@ -221,7 +225,7 @@ test('the one-time console link signs the owner in once; they set a password and
     other.page.getByRole('button', { name: 'Continue' }).click(),
   ]);
   assert.equal(res.status(), 410);
-  assert.equal(await heading(other.page), 'This link has expired');
+  await heading(other.page, 'This link has expired');
   assert.match(await other.page.getByRole('alert').textContent(), /already used/);
   await axe(other.page, 'spent link');
   noProblems(other.page);
@@ -260,7 +264,7 @@ test('a consumer signs up, verifies, subscribes, calls the API with an app JWT a
 
   await page.getByRole('link', { name: plan.product.name }).click();
   await page.waitForURL(/\/console\/portal\/products\//);
-  assert.equal(await heading(page), plan.product.name);
+  await heading(page, plan.product.name);
   await axe(page, 'product');
   await shot(page, 'portal-product-phone-light', PHONE, 'light');
   await page.getByRole('button', { name: 'Subscribe' }).click();
@@ -329,7 +333,7 @@ test("another consumer cannot open the first one's subscription (404)", async ()
   await logIn(bob.page, 'bob@example.com');
   const res = await bob.page.goto(`${gw.url}/console/portal/subscriptions/${alice.subscription}`);
   assert.equal(res.status(), 404);
-  assert.equal(await heading(bob.page), 'Not found');
+  await heading(bob.page, 'Not found');
   await axe(bob.page, 'not found');
   await bob.page.goto(`${gw.url}/console/portal/subscriptions`);
   assert.equal(await bob.page.getByText(alice.subscription).count(), 0);
@@ -343,7 +347,7 @@ test('logging out ends the session on a second instance sharing the store', asyn
   const second = await startGateway({ bin: env.TOLLGATE_TEST_BIN, upstream, dataDir: gw.dataDir, publicUrl: gw.url });
   try {
     await page.goto(`${second.url}/console/portal/subscriptions`);
-    assert.equal(await heading(page), 'My subscriptions', 'signed in on the second instance');
+    await heading(page, 'My subscriptions', 'signed in on the second instance');
     const session = (await context.cookies(gw.url)).find((c) => c.name === 'tg_console');
     assert.ok(session?.httpOnly && session.sameSite === 'Lax');
 
@@ -417,10 +421,10 @@ test('the whole journey works with the keyboard alone', async () => {
   await page.keyboard.type(PASSWORD);
   await page.keyboard.press('Enter');
   await page.waitForURL(/\/console\/signup$/);
-  assert.equal(await heading(page), 'Check your email');
+  await heading(page, 'Check your email');
   // The email is read outside the browser; its link is opened as a person pastes it.
   await page.goto(await linkFromOutbox(gw.dataDir, email, '/console/verify'));
-  assert.equal(await heading(page), 'Email verified');
+  await heading(page, 'Email verified');
 
   await tabTo(page, page.getByRole('main').getByRole('link', { name: 'Log in' }));
   await page.keyboard.press('Enter');
@@ -474,10 +478,10 @@ test('a password reset through the emailed link; the spent link shows the expire
   await axe(page, 'reset request');
   await page.getByLabel('Email').fill(alice.email);
   await page.getByRole('button', { name: 'Send the link' }).click();
-  assert.equal(await heading(page), 'Check your email');
+  await heading(page, 'Check your email');
   const link = await linkFromOutbox(gw.dataDir, alice.email, '/console/reset/confirm');
   await page.goto(link);
-  assert.equal(await heading(page), 'Choose a new password');
+  await heading(page, 'Choose a new password');
   await axe(page, 'choose a new password');
   // The two passwords differ: said next to the field, announced, nothing changed.
   await page.getByLabel('New password').fill(fresh);
@@ -489,7 +493,7 @@ test('a password reset through the emailed link; the spent link shows the expire
   await page.getByLabel('New password').fill(fresh);
   await page.getByLabel('Repeat the password').fill(fresh);
   await page.getByRole('button', { name: 'Save password' }).click();
-  assert.equal(await heading(page), 'Password changed');
+  await heading(page, 'Password changed');
 
   await page.goto(link);
   await page.getByLabel('New password').fill(fresh);
@@ -499,7 +503,7 @@ test('a password reset through the emailed link; the spent link shows the expire
     page.getByRole('button', { name: 'Save password' }).click(),
   ]);
   assert.equal(res.status(), 410);
-  assert.equal(await heading(page), 'This link has expired');
+  await heading(page, 'This link has expired');
   await axe(page, 'spent reset link');
 
   // The new password logs in.
