@@ -369,11 +369,18 @@ test('logging out ends the session on a second instance sharing the store', asyn
 
 // ---- the keyboard alone ----------------------------------------------------------------------
 
-/** Presses Tab until `locator` has the focus (at most `max` times). */
+/** Presses Tab until `locator` has the focus (at most `max` times); the focus must be visible. */
 async function tabTo(page, locator, max = 60) {
   for (let i = 0; i < max; i++) {
     await page.keyboard.press('Tab');
-    if (await locator.evaluate((el) => el === document.activeElement).catch(() => false)) return;
+    if (await locator.evaluate((el) => el === document.activeElement).catch(() => false)) {
+      const ring = await locator.evaluate((el) => {
+        const s = getComputedStyle(el);
+        return el.matches(':focus-visible') && s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2;
+      });
+      assert.ok(ring, `the focus on ${locator} is visible`);
+      return;
+    }
   }
   throw new Error(`Tab never reached ${locator}`);
 }
