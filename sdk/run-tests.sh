@@ -2,7 +2,10 @@
 # The Python and TypeScript SDK tests against a real gateway: builds the `tollgate` binary from
 # the workspace, starts it on 127.0.0.1 (a free port, a temporary data dir, SQLite), creates a
 # product, plan, subscription and HS256 credential with the printed bootstrap key, then runs
-# pytest (sdk/python) and node --test (sdk/js) with TOLLGATE_TEST_* pointing at it.
+# pytest (sdk/python) and node --test (sdk/js) with TOLLGATE_TEST_* pointing at it. Then the
+# browser tests: CORS (sdk/browser) and the web console (sdk/console, which starts gateways of
+# its own and the fake upstream; TOLLGATE_CONSOLE_SCREENSHOTS=docs/console rewrites the README's
+# screenshots).
 #
 # Needs: cargo, python3 with PyJWT[crypto] and pytest (TOLLGATE_TEST_PYTHON picks the
 # interpreter; .ci/run passes its venv's), node >= 20, Chromium (/usr/bin/chromium, or
@@ -16,8 +19,9 @@ PYTHON="${TOLLGATE_TEST_PYTHON:-python3}"
 log() { printf '== sdk: %s\n' "$*" >&2; }
 
 log "building the gateway"
-cargo build --quiet -p tollgate --bin tollgate
+cargo build --quiet -p tollgate --bin tollgate -p fake-upstream --bin fake-upstream
 BIN="$CARGO_TARGET_DIR/debug/tollgate"
+UPSTREAM_BIN="$CARGO_TARGET_DIR/debug/fake-upstream"
 
 DATA="$(mktemp -d)"
 PID=""
@@ -99,3 +103,7 @@ log "typescript: node --test"
 log "browser: a page on another origin streams a chat in Chromium (CORS)"
 [ -d sdk/browser/node_modules/playwright-core ] || (cd sdk/browser && npm ci --no-audit --no-fund --silent)
 (cd sdk/browser && node --test)
+
+log "console: the developer portal in Chromium (the journey, axe in light and dark, the keyboard alone)"
+[ -d sdk/console/node_modules/@axe-core/playwright ] || (cd sdk/console && npm ci --no-audit --no-fund --silent)
+(cd sdk/console && TOLLGATE_TEST_BIN="$BIN" TOLLGATE_TEST_UPSTREAM_BIN="$UPSTREAM_BIN" node --test)

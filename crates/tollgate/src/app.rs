@@ -135,6 +135,26 @@ impl Application {
         Self::from_state(state).await
     }
 
+    /// Binds `config.listen` before anything is built from the config, so that a `public_url`
+    /// derived from a port-0 address names the port actually bound ([`Config::bound_to`]).
+    pub async fn bind(config: &mut Config) -> anyhow::Result<TcpListener> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        config.bound_to(listener.local_addr()?);
+        Ok(listener)
+    }
+
+    /// An application on a listener [`Application::bind`] returned.
+    pub fn on(listener: TcpListener, state: AppState) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
+    }
+
     pub async fn from_state(state: AppState) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(state.config.listen)
             .await

@@ -417,7 +417,9 @@ async fn audit_command(store: &Store, command: AuditCommand) -> anyhow::Result<i
 }
 
 /// `tollgate serve`: bootstrap on first start, then serve until SIGINT/SIGTERM.
-pub async fn serve(config: Config, bootstrap_email: &str) -> anyhow::Result<()> {
+pub async fn serve(mut config: Config, bootstrap_email: &str) -> anyhow::Result<()> {
+    // Bound first: the printed console link and every link sent by email name the real port.
+    let listener = Application::bind(&mut config).await?;
     let state = AppState::new(config).await?;
     if let Some(boot) =
         crate::bootstrap::first_start(&state.store, &state.config.key_prefix, bootstrap_email)
@@ -450,7 +452,7 @@ pub async fn serve(config: Config, bootstrap_email: &str) -> anyhow::Result<()> 
             );
         }
     }
-    let app = Application::from_state(state.clone()).await?;
+    let app = Application::on(listener, state.clone())?;
     tracing::info!(addr = %app.addr, store = ?state.store.backend(), "tollgate listening");
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {

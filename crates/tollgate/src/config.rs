@@ -379,6 +379,15 @@ impl Config {
         Ok(())
     }
 
+    /// Called once the listener is bound: with port 0 and `public_url` left to its default
+    /// (`http://<listen>`), `public_url` becomes the bound address, since it is the issuer and
+    /// the base of every link the gateway sends, and a link to port 0 reaches nothing.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.listen.port() == 0 && self.public_url == format!("http://{}", self.listen) {
+            self.public_url = format!("http://{addr}");
+        }
+    }
+
     /// Fills derived defaults and rejects inconsistent settings.
     pub fn finish(&mut self) -> anyhow::Result<()> {
         self.public_url = self.public_url.trim().trim_end_matches('/').to_string();
@@ -488,6 +497,29 @@ fn check_public_url(u: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_follows_the_bound_port_only_when_derived() {
+        let finished = |text: &str| {
+            let mut c = Config::from_toml(text)?;
+            c.finish().map(|()| c)
+        };
+        let bound: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        let mut c = finished("listen = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(c.public_url, "http://127.0.0.1:0");
+        c.bound_to(bound);
+        assert_eq!(c.public_url, "http://127.0.0.1:40123");
+        let mut c =
+            finished("listen = \"127.0.0.1:0\"\npublic_url = \"https://gw.example.com\"").unwrap();
+        c.bound_to(bound);
+        assert_eq!(
+            c.public_url, "https://gw.example.com",
+            "a configured URL is kept"
+        );
+        let mut c = finished("listen = \"127.0.0.1:8080\"").unwrap();
+        c.bound_to("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+    }
 
     #[test]
     fn public_url_is_an_absolute_http_url() {

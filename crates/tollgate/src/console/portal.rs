@@ -614,13 +614,11 @@ async fn own_in_unit(
     user_id: &str,
     id: &str,
 ) -> ApiResult<Subscription> {
-    subsvc::load(unit.conn(), caller, id)
-        .await?
-        .user_id
-        .as_deref()
-        .filter(|u| *u == user_id)
-        .ok_or_else(|| ApiError::not_found("subscription"))?;
-    subsvc::load(unit.conn(), caller, id).await
+    let sub = subsvc::load(unit.conn(), caller, id).await?;
+    if sub.user_id.as_deref() != Some(user_id) {
+        return Err(ApiError::not_found("subscription"));
+    }
+    Ok(sub)
 }
 
 /// `POST /console/portal/subscribe` (`plan_id`): a plan of a published product only.

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
+use lettre::message::Body;
 use lettre::message::Mailbox;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::Config;
@@ -74,7 +75,7 @@ impl Mailer {
             .to(to)
             .subject(subject)
             .header(ContentType::TEXT_PLAIN)
-            .body(body)
+            .body(plain_body(body))
             .map_err(ApiError::internal)?;
         match &self.transport {
             Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| {
@@ -85,6 +86,24 @@ impl Mailer {
             }),
             Transport::Outbox(dir) => write_eml(dir, &msg.formatted()).await,
         }
+    }
+}
+
+/// A plain-text body, sent `7bit` when it is ASCII with lines of at most 998 characters (RFC 5322
+/// §2.1.1), as every message of the gateway is: a link longer than quoted-printable's 76
+/// columns then stays whole, and an `.eml` of the outbox can be read and its link followed as it
+/// is. Anything else is left to lettre's choice of encoding.
+fn plain_body(text: String) -> Body {
+    let fits = text.is_ascii()
+        && !text.bytes().any(|b| b == 0 || b == b'\r')
+        && text.split('\n').all(|line| line.len() <= 998);
+    if fits {
+        Body::dangerous_pre_encoded(
+            text.replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        Body::new(text)
     }
 }
 
@@ -114,4 +133,24 @@ async fn write_eml(dir: &std::path::Path, bytes: &[u8]) -> Result<(), ApiError> 
         .map_err(ApiError::internal)?;
     tracing::info!(file = %name, "email written to the outbox");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_link_stays_whole_in_a_7bit_body() {
+        let link = format!(
+            "https://gw.example.com/console/verify?token={}",
+            "a".repeat(43)
+        );
+        let body = plain_body(format!("Open this link:\n\n{link}\n"));
+        assert_eq!(body.encoding(), ContentTransferEncoding::SevenBit);
+        let text = String::from_utf8(body.into_vec()).unwrap();
+        assert!(text.contains(&link), "{text}");
+        assert_eq!(text, format!("Open this link:\r\n\r\n{link}\r\n"));
+        let other = plain_body("Grüße\n".into());
+        assert_ne!(other.encoding(), ContentTransferEncoding::SevenBit);
+    }
 }
