@@ -798,6 +798,8 @@ pub struct Shown {
 #[template(path = "subscription.html")]
 struct SubscriptionPage {
     l: super::Layout,
+    /// The chart shows days (the last 30) rather than hours (the last 48).
+    per_day: bool,
     id: String,
     product: String,
     plan: String,
@@ -838,6 +840,7 @@ async fn subscription_page(
     sub: Subscription,
     form: CredForm,
     shown: Option<Shown>,
+    per_day: bool,
 ) -> ApiResult<SubscriptionPage> {
     let pool = ctx.state.store.pool();
     let (plan, product) = {
@@ -896,10 +899,14 @@ async fn subscription_page(
             }
         }
     }
-    // Requests and tokens per hour over the last 48 hours.
+    // Requests and tokens per hour over the last 48 hours, or per (UTC) day over the last 30.
     let now = now_ms();
-    let hour = 3_600_000;
-    let from = (now / hour - 47) * hour;
+    let (hour, buckets): (i64, i64) = if per_day {
+        (86_400_000, 30)
+    } else {
+        (3_600_000, 48)
+    };
+    let from = (now / hour - (buckets - 1)) * hour;
     let q = crate::store::usage::UsageQuery {
         tenant_id: sub.tenant_id.clone(),
         user_id: None,
@@ -908,8 +915,9 @@ async fn subscription_page(
         bucket_ms: hour,
         group_by: vec![crate::store::usage::GroupBy::Subscription],
     };
-    let mut per_hour: Vec<(i64, i64, i64)> =
-        (0..48).map(|i| ((from + i * hour) / 1000, 0, 0)).collect();
+    let mut per_hour: Vec<(i64, i64, i64)> = (0..buckets)
+        .map(|i| ((from + i * hour) / 1000, 0, 0))
+        .collect();
     if let Ok(rows) = crate::store::usage::query(pool, &q).await {
         for b in rows
             .iter()
@@ -969,6 +977,7 @@ async fn subscription_page(
             form.alg
         },
         public_key: form.public_key,
+        per_day,
         chart_x: join(|x| x.0),
         chart_requests: join(|x| x.1),
         chart_tokens: join(|x| x.2),
@@ -999,7 +1008,8 @@ pub async fn subscription(ctx: Ctx, Path(id): Path<String>, RawQuery(query): Raw
         Ok(_) => None,
         Err(e) => return ctx.error(&e),
     };
-    match subscription_page(&ctx, sub, CredForm::default(), shown).await {
+    let per_day = query_param(query.as_deref(), "range").as_deref() == Some("day");
+    match subscription_page(&ctx, sub, CredForm::default(), shown, per_day).await {
         Ok(mut page) => {
             page.l.notice = notice_for(query_param(query.as_deref(), "done").as_deref());
             ctx.html(StatusCode::OK, &page)
@@ -1106,7 +1116,7 @@ pub async fn create_credential(ctx: Ctx, Path(id): Path<String>, body: Bytes) ->
                 alg,
                 public_key,
             };
-            match subscription_page(&ctx, sub, form, None).await {
+            match subscription_page(&ctx, sub, form, None, false).await {
                 Ok(page) => ctx.html(StatusCode::UNPROCESSABLE_ENTITY, &page),
                 Err(e) => ctx.error(&e),
             }

@@ -600,6 +600,17 @@ async fn journey(db: Db) {
     let again = alice.get(&sub_url).await;
     assert_eq!(again.status, StatusCode::OK);
     assert!(!again.body.contains(&key));
+    // The usage chart: 48 hours by default, 30 days on request.
+    let buckets = |body: &str| {
+        let i = body.find("data-x=\"").unwrap() + 8;
+        body[i..i + body[i..].find('"').unwrap()].split(',').count()
+    };
+    assert_eq!(buckets(&again.body), 48);
+    assert!(again.body.contains("per hour, last 48 hours"));
+    let daily = alice.get(&format!("{sub_url}?range=day")).await;
+    assert_eq!(daily.status, StatusCode::OK);
+    assert_eq!(buckets(&daily.body), 30);
+    assert!(daily.body.contains("per day, last 30 days"));
     assert!(
         !alice
             .get("/console/portal/subscriptions")
