@@ -137,6 +137,10 @@ pub async fn signup(mut ctx: Ctx, body: Bytes) -> Response {
     let Ok(email) = email else {
         return ctx.error(&ApiError::validation("email", "invalid email"));
     };
+    // The same limit as the API's sign-up: the portal cannot be used to flood a mailbox.
+    if let Err(e) = crate::identity::accounts::email_quota(&ctx.state, &email, &ctx.meta) {
+        return ctx.error(&e);
+    }
     match create_consumer(&ctx, &email, &password).await {
         Ok(()) => ctx.message(
             StatusCode::OK,
@@ -160,7 +164,23 @@ async fn create_consumer(ctx: &Ctx, email: &str, password: &str) -> ApiResult<()
         .await?
         .is_some()
     {
-        // Known address: nothing changes, and the page says the same as for a new one.
+        // Known address: nothing changes, and the page says the same as for a new one; only
+        // the mailbox's owner learns that someone tried.
+        drop(unit);
+        let public = &state.config.public_url;
+        let text = format!(
+            "Someone (perhaps you) tried to sign up for the developer portal at {public}/console with this email address, which already has an account. Nothing was changed.\n\nIf it was you, log in as usual, or reset your password at {public}/console/reset.\n\nIf it was not you, ignore this message; your account is unchanged.\n"
+        );
+        if let Err(e) = mailer
+            .send(
+                email,
+                "Someone tried to sign up with your email address",
+                text,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "could not send the sign-up notice email");
+        }
         return Ok(());
     }
     let user = tenants::create_user(unit.conn(), email, "", Some(hash), false).await?;
@@ -279,6 +299,7 @@ pub async fn reset_request(ctx: Ctx, body: Bytes) -> Response {
     };
     let done = async {
         let state = &ctx.state;
+        crate::identity::accounts::email_quota(state, &email, &ctx.meta)?;
         let mailer = state.auth.identity.mailer(&state.config)?;
         let token = crate::util::random_base62(43);
         let mut unit = crate::service::Unit::begin(&state.store, &ctx.meta).await?;

@@ -55,7 +55,7 @@ fn new_email_token() -> String {
 
 /// Requests that send an email are limited per target address and per client address (the same
 /// windows as failed logins), so the gateway cannot be used to flood a mailbox.
-fn email_quota(state: &AppState, email: &str, meta: &RequestMeta) -> ApiResult<()> {
+pub(crate) fn email_quota(state: &AppState, email: &str, meta: &RequestMeta) -> ApiResult<()> {
     let ip = meta.ip.as_deref().unwrap_or("unknown");
     let t = &state.auth.identity.email_throttle;
     if let Err(wait) = t.check(email, ip) {

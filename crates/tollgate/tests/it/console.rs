@@ -697,3 +697,79 @@ async fn logout_ends_the_session_on_another_instance() {
     other.shutdown().await;
     app.shutdown().await;
 }
+
+/// Portal sign-ups and reset requests send email, so they share the API's per-address and
+/// per-client limit; a known address gets a notice instead of a second account, and the page
+/// says the same either way.
+#[tokio::test]
+async fn portal_mail_is_limited_and_a_known_address_gets_a_notice() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut b = Browser::new(&app);
+    b.get("/console/auth?tab=signup").await;
+    let first = portal_signup(&mut b, "bob@example.com").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let second = portal_signup(&mut b, "bob@example.com").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(
+        second.body, first.body,
+        "the page does not tell a known address apart"
+    );
+    let to_bob: Vec<String> = mails(&app)
+        .into_iter()
+        .filter(|m| m.contains("To: bob@example.com"))
+        .collect();
+    assert_eq!(to_bob.len(), 2, "{to_bob:?}");
+    assert_eq!(
+        to_bob
+            .iter()
+            .filter(|m| m.contains("Someone tried to sign up"))
+            .count(),
+        1
+    );
+    // Three more requests for the address use up its window; the next is refused.
+    for _ in 0..3 {
+        let page = portal_signup(&mut b, "bob@example.com").await;
+        assert_eq!(page.status, StatusCode::OK);
+    }
+    let limited = portal_signup(&mut b, "bob@example.com").await;
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        limited.body
+    );
+    let csrf = b.csrf();
+    let reset = b
+        .post(
+            "/console/reset",
+            &[("csrf_token", &csrf), ("email", "bob@example.com")],
+        )
+        .await;
+    assert_eq!(
+        reset.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reset.body
+    );
+    assert_eq!(
+        mails(&app)
+            .iter()
+            .filter(|m| m.contains("To: bob@example.com"))
+            .count(),
+        5
+    );
+    app.shutdown().await;
+}
+
+async fn portal_signup(b: &mut Browser, email: &str) -> Page {
+    let csrf = b.csrf();
+    b.post(
+        "/console/signup",
+        &[
+            ("csrf_token", &csrf),
+            ("email", email),
+            ("password", "correct horse battery"),
+        ],
+    )
+    .await
+}
