@@ -7,7 +7,8 @@
 //!   session, logout, the one-time console link and setting a password;
 //! - `portal` — the developer portal: sign-up, verification, password reset, catalogue,
 //!   subscriptions and their credentials;
-//! - `admin` — what the tenant's administrators do here (publishing products to the portal).
+//! - `admin` — what the tenant's administrators do here: API keys, people and roles,
+//!   publishing products to the portal.
 //!
 //! Invariants: no inline script or inline event handler anywhere (the CSP forbids them); every
 //! state-changing request carries the CSRF token; a secret appears in exactly one response, the
@@ -95,6 +96,41 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
         )
         .route("/console/admin", get(admin::home))
         .route("/console/admin/products/{id}/publish", post(admin::publish))
+        .route(
+            "/console/admin/keys",
+            get(admin::keys::list).post(admin::keys::create),
+        )
+        .route("/console/admin/keys/{id}", get(admin::keys::show))
+        .route(
+            "/console/admin/keys/{id}/revoke",
+            get(admin::keys::revoke_page).post(admin::keys::revoke),
+        )
+        .route("/console/admin/keys/{id}/rotate", post(admin::keys::rotate))
+        .route(
+            "/console/admin/people",
+            get(admin::people::list).post(admin::people::add),
+        )
+        .route("/console/admin/people/{id}", get(admin::people::show))
+        .route(
+            "/console/admin/people/{id}/roles",
+            post(admin::people::set_roles),
+        )
+        .route(
+            "/console/admin/people/{id}/remove",
+            get(admin::people::remove_page).post(admin::people::remove),
+        )
+        .route(
+            "/console/admin/roles",
+            get(admin::people::roles).post(admin::people::create_role),
+        )
+        .route(
+            "/console/admin/roles/{id}",
+            get(admin::people::role).post(admin::people::update_role),
+        )
+        .route(
+            "/console/admin/roles/{id}/delete",
+            post(admin::people::delete_role),
+        )
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -248,10 +284,7 @@ impl Ctx {
             htmx: assets::url("htmx-2.0.11.min.js"),
             user: self.session.as_ref().map(|s| UserNav {
                 email: s.email.clone(),
-                admin: s
-                    .principal
-                    .permissions
-                    .contains(crate::auth::Permission::ProductsWrite),
+                admin: admin::any_section(&s.principal),
             }),
             notice: None,
             dialog: None,

@@ -1,0 +1,790 @@
+//! The admin console over HTTP, driven as a browser would (signed in through the console's own
+//! flow, forms posted with the CSRF token): API keys (created and shown once, filters in the URL,
+//! rotation with a grace period, revocation cutting a stream the confirmation counted), people
+//! and roles (the last-owner rule, roles limited to what one holds); every action writes the
+//! same audit event as the API; a caller without the permission sees no control and a forged
+//! POST is 403; another tenant's objects are 404.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Db, TestApp, chat_body};
+
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    jar: HashMap<String, String>,
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    body: String,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: app.base.clone(),
+            jar: HashMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn take(&mut self, res: reqwest::Response) -> Page {
+        let status = res.status();
+        for c in res.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (k, v) = c.split(';').next().unwrap().split_once('=').unwrap();
+            if v.is_empty() || c.contains("Max-Age=0") {
+                self.jar.remove(k);
+            } else {
+                self.jar.insert(k.to_string(), v.to_string());
+            }
+        }
+        let location = res
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = res.text().await.unwrap();
+        assert_no_inline_script(&body);
+        Page {
+            status,
+            location,
+            body,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let rel = match path.find("://") {
+            Some(i) => &path[path[i + 3..].find('/').map_or(path.len(), |j| i + 3 + j)..],
+            None => path,
+        };
+        format!("{}{rel}", self.base)
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let res = self
+            .client
+            .get(self.url(path))
+            .header("cookie", self.cookie_header())
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        self.take(res).await
+    }
+
+    /// Posts a form with this browser's CSRF token.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let csrf = self.csrf();
+        let mut pairs: Vec<(&str, &str)> = vec![("csrf_token", &csrf)];
+        pairs.extend_from_slice(form);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&pairs)
+            .finish();
+        let res = self
+            .client
+            .post(self.url(path))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        self.take(res).await
+    }
+
+    fn csrf(&self) -> String {
+        self.jar
+            .iter()
+            .find(|(k, _)| k.ends_with("tg_console_csrf"))
+            .map(|(_, v)| v.clone())
+            .expect("a CSRF cookie")
+    }
+}
+
+fn assert_no_inline_script(html: &str) {
+    let lower = html.to_ascii_lowercase();
+    for (i, _) in lower.match_indices("<script") {
+        let tag = &lower[i..i + lower[i..].find('>').unwrap()];
+        assert!(tag.contains(" src="), "inline script: {tag}");
+    }
+    assert!(
+        !lower.contains(" onclick=")
+            && !lower.contains(" onsubmit=")
+            && !lower.contains(" onload="),
+        "an inline event handler"
+    );
+}
+
+/// The value of `name="{name}" value="…"`.
+fn input_value(html: &str, name: &str) -> String {
+    let needle = format!("name=\"{name}\" value=\"");
+    let i = html.find(&needle).unwrap_or_else(|| panic!("no {name}")) + needle.len();
+    html[i..i + html[i..].find('"').unwrap()].to_string()
+}
+
+/// The secret shown in the one-time panel, if the page has one.
+fn shown_secret(html: &str) -> Option<String> {
+    let needle = "<code id=\"new-secret\">";
+    let i = html.find(needle)? + needle.len();
+    Some(html[i..i + html[i..].find('<').unwrap()].to_string())
+}
+
+/// Signs `user_id` in with a one-time console link (as `tollgate init` does for the owner).
+async fn browser_for(app: &TestApp, user_id: &str) -> Browser {
+    let link = tollgate::console::session::issue_link(
+        &app.state.store,
+        &app.state.config.public_url,
+        user_id,
+    )
+    .await
+    .unwrap();
+    let mut b = Browser::new(app);
+    let page = b.get(&link).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let token = input_value(&page.body, "token");
+    let page = b.post("/console/link", &[("token", &token)]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    b
+}
+
+/// The tenant's audit events of `action`, newest first.
+async fn events(app: &TestApp, action: &str) -> Vec<Value> {
+    let res = app
+        .get(&format!("/v1/audit-events?action={action}"), &app.owner_key)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    v["data"].as_array().unwrap().clone()
+}
+
+fn assert_event(ev: &[Value], target: &str, actor: &str) {
+    assert!(
+        ev.iter()
+            .any(|e| e["target"]["id"] == target && e["actor"]["id"] == actor),
+        "no event on {target} by {actor}: {ev:?}"
+    );
+}
+
+async fn key_status(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/v1/api-keys/{id}"), &app.owner_key)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+// ---- API keys ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn keys_journey_shown_once_filters_rotate_and_revoke_cutting_a_stream() {
+    keys_journey(TestApp::spawn(Db::Sqlite).await).await;
+}
+
+#[tokio::test]
+async fn keys_journey_on_postgres() {
+    let Some(app) = TestApp::try_spawn(Db::Postgres).await else {
+        return;
+    };
+    keys_journey(app).await;
+}
+
+async fn keys_journey(app: TestApp) {
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    let (member_id, _) = app.add_user("dev@example.com", &["developer"]).await;
+
+    let page = owner.get("/console/admin/keys").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Create a key"));
+    assert!(
+        page.body.contains("name=\"user_id\""),
+        "keys:admin picks an owner"
+    );
+
+    // A validation error is shown next to its field, nothing is created.
+    let created_before = events(&app, "api_key.created").await.len();
+    let page = owner
+        .post(
+            "/console/admin/keys",
+            &[("name", "bad"), ("requests_per_minute", "-3")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"k-limits-error\" role=\"alert\""));
+    assert_eq!(events(&app, "api_key.created").await.len(), created_before);
+
+    // Create a scoped key with a limit; it is shown once, on the page the browser goes to.
+    let page = owner
+        .post(
+            "/console/admin/keys",
+            &[
+                ("name", "ci-key"),
+                ("user_id", &app.owner_id),
+                ("scoped", "1"),
+                ("scope", "chat:write"),
+                ("scope", "models:read"),
+                ("requests_per_minute", "100"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let key_page = page.location.unwrap();
+    let key_id = key_page.rsplit('/').next().unwrap().to_string();
+    let page = owner.get(&key_page).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let secret = shown_secret(&page.body).expect("the key, once");
+    assert!(secret.starts_with("tgk_"));
+    assert!(page.body.contains("data-copy=\"new-secret\""));
+    let again = owner.get(&key_page).await;
+    assert!(!again.body.contains(&secret), "shown exactly once");
+    let list = owner.get("/console/admin/keys").await;
+    assert!(!list.body.contains(&secret));
+    assert!(list.body.contains("ci-key"));
+    // The key works, with the settings of the form; the API wrote the same event.
+    assert_eq!(
+        app.chat(&secret, chat_body("fake-model")).await.status(),
+        StatusCode::OK
+    );
+    let rec = key_status(&app, &key_id).await;
+    assert_eq!(rec["scopes"], json!(["chat:write", "models:read"]));
+    assert_eq!(rec["rate_limit"]["requests_per_minute"], 100);
+    assert_event(
+        &events(&app, "api_key.created").await,
+        &key_id,
+        &app.owner_id,
+    );
+
+    // A member's key, expiring in five days, made by the owner for them.
+    let soon = chrono_date(5);
+    let page = owner
+        .post(
+            "/console/admin/keys",
+            &[
+                ("name", "member-expiring"),
+                ("user_id", &member_id),
+                ("expires_on", &soon),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let member_key = page
+        .location
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(key_status(&app, &member_key).await["user_id"], member_id);
+
+    // Filters in the URL.
+    tollgate::store::keys::touch_last_used(
+        &app.state.store,
+        &[(key_id.clone(), tollgate::util::now_ms())],
+    )
+    .await
+    .unwrap();
+    let page = owner.get("/console/admin/keys?expiring=7").await;
+    assert!(page.body.contains("member-expiring") && !page.body.contains(">ci-key<"));
+    let page = owner.get("/console/admin/keys?unused=1").await;
+    assert!(page.body.contains("member-expiring") && !page.body.contains(">ci-key<"));
+    let page = owner
+        .get(&format!("/console/admin/keys?owner={member_id}"))
+        .await;
+    assert!(page.body.contains("member-expiring") && !page.body.contains(">ci-key<"));
+    assert!(
+        page.body
+            .contains(&format!("value=\"{member_id}\" selected"))
+    );
+    let page = owner
+        .get("/console/admin/keys?sort=name&status=active")
+        .await;
+    let (a, b) = (
+        page.body.find(">ci-key<").unwrap(),
+        page.body.find(">member-expiring<").unwrap(),
+    );
+    assert!(a < b, "sorted by name");
+    assert!(page.body.contains("value=\"name\" selected"));
+
+    // Rotate with a one-hour grace: the new secret is shown once, both work meanwhile.
+    let page = owner
+        .post(
+            &format!("/console/admin/keys/{key_id}/rotate"),
+            &[("grace_period_seconds", "3600")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = owner.get(page.location.as_deref().unwrap()).await;
+    let rotated = shown_secret(&page.body).expect("the new secret, once");
+    assert_ne!(rotated, secret);
+    assert!(page.body.contains("old secret works until"));
+    assert!(shown_secret(&owner.get(&key_page).await.body).is_none());
+    for k in [&secret, &rotated] {
+        assert_eq!(
+            app.chat(k, chat_body("fake-model")).await.status(),
+            StatusCode::OK
+        );
+    }
+    let ev = events(&app, "api_key.rotated").await;
+    assert_event(&ev, &key_id, &app.owner_id);
+    assert_eq!(ev[0]["details"]["grace_period_seconds"], 3600);
+    // A grace beyond 30 days is refused next to the field.
+    let page = owner
+        .post(
+            &format!("/console/admin/keys/{key_id}/rotate"),
+            &[("grace_period_seconds", "99999999")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"rotate-error\" role=\"alert\""));
+
+    // Revoke while a stream is using the key: the confirmation counts it, the stream is cut.
+    let mut body = chat_body("fake-model");
+    body["stream"] = json!(true);
+    body["fake"] = json!({"chunks": 200, "chunk_delay_ms": 50});
+    let mut res = app.chat(&rotated, body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.chunk().await.unwrap().unwrap();
+    let page = owner
+        .get(&format!("/console/admin/keys/{key_id}/revoke"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("1 request is using it right now"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("will be cut"));
+    let page = owner
+        .post(&format!("/console/admin/keys/{key_id}/revoke"), &[])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let mut rest = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        rest.contains("event: error") && rest.contains("AUTH_REVOKED"),
+        "{rest}"
+    );
+    assert!(key_status(&app, &key_id).await["revoked_at"].is_string());
+    assert_event(
+        &events(&app, "api_key.revoked").await,
+        &key_id,
+        &app.owner_id,
+    );
+    let page = owner.get("/console/admin/keys?status=revoked").await;
+    assert!(page.body.contains(">ci-key<") && !page.body.contains("member-expiring"));
+    app.shutdown().await;
+}
+
+/// `YYYY-MM-DD`, `days` from now (UTC).
+fn chrono_date(days: i64) -> String {
+    tollgate::util::rfc3339(tollgate::util::now_ms() + days * 86_400_000)[..10].to_string()
+}
+
+#[tokio::test]
+async fn without_the_permission_no_control_is_shown_and_a_forged_post_is_403() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let owner_key = app
+        .create_key(&app.owner_key, json!({"name": "owner-only-key"}))
+        .await;
+    let owner_key_id = owner_key["id"].as_str().unwrap().to_string();
+    let (viewer_id, _) = app.add_user("viewer@example.com", &["viewer"]).await;
+    let (dev_id, _) = app.add_user("dev@example.com", &["developer"]).await;
+
+    // A viewer: no admin link, no page, every forged POST refused and nothing done.
+    let mut viewer = browser_for(&app, &viewer_id).await;
+    let page = viewer.get("/console/portal").await;
+    assert!(!page.body.contains("href=\"/console/admin\""));
+    assert_eq!(
+        viewer.get("/console/admin/keys").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        viewer.get("/console/admin/people").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let created_before = events(&app, "api_key.created").await.len();
+    let added_before = events(&app, "user.added").await.len();
+    for (path, form) in [
+        ("/console/admin/keys", vec![("name", "forged")]),
+        (
+            &*format!("/console/admin/keys/{owner_key_id}/revoke"),
+            vec![],
+        ),
+        (
+            &*format!("/console/admin/keys/{owner_key_id}/rotate"),
+            vec![("grace_period_seconds", "0")],
+        ),
+        (
+            "/console/admin/people",
+            vec![("email", "x@example.com"), ("role", "owner")],
+        ),
+        (
+            &*format!("/console/admin/people/{viewer_id}/roles"),
+            vec![("role", "owner")],
+        ),
+        (&*format!("/console/admin/people/{dev_id}/remove"), vec![]),
+        (
+            "/console/admin/roles",
+            vec![("name", "x"), ("permission", "models:read")],
+        ),
+    ] {
+        let page = viewer.post(path, &form).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(events(&app, "api_key.created").await.len(), created_before);
+    assert!(key_status(&app, &owner_key_id).await["revoked_at"].is_null());
+    assert_eq!(events(&app, "user.added").await.len(), added_before);
+    assert!(events(&app, "role.created").await.is_empty());
+
+    // A developer (keys:write): their own keys only, no owner picker, no people or roles;
+    // another member's key is 404 as at the API.
+    let mut dev = browser_for(&app, &dev_id).await;
+    let page = dev.get("/console/admin/keys").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("name=\"user_id\""));
+    assert!(!page.body.contains("owner-only-key"));
+    assert!(!page.body.contains("href=\"/console/admin/people\""));
+    assert_eq!(
+        dev.get(&format!("/console/admin/keys/{owner_key_id}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let page = dev
+        .post(&format!("/console/admin/keys/{owner_key_id}/revoke"), &[])
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(key_status(&app, &owner_key_id).await["revoked_at"].is_null());
+    // Naming another owner is keys:admin's: 403, shown on the form.
+    let page = dev
+        .post(
+            "/console/admin/keys",
+            &[("name", "for the owner"), ("user_id", &app.owner_id)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    // Scopes beyond what the developer holds are refused.
+    let page = dev
+        .post(
+            "/console/admin/keys",
+            &[("name", "wide"), ("scoped", "1"), ("scope", "users:write")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"k-scopes-error\" role=\"alert\""));
+    // Their own key works.
+    let page = dev.post("/console/admin/keys", &[("name", "mine")]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let id = page
+        .location
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_event(&events(&app, "api_key.created").await, &id, &dev_id);
+    assert_eq!(
+        dev.get("/console/admin/people").await.status,
+        StatusCode::FORBIDDEN
+    );
+    app.shutdown().await;
+}
+
+// ---- people and roles ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn people_add_change_roles_remove_and_the_last_owner_rule() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    let page = owner.get("/console/admin/people").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Add a member"));
+
+    // Add: a bad address is shown next to its field.
+    let page = owner
+        .post(
+            "/console/admin/people",
+            &[("email", "not-an-address"), ("role", "developer")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"p-email-error\" role=\"alert\""));
+    let page = owner
+        .post(
+            "/console/admin/people",
+            &[
+                ("email", "ada@example.com"),
+                ("name", "Ada"),
+                ("role", "developer"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let person = page.location.unwrap();
+    let ada = person
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_event(&events(&app, "user.added").await, &ada, &app.owner_id);
+    let page = owner.get(&person).await;
+    assert!(page.body.contains("ada@example.com") && page.body.contains("developer"));
+
+    // Change roles (as PUT /v1/users/{id}/roles).
+    let page = owner
+        .post(
+            &format!("/console/admin/people/{ada}/roles"),
+            &[("role", "viewer"), ("role", "developer")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let user: Value = app
+        .get(&format!("/v1/users/{ada}"), &app.owner_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user["roles"], json!(["developer", "viewer"]));
+    assert_event(
+        &events(&app, "user.roles_changed").await,
+        &ada,
+        &app.owner_id,
+    );
+
+    // The last owner: explained on their page and the removal page; refused with the reason.
+    let me = format!("/console/admin/people/{}", app.owner_id);
+    let page = owner.get(&me).await;
+    assert!(page.body.contains("the tenant's last owner"));
+    assert!(!page.body.contains(&format!("{me}/remove\"")));
+    let page = owner.get(&format!("{me}/remove")).await;
+    assert!(page.body.contains("always keeps at least one owner"));
+    assert!(!page.body.contains("Remove the member"));
+    let page = owner.post(&format!("{me}/remove"), &[]).await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.body.contains("Make another member an owner first"));
+    let page = owner
+        .post(&format!("{me}/roles"), &[("role", "admin")])
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.body.contains("Make another member an owner first"));
+    assert!(events(&app, "user.removed").await.is_empty());
+
+    // An admin does not get the owner's controls; the owner role is not grantable for them.
+    let (admin_id, _) = app.add_user("admin@example.com", &["admin"]).await;
+    let mut admin = browser_for(&app, &admin_id).await;
+    let page = admin.get(&me).await;
+    assert!(page.body.contains("only an owner can change an owner"));
+    assert!(!page.body.contains(&format!("{me}/roles\"")));
+    let page = admin.get("/console/admin/people").await;
+    assert!(page.body.contains("value=\"owner\" disabled"));
+    let page = admin.post(&format!("{me}/remove"), &[]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = admin
+        .post(
+            &format!("/console/admin/people/{ada}/roles"),
+            &[("role", "owner")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("role=\"alert\""));
+
+    // Remove a member: their keys are revoked.
+    let key = app
+        .create_key(&app.owner_key, json!({"name": "ada's", "user_id": ada}))
+        .await;
+    let page = owner
+        .get(&format!("/console/admin/people/{ada}/remove"))
+        .await;
+    assert!(page.body.contains("1 active API key of theirs"));
+    let page = owner
+        .post(&format!("/console/admin/people/{ada}/remove"), &[])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_event(&events(&app, "user.removed").await, &ada, &app.owner_id);
+    assert!(key_status(&app, key["id"].as_str().unwrap()).await["revoked_at"].is_string());
+    assert_eq!(
+        owner
+            .get(&format!("/console/admin/people/{ada}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_roles_offer_only_held_permissions() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    let page = owner
+        .post(
+            "/console/admin/roles",
+            &[
+                ("name", "role-admin"),
+                ("description", "manages roles"),
+                ("permission", "roles:write"),
+                ("permission", "users:read"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let ev = events(&app, "role.created").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["actor"]["id"], app.owner_id);
+    let role_id = ev[0]["target"]["id"].as_str().unwrap().to_string();
+    // A built-in name is refused next to the field.
+    let page = owner
+        .post(
+            "/console/admin/roles",
+            &[("name", "Owner"), ("permission", "models:read")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.body.contains("id=\"r-name-error\" role=\"alert\""));
+
+    // A holder of that role sees only those two permissions, and cannot give another.
+    let (uid, _) = app.add_user("roles@example.com", &["role-admin"]).await;
+    let mut b = browser_for(&app, &uid).await;
+    let page = b.get("/console/admin/roles").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("value=\"roles:write\""));
+    assert!(page.body.contains("value=\"users:read\""));
+    assert!(
+        !page
+            .body
+            .contains("name=\"permission\" value=\"keys:admin\"")
+    );
+    assert!(page.body.contains("you do not hold"));
+    let page = b
+        .post(
+            "/console/admin/roles",
+            &[("name", "sneaky"), ("permission", "keys:admin")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("id=\"r-perms-error\" role=\"alert\""));
+    assert_eq!(events(&app, "role.created").await.len(), 1);
+
+    // Edit, then delete once nobody holds it.
+    let page = owner
+        .post(
+            &format!("/console/admin/roles/{role_id}"),
+            &[
+                ("name", "role-admin"),
+                ("permission", "roles:write"),
+                ("permission", "users:read"),
+                ("permission", "usage:read"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_event(&events(&app, "role.updated").await, &role_id, &app.owner_id);
+    let page = owner
+        .post(&format!("/console/admin/roles/{role_id}/delete"), &[])
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.body.contains("held by 1"));
+    app.delete(&format!("/v1/users/{uid}"), &app.owner_key)
+        .await;
+    let page = owner
+        .post(&format!("/console/admin/roles/{role_id}/delete"), &[])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_event(&events(&app, "role.deleted").await, &role_id, &app.owner_id);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_tenants_objects_are_404() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let (_, other_key) = app.other_tenant("elsewhere").await;
+    let foreign = app.create_key(&other_key, json!({"name": "foreign"})).await;
+    let foreign_id = foreign["id"].as_str().unwrap().to_string();
+    let me: Value = app.get("/v1/me", &other_key).await.json().await.unwrap();
+    let foreign_user = me["user_id"].as_str().unwrap().to_string();
+    let role: Value = app
+        .post(
+            "/v1/roles",
+            &other_key,
+            json!({"name": "theirs", "permissions": ["models:read"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let foreign_role = role["id"].as_str().unwrap().to_string();
+
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    for path in [
+        format!("/console/admin/keys/{foreign_id}"),
+        format!("/console/admin/keys/{foreign_id}/revoke"),
+        format!("/console/admin/people/{foreign_user}"),
+        format!("/console/admin/people/{foreign_user}/remove"),
+        format!("/console/admin/roles/{foreign_role}"),
+    ] {
+        assert_eq!(
+            owner.get(&path).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    for (path, form) in [
+        (format!("/console/admin/keys/{foreign_id}/revoke"), vec![]),
+        (
+            format!("/console/admin/keys/{foreign_id}/rotate"),
+            vec![("grace_period_seconds", "0")],
+        ),
+        (
+            format!("/console/admin/people/{foreign_user}/roles"),
+            vec![("role", "viewer")],
+        ),
+        (
+            format!("/console/admin/people/{foreign_user}/remove"),
+            vec![],
+        ),
+        (
+            format!("/console/admin/roles/{foreign_role}"),
+            vec![("name", "mine"), ("permission", "models:read")],
+        ),
+        (
+            format!("/console/admin/roles/{foreign_role}/delete"),
+            vec![],
+        ),
+    ] {
+        let page = owner.post(&path, &form).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let rec: Value = app
+        .get(&format!("/v1/api-keys/{foreign_id}"), &other_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(rec["revoked_at"].is_null());
+    app.shutdown().await;
+}
