@@ -7,8 +7,8 @@
 //!   session, logout, the one-time console link and setting a password;
 //! - `portal` — the developer portal: sign-up, verification, password reset, catalogue,
 //!   subscriptions and their credentials;
-//! - `admin` — what the tenant's administrators do here: API keys, people and roles,
-//!   publishing products to the portal.
+//! - `admin` — what the tenant's administrators do here: API keys, people and roles, OAuth
+//!   clients and identity providers, publishing products to the portal.
 //!
 //! Invariants: no inline script or inline event handler anywhere (the CSP forbids them); every
 //! state-changing request carries the CSRF token; a secret appears in exactly one response, the
@@ -130,6 +130,26 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
         .route(
             "/console/admin/roles/{id}/delete",
             post(admin::people::delete_role),
+        )
+        .route(
+            "/console/admin/clients",
+            get(admin::identity::clients).post(admin::identity::create_client),
+        )
+        .route(
+            "/console/admin/clients/{id}/revoke",
+            post(admin::identity::revoke_client),
+        )
+        .route(
+            "/console/admin/identity-providers",
+            get(admin::identity::idps).post(admin::identity::create_idp),
+        )
+        .route(
+            "/console/admin/identity-providers/test",
+            post(admin::identity::test_token),
+        )
+        .route(
+            "/console/admin/identity-providers/{id}/delete",
+            post(admin::identity::delete_idp),
         )
         .layer(axum::middleware::from_fn(security_headers))
 }

@@ -788,3 +788,205 @@ async fn another_tenants_objects_are_404() {
     assert!(rec["revoked_at"].is_null());
     app.shutdown().await;
 }
+
+// ---- OAuth clients and identity providers -------------------------------------------------------
+
+#[tokio::test]
+async fn oauth_clients_secret_shown_once_and_revoked() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    // A public client needs a redirect URI: said next to the field.
+    let page = owner
+        .post("/console/admin/clients", &[("name", "spa")])
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"c-uris-error\" role=\"alert\""));
+    let page = owner
+        .post(
+            "/console/admin/clients",
+            &[
+                ("name", "batch job"),
+                ("confidential", "1"),
+                ("role", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = owner.get(page.location.as_deref().unwrap()).await;
+    let secret = shown_secret(&page.body).expect("the client secret, once");
+    assert!(secret.starts_with("tgcs_"));
+    let ev = events(&app, "oauth_client.created").await;
+    let client_id = ev
+        .iter()
+        .find(|e| e["details"]["name"] == "batch job")
+        .map(|e| e["target"]["id"].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| e["target"]["id"] == client_id && e["actor"]["id"] == app.owner_id)
+    );
+    assert!(
+        !owner
+            .get("/console/admin/clients")
+            .await
+            .body
+            .contains(&secret)
+    );
+    // The secret works with the client-credentials grant.
+    let res = crate::oauth_support::with_form(
+        app.client.post(app.url("/oauth/token")),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id.as_str()),
+            ("client_secret", secret.as_str()),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = owner
+        .post(&format!("/console/admin/clients/{client_id}/revoke"), &[])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_event(
+        &events(&app, "oauth_client.revoked").await,
+        &client_id,
+        &app.owner_id,
+    );
+    // tenant:admin only: an admin of keys (developer) sees no link, and a forged POST is 403.
+    let (dev_id, _) = app.add_user("dev@example.com", &["developer"]).await;
+    let mut dev = browser_for(&app, &dev_id).await;
+    let page = dev.get("/console/admin/keys").await;
+    assert!(!page.body.contains("href=\"/console/admin/clients\""));
+    assert_eq!(
+        dev.get("/console/admin/clients").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let page = dev
+        .post(
+            "/console/admin/clients",
+            &[("name", "x"), ("confidential", "1")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_providers_and_the_token_test_say_why() {
+    use crate::identity::{jwks_server, rsa_jwk, sign_rs256, spawn_allowing};
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": []})));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let jwks_url = jwks_server(doc.clone(), hits).await;
+    let app = spawn_allowing(Db::Sqlite, &jwks_url).await.unwrap();
+    let k1 = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    *doc.lock().unwrap() = json!({"keys": [rsa_jwk(&k1, "k1")]});
+    let issuer = "https://idp.example.com";
+    let mut owner = browser_for(&app, &app.owner_id).await;
+
+    // A refused JWKS URL is said next to its field.
+    let page = owner
+        .post(
+            "/console/admin/identity-providers",
+            &[
+                ("issuer", issuer),
+                ("jwks_url", "http://10.0.0.1/jwks.json"),
+                ("audience", "tollgate-acme"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"i-jwks-error\" role=\"alert\""));
+    let page = owner
+        .post(
+            "/console/admin/identity-providers",
+            &[
+                ("issuer", issuer),
+                ("jwks_url", &jwks_url),
+                ("audience", "tollgate-acme"),
+                ("claim", "email"),
+                ("default_role", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let ev = events(&app, "identity_provider.created").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["actor"]["id"], app.owner_id);
+
+    let now = tollgate::util::now_ms() / 1000;
+    let claims = |aud: &str, exp: i64| {
+        json!({"iss": issuer, "aud": aud, "sub": "ext-1", "email": "stranger@example.com",
+               "exp": exp, "iat": now})
+    };
+    let body = test_token(&mut owner, "not a token".into()).await;
+    assert!(body.contains("not a well-formed JWT"), "{body}");
+    let mut other = claims("tollgate-acme", now + 600);
+    other["iss"] = json!("https://other.example.com");
+    let body = test_token(&mut owner, sign_rs256(&k1, "k1", &other)).await;
+    assert!(body.contains("no identity provider of this tenant has the issuer"));
+    let body = test_token(
+        &mut owner,
+        sign_rs256(&k1, "k1", &claims("someone-else", now + 600)),
+    )
+    .await;
+    assert!(
+        body.contains("is not the registered audience (tollgate-acme)"),
+        "{body}"
+    );
+    let body = test_token(
+        &mut owner,
+        sign_rs256(&k1, "k1", &claims("tollgate-acme", now - 600)),
+    )
+    .await;
+    assert!(
+        body.contains("Refused") && body.contains("(in the past)"),
+        "{body}"
+    );
+    let body = test_token(
+        &mut owner,
+        sign_rs256(&k1, "k9", &claims("tollgate-acme", now + 600)),
+    )
+    .await;
+    assert!(body.contains("unknown key"), "{body}");
+    let body = test_token(
+        &mut owner,
+        sign_rs256(&k1, "k1", &claims("tollgate-acme", now + 600)),
+    )
+    .await;
+    assert!(body.contains("Accepted"), "{body}");
+    assert!(body.contains("default role"));
+    assert!(body.contains("models:read operations:read usage:read"));
+
+    // Delete: its tokens stop working.
+    let reg = ev[0]["target"]["id"].as_str().unwrap().to_string();
+    let page = owner
+        .post(
+            &format!("/console/admin/identity-providers/{reg}/delete"),
+            &[],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(events(&app, "identity_provider.deleted").await.len(), 1);
+    let body = test_token(
+        &mut owner,
+        sign_rs256(&k1, "k1", &claims("tollgate-acme", now + 600)),
+    )
+    .await;
+    assert!(body.contains("no identity provider of this tenant"));
+    app.shutdown().await;
+}
+
+/// Posts `token` to the identity providers' "test a token" box; the page.
+async fn test_token(b: &mut Browser, token: String) -> String {
+    let page = b
+        .post(
+            "/console/admin/identity-providers/test",
+            &[("token", &token)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(&token), "the token is not echoed");
+    page.body
+}

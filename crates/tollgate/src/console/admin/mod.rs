@@ -1,5 +1,5 @@
-//! The tenant administrators' part of the console: API keys, people and roles, and publishing
-//! products to the portal.
+//! The tenant administrators' part of the console: API keys, people and roles, OAuth clients
+//! and identity providers, and publishing products to the portal.
 //!
 //! Every page and action is gated by the permission of the matching API route (a control the
 //! caller may not use is not shown; posting it anyway is `403`), and every action calls the
@@ -21,6 +21,7 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::service::Unit;
 use crate::store::subscriptions as substore;
 
+pub mod identity;
 pub mod keys;
 pub mod people;
 
@@ -71,6 +72,7 @@ pub fn any_section(p: &crate::auth::Principal) -> bool {
         Permission::UsersRead,
         Permission::RolesWrite,
         Permission::ProductsWrite,
+        Permission::TenantAdmin,
     ]
     .iter()
     .any(|x| p.has(*x))

@@ -30,12 +30,12 @@ pub struct RoleBox {
     pub grantable: bool,
 }
 
-struct Powers {
+pub(super) struct Powers {
     perms: PermSet,
     owner: bool,
 }
 
-async fn powers(ctx: &Ctx, s: &Session) -> ApiResult<Powers> {
+pub(super) async fn powers(ctx: &Ctx, s: &Session) -> ApiResult<Powers> {
     let mut conn = conn(ctx).await?;
     let owner = s.caller().authority(&mut conn).await?.owner;
     Ok(Powers {
@@ -44,7 +44,7 @@ async fn powers(ctx: &Ctx, s: &Session) -> ApiResult<Powers> {
     })
 }
 
-async fn conn(ctx: &Ctx) -> ApiResult<sqlx::pool::PoolConnection<sqlx::Any>> {
+pub(super) async fn conn(ctx: &Ctx) -> ApiResult<sqlx::pool::PoolConnection<sqlx::Any>> {
     Ok(ctx
         .state
         .store
@@ -55,7 +55,10 @@ async fn conn(ctx: &Ctx) -> ApiResult<sqlx::pool::PoolConnection<sqlx::Any>> {
 }
 
 /// Every role of the tenant (built-in, then custom) as (name, description, permissions).
-async fn all_roles(ctx: &Ctx, tenant_id: &str) -> ApiResult<Vec<(String, String, PermSet)>> {
+pub(super) async fn all_roles(
+    ctx: &Ctx,
+    tenant_id: &str,
+) -> ApiResult<Vec<(String, String, PermSet)>> {
     let mut out: Vec<(String, String, PermSet)> = BUILTIN_ROLES
         .iter()
         .map(|n| {
@@ -72,7 +75,7 @@ async fn all_roles(ctx: &Ctx, tenant_id: &str) -> ApiResult<Vec<(String, String,
     Ok(out)
 }
 
-fn role_boxes(
+pub(super) fn role_boxes(
     roles: &[(String, String, PermSet)],
     powers: &Powers,
     checked: &[String],
