@@ -151,6 +151,23 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
             "/console/admin/identity-providers/{id}/delete",
             post(admin::identity::delete_idp),
         )
+        .route(
+            "/console/admin/products",
+            get(admin::catalog::products).post(admin::catalog::create_product),
+        )
+        .route("/console/admin/plans", post(admin::catalog::create_plan))
+        .route(
+            "/console/admin/subscriptions",
+            get(admin::catalog::subscriptions),
+        )
+        .route(
+            "/console/admin/subscriptions/{id}/status",
+            post(admin::catalog::set_status),
+        )
+        .route(
+            "/console/admin/subscriptions/{id}/cancel",
+            post(admin::catalog::cancel),
+        )
         .layer(axum::middleware::from_fn(security_headers))
 }
 

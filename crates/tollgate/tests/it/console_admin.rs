@@ -990,3 +990,223 @@ async fn test_token(b: &mut Browser, token: String) -> String {
     assert!(!page.body.contains(&token), "the token is not echoed");
     page.body
 }
+
+// ---- products, plans, subscriptions ------------------------------------------------------------
+
+#[tokio::test]
+async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    // An unconfigured model is refused next to the field.
+    let page = owner
+        .post(
+            "/console/admin/products",
+            &[("name", "Chat"), ("model", "no-such-model")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"pr-models-error\" role=\"alert\""));
+    let page = owner
+        .post(
+            "/console/admin/products",
+            &[("name", "Chat"), ("model", "fake-model")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let ev = events(&app, "product.created").await;
+    assert_eq!(ev[0]["actor"]["id"], app.owner_id);
+    let product_id = ev[0]["target"]["id"].as_str().unwrap().to_string();
+    let page = owner
+        .post(
+            "/console/admin/plans",
+            &[
+                ("product_id", &product_id),
+                ("name", "Starter"),
+                ("requests_per_minute", "abc"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("id=\"pl-limits-error\" role=\"alert\""));
+    let page = owner
+        .post(
+            "/console/admin/plans",
+            &[
+                ("product_id", &product_id),
+                ("name", "Starter"),
+                ("requests_per_minute", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let ev = events(&app, "plan.created").await;
+    assert_eq!(ev[0]["details"]["limits"]["requests_per_minute"], 60);
+    let plan_id = ev[0]["target"]["id"].as_str().unwrap().to_string();
+    let page = owner.get("/console/admin/products").await;
+    assert!(page.body.contains("Starter") && page.body.contains("Publish Chat"));
+    let page = owner
+        .post(
+            &format!("/console/admin/products/{product_id}/publish"),
+            &[("published", "1")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(
+        events(&app, "product.updated").await[0]["details"]["published"]
+            .as_bool()
+            .unwrap()
+    );
+
+    // A member's subscription (through the API), listed with suspend/reactivate/cancel.
+    let (dev_id, dev_key) = app.add_user("dev@example.com", &["developer"]).await;
+    let sub: Value = app
+        .post(
+            "/v1/subscriptions",
+            &app.owner_key,
+            json!({"plan_id": plan_id, "user_id": dev_id}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sub_id = sub["id"].as_str().unwrap().to_string();
+    let page = owner.get("/console/admin/subscriptions").await;
+    assert!(page.body.contains(&sub_id) && page.body.contains("dev@example.com"));
+    assert!(page.body.contains("Chat · Starter"));
+    let page = owner
+        .post(
+            &format!("/console/admin/subscriptions/{sub_id}/status"),
+            &[("status", "suspended")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_event(
+        &events(&app, "subscription.suspended").await,
+        &sub_id,
+        &app.owner_id,
+    );
+    let page = owner
+        .get("/console/admin/subscriptions?status=suspended")
+        .await;
+    assert!(page.body.contains(&sub_id) && page.body.contains("Reactivate"));
+    assert!(
+        !owner
+            .get("/console/admin/subscriptions?status=active")
+            .await
+            .body
+            .contains(&sub_id)
+    );
+    let page = owner
+        .post(
+            &format!("/console/admin/subscriptions/{sub_id}/status"),
+            &[("status", "active")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_event(
+        &events(&app, "subscription.updated").await,
+        &sub_id,
+        &app.owner_id,
+    );
+    let page = owner
+        .post(
+            &format!("/console/admin/subscriptions/{sub_id}/cancel"),
+            &[],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_event(
+        &events(&app, "subscription.cancelled").await,
+        &sub_id,
+        &app.owner_id,
+    );
+
+    // A developer reads products but gets no create or publish control, and no subscriptions.
+    let _ = dev_key;
+    let mut dev = browser_for(&app, &dev_id).await;
+    let page = dev.get("/console/admin/products").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("Create a product") && !page.body.contains("Publish Chat"));
+    for (path, form) in [
+        (
+            "/console/admin/products",
+            vec![("name", "X"), ("model", "fake-model")],
+        ),
+        (
+            &*format!("/console/admin/products/{product_id}/publish"),
+            vec![("published", "0")],
+        ),
+        (
+            "/console/admin/plans",
+            vec![("product_id", product_id.as_str()), ("name", "Y")],
+        ),
+        (
+            &*format!("/console/admin/subscriptions/{sub_id}/status"),
+            vec![("status", "active")],
+        ),
+    ] {
+        assert_eq!(
+            dev.post(path, &form).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        dev.get("/console/admin/subscriptions").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Another tenant's subscription is 404.
+    let (_, other_key) = app.other_tenant("elsewhere").await;
+    let p: Value = app
+        .post(
+            "/v1/products",
+            &other_key,
+            json!({"name": "Theirs", "models": ["fake-model"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pl: Value = app
+        .post(
+            "/v1/plans",
+            &other_key,
+            json!({"product_id": p["id"], "name": "P"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let theirs: Value = app
+        .post(
+            "/v1/subscriptions",
+            &other_key,
+            json!({"plan_id": pl["id"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let theirs = theirs["id"].as_str().unwrap();
+    for path in [
+        format!("/console/admin/subscriptions/{theirs}/cancel"),
+        format!(
+            "/console/admin/products/{}/publish",
+            p["id"].as_str().unwrap()
+        ),
+    ] {
+        assert_eq!(
+            owner.post(&path, &[]).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    assert!(
+        !owner
+            .get("/console/admin/subscriptions")
+            .await
+            .body
+            .contains(theirs)
+    );
+    app.shutdown().await;
+}

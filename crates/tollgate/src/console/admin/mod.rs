@@ -1,5 +1,6 @@
 //! The tenant administrators' part of the console: API keys, people and roles, OAuth clients
-//! and identity providers, and publishing products to the portal.
+//! and identity providers, products, plans and subscriptions (publishing products to the
+//! portal).
 //!
 //! Every page and action is gated by the permission of the matching API route (a control the
 //! caller may not use is not shown; posting it anyway is `403`), and every action calls the
@@ -21,6 +22,7 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::service::Unit;
 use crate::store::subscriptions as substore;
 
+pub mod catalog;
 pub mod identity;
 pub mod keys;
 pub mod people;
@@ -72,6 +74,7 @@ pub fn any_section(p: &crate::auth::Principal) -> bool {
         Permission::UsersRead,
         Permission::RolesWrite,
         Permission::ProductsWrite,
+        Permission::SubscriptionsRead,
         Permission::TenantAdmin,
     ]
     .iter()
