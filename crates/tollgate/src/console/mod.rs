@@ -168,6 +168,8 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
             "/console/admin/subscriptions/{id}/cancel",
             post(admin::catalog::cancel),
         )
+        .route("/console/admin/usage", get(admin::usage::dashboard))
+        .route("/console/admin/usage.csv", get(admin::usage::export))
         .layer(axum::middleware::from_fn(security_headers))
 }
 

@@ -412,10 +412,13 @@ async fn without_the_permission_no_control_is_shown_and_a_forged_post_is_403() {
     let (viewer_id, _) = app.add_user("viewer@example.com", &["viewer"]).await;
     let (dev_id, _) = app.add_user("dev@example.com", &["developer"]).await;
 
-    // A viewer: no admin link, no page, every forged POST refused and nothing done.
+    // A viewer (usage:read): the usage dashboard only; no other page, every forged POST
+    // refused and nothing done.
     let mut viewer = browser_for(&app, &viewer_id).await;
-    let page = viewer.get("/console/portal").await;
-    assert!(!page.body.contains("href=\"/console/admin\""));
+    let page = viewer.get("/console/admin/usage").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("href=\"/console/admin/keys\""));
+    assert!(!page.body.contains("href=\"/console/admin/people\""));
     assert_eq!(
         viewer.get("/console/admin/keys").await.status,
         StatusCode::FORBIDDEN
@@ -1209,4 +1212,120 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
             .contains(theirs)
     );
     app.shutdown().await;
+}
+
+// ---- usage ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn usage_dashboard_charts_real_requests_and_its_csv_matches_the_api() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let k = app
+        .create_key(&app.owner_key, json!({"name": "busy"}))
+        .await;
+    let (key_id, key) = (
+        k["id"].as_str().unwrap().to_string(),
+        k["key"].as_str().unwrap().to_string(),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            app.chat(&key, chat_body("fake-model")).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert!(crate::helpers::wait_usage_records(&app, 3).await);
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    let page = owner
+        .get("/console/admin/usage?range=1h&granularity=minute&group_by=api_key")
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("the whole tenant"));
+    assert!(page.body.contains("value=\"api_key\" selected"));
+    assert!(page.body.contains("data-label=\"Requests\""));
+    assert!(page.body.contains("data-values=\"3\""), "{}", page.body);
+    assert!(
+        page.body
+            .contains(&format!("href=\"/console/admin/keys/{key_id}\""))
+    );
+    assert!(page.body.contains("uplot-1.6.32.iife.min"));
+    // The export holds what is shown, and matches /v1/usage with the same parameters.
+    let csv_link = input_attr(&page.body, "href=\"/console/admin/usage.csv?");
+    let res = owner.get(&csv_link).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let lines: Vec<&str> = res.body.lines().collect();
+    assert_eq!(
+        lines[0],
+        "start_time,end_time,api_key,requests,errors,prompt_tokens,completion_tokens,total_tokens,avg_latency_ms"
+    );
+    let from = (tollgate::util::now_ms() - 3_600_000) / 1000;
+    let api: Value = app
+        .get(
+            &format!("/v1/usage?from={from}&granularity=minute&group_by=api_key"),
+            &app.owner_key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = api["data"].as_array().unwrap();
+    assert_eq!(lines.len() - 1, rows.len());
+    for r in rows {
+        let line = format!(
+            "{},{},{},{},{},{},{},{},{}",
+            r["start_time"].as_str().unwrap(),
+            r["end_time"].as_str().unwrap(),
+            r["api_key"].as_str().unwrap_or_default(),
+            r["requests"],
+            r["errors"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["total_tokens"],
+            r["avg_latency_ms"]
+        );
+        assert!(lines.contains(&line.as_str()), "{line} not in {lines:?}");
+    }
+    // Without usage:read: no dashboard, no export.
+    let (uid, _) = app.add_user("nobody@example.com", &["consumer"]).await;
+    let mut b = browser_for(&app, &uid).await;
+    assert_eq!(
+        b.get("/console/admin/usage").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        b.get("/console/admin/usage.csv?range=1h").await.status,
+        StatusCode::FORBIDDEN
+    );
+    app.shutdown().await;
+}
+
+/// The rest of an attribute that starts with `prefix` (e.g. a link), entities decoded.
+fn input_attr(html: &str, prefix: &str) -> String {
+    let i = html.find(prefix).unwrap_or_else(|| panic!("no {prefix}")) + prefix.len() - 1;
+    let start = html[..i].rfind('"').unwrap() + 1;
+    let end = i + html[i..].find('"').unwrap();
+    unescape(&html[start..end])
+}
+
+/// Decodes the character references askama writes in attributes.
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let j = i + rest[i..].find(';').unwrap();
+        let ent = &rest[i + 1..j];
+        out.push(match ent {
+            "amp" => '&',
+            "quot" => '"',
+            "lt" => '<',
+            "gt" => '>',
+            e if e.starts_with("#x") => {
+                char::from_u32(u32::from_str_radix(&e[2..], 16).unwrap()).unwrap()
+            }
+            e if e.starts_with('#') => char::from_u32(e[1..].parse().unwrap()).unwrap(),
+            e => panic!("entity {e}"),
+        });
+        rest = &rest[j + 1..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -26,6 +26,7 @@ pub mod catalog;
 pub mod identity;
 pub mod keys;
 pub mod people;
+pub mod usage;
 
 /// One link of the administration's section navigation.
 pub struct Section {
@@ -75,6 +76,7 @@ pub fn any_section(p: &crate::auth::Principal) -> bool {
         Permission::RolesWrite,
         Permission::ProductsWrite,
         Permission::SubscriptionsRead,
+        Permission::UsageRead,
         Permission::TenantAdmin,
     ]
     .iter()
