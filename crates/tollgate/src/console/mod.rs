@@ -8,7 +8,8 @@
 //! - `portal` — the developer portal: sign-up, verification, password reset, catalogue,
 //!   subscriptions and their credentials;
 //! - `admin` — what the tenant's administrators do here: API keys, people and roles, OAuth
-//!   clients and identity providers, publishing products to the portal.
+//!   clients and identity providers, products, plans and subscriptions (publishing to the
+//!   portal), usage, spike alerts and the audit log.
 //!
 //! Invariants: no inline script or inline event handler anywhere (the CSP forbids them); every
 //! state-changing request carries the CSRF token; a secret appears in exactly one response, the
@@ -170,6 +171,14 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
         )
         .route("/console/admin/usage", get(admin::usage::dashboard))
         .route("/console/admin/usage.csv", get(admin::usage::export))
+        .route("/console/admin/alerts", get(admin::audit::alerts))
+        .route("/console/admin/audit", get(admin::audit::log))
+        .route("/console/admin/audit/verify", get(admin::audit::verify))
+        .route("/console/admin/audit.csv", get(admin::audit::export_csv))
+        .route(
+            "/console/admin/audit.jsonl",
+            get(admin::audit::export_jsonl),
+        )
         .layer(axum::middleware::from_fn(security_headers))
 }
 

@@ -1329,3 +1329,130 @@ fn unescape(s: &str) -> String {
     out.push_str(rest);
     out
 }
+
+// ---- spike alerts and the audit log ---------------------------------------------------------------
+
+#[tokio::test]
+async fn spike_alerts_link_their_key_and_the_audit_log_filters_pages_exports_and_verifies() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let k = app
+        .create_key(&app.owner_key, json!({"name": "spiky"}))
+        .await;
+    let key_id = k["id"].as_str().unwrap().to_string();
+    tollgate::alerts::raise(
+        &app.state,
+        tollgate::alerts::Spike {
+            tenant_id: app.tenant_id.as_str().into(),
+            api_key_id: key_id.as_str().into(),
+            minute: tollgate::util::now_ms() / 60_000 * 60_000,
+            requests: 500,
+            baseline: 10.0,
+            multiple: 10.0,
+        },
+    )
+    .await;
+    let mut owner = browser_for(&app, &app.owner_id).await;
+    let page = owner.get("/console/admin/alerts").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body
+            .contains(&format!("href=\"/console/admin/keys/{key_id}\">spiky</a>"))
+    );
+    assert!(
+        page.body
+            .contains(&format!("href=\"/console/admin/keys/{key_id}/revoke\""))
+    );
+    assert!(page.body.contains("<td>500</td>") && page.body.contains("<td>10.0</td>"));
+
+    // Some events to filter: the journey of a key.
+    for i in 0..3 {
+        let page = owner
+            .post("/console/admin/keys", &[("name", &format!("k{i}"))])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+    }
+    let page = owner.get("/console/admin/audit").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("hx-get=\"/console/admin/audit/verify\""));
+    assert!(page.body.contains("<code>api_key.created</code>"));
+    assert!(page.body.contains("<code>alert.usage_spike</code>"));
+    let page = owner
+        .get(&format!(
+            "/console/admin/audit?action=api_key.*&target={key_id}"
+        ))
+        .await;
+    assert!(page.body.contains("value=\"api_key.*\""));
+    assert_eq!(
+        page.body.matches("<code>api_key.").count(),
+        1,
+        "only that key's"
+    );
+    let page = owner
+        .get(&format!("/console/admin/audit?actor={}", app.owner_id))
+        .await;
+    assert!(
+        !page.body.contains("<code>alert.usage_spike</code>"),
+        "the system raised it"
+    );
+    // Cursor paging.
+    let page = owner
+        .get("/console/admin/audit?action=api_key.created&cursor=999999")
+        .await;
+    let rows = page.body.matches("<code>api_key.created</code>").count();
+    assert!(rows >= 5, "{rows}");
+    // Exports hold what the filters select, as the API gives it.
+    let res = owner
+        .get("/console/admin/audit.jsonl?action=api_key.created")
+        .await;
+    assert_eq!(res.status, StatusCode::OK);
+    let lines: Vec<Value> = res
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let api = events(&app, "api_key.created").await;
+    assert_eq!(lines, api);
+    let res = owner
+        .get("/console/admin/audit.csv?action=api_key.created")
+        .await;
+    assert_eq!(res.body.lines().count(), api.len() + 1);
+    assert!(
+        res.body
+            .starts_with("seq,id,ts,actor_type,actor_id,action,")
+    );
+    // The chain: verified, then the broken link after tampering with one row.
+    let page = owner.get("/console/admin/audit/verify").await;
+    assert!(
+        page.body.contains("Chain verified through event"),
+        "{}",
+        page.body
+    );
+    let victim = &api[1];
+    sqlx::query("UPDATE audit_events SET details = $1 WHERE id = $2")
+        .bind(r#"{"name":"nothing to see"}"#)
+        .bind(victim["id"].as_str().unwrap().to_string())
+        .execute(app.state.store.pool())
+        .await
+        .unwrap();
+    let page = owner.get("/console/admin/audit/verify").await;
+    assert!(
+        page.body
+            .contains(&format!("The chain is broken at event {}", victim["seq"])),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("altered"));
+    // audit:read only.
+    let (dev_id, _) = app.add_user("dev@example.com", &["developer"]).await;
+    let mut dev = browser_for(&app, &dev_id).await;
+    for path in [
+        "/console/admin/audit",
+        "/console/admin/audit/verify",
+        "/console/admin/audit.csv",
+        "/console/admin/audit.jsonl",
+        "/console/admin/alerts",
+    ] {
+        assert_eq!(dev.get(path).await.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    app.shutdown().await;
+}

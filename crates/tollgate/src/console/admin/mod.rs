@@ -1,6 +1,6 @@
 //! The tenant administrators' part of the console: API keys, people and roles, OAuth clients
 //! and identity providers, products, plans and subscriptions (publishing products to the
-//! portal).
+//! portal), usage, spike alerts and the audit log.
 //!
 //! Every page and action is gated by the permission of the matching API route (a control the
 //! caller may not use is not shown; posting it anyway is `403`), and every action calls the
@@ -22,6 +22,7 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::service::Unit;
 use crate::store::subscriptions as substore;
 
+pub mod audit;
 pub mod catalog;
 pub mod identity;
 pub mod keys;
@@ -77,6 +78,7 @@ pub fn any_section(p: &crate::auth::Principal) -> bool {
         Permission::ProductsWrite,
         Permission::SubscriptionsRead,
         Permission::UsageRead,
+        Permission::AuditRead,
         Permission::TenantAdmin,
     ]
     .iter()
