@@ -269,6 +269,11 @@ async fn keys_journey(app: TestApp) {
         &key_id,
         &app.owner_id,
     );
+    // The key's page charts its own requests.
+    assert!(crate::helpers::wait_usage_records(&app, 1).await);
+    let page = owner.get(&key_page).await;
+    assert!(page.body.contains("data-requests=\"1\""), "{}", page.body);
+    assert!(page.body.contains("1 request,"));
 
     // A member's key, expiring in five days, made by the owner for them.
     let soon = chrono_date(5);

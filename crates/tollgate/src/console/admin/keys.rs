@@ -435,6 +435,57 @@ struct KeyPage {
     in_flight: usize,
     shown: Option<Shown>,
     rotate_error: Option<String>,
+    chart: Option<KeyChart>,
+    uplot_css: String,
+    uplot_js: String,
+    chart_js: String,
+}
+
+/// The key's requests and tokens per hour over the last 24 hours.
+pub struct KeyChart {
+    pub x: String,
+    pub requests: String,
+    pub tokens: String,
+    pub total_requests: u64,
+    pub total_tokens: u64,
+}
+
+/// From `GET /v1/usage` for the caller (`None` without `usage:read`).
+async fn key_chart(ctx: &Ctx, s: &Session, key_id: &str) -> Option<KeyChart> {
+    let mut q = HashMap::new();
+    q.insert("from".to_string(), ((now_ms() - DAY_MS) / 1000).to_string());
+    q.insert("granularity".to_string(), "hour".to_string());
+    q.insert("group_by".to_string(), "api_key".to_string());
+    let answer = crate::usage::api::usage(&ctx.state, &s.caller(), &q)
+        .await
+        .ok()?;
+    let mut points: Vec<(i64, u64, u64)> = answer["data"]
+        .as_array()?
+        .iter()
+        .filter(|b| b["api_key"].as_str() == Some(key_id))
+        .map(|b| {
+            let t = b["start_time"]
+                .as_str()
+                .and_then(crate::util::parse_rfc3339)
+                .unwrap_or_default()
+                / 1000;
+            (
+                t,
+                b["requests"].as_u64().unwrap_or(0),
+                b["total_tokens"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    points.sort_by_key(|p| p.0);
+    let join =
+        |f: &dyn Fn(&(i64, u64, u64)) -> String| points.iter().map(f).collect::<Vec<_>>().join(",");
+    Some(KeyChart {
+        x: join(&|p| p.0.to_string()),
+        requests: join(&|p| p.1.to_string()),
+        tokens: join(&|p| p.2.to_string()),
+        total_requests: points.iter().map(|p| p.1).sum(),
+        total_tokens: points.iter().map(|p| p.2).sum(),
+    })
 }
 
 /// The key `id` as the caller may manage it, else 404 (as `GET /v1/api-keys/{id}`).
@@ -497,6 +548,10 @@ async fn key_page(
         limits,
         created_by: rec.created_by.as_deref().map(email_of).unwrap_or_default(),
         in_flight: ctx.state.auth.hub().live_count(&rec.id),
+        chart: key_chart(ctx, s, &rec.id).await,
+        uplot_css: crate::console::assets::url("uplot-1.6.32.min.css"),
+        uplot_js: crate::console::assets::url("uplot-1.6.32.iife.min.js"),
+        chart_js: crate::console::assets::url("chart.js"),
         k: KeyRow {
             owner: match (&rec.user_id, &rec.subscription_id) {
                 (Some(u), _) => email_of(u),
