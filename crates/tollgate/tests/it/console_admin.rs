@@ -1081,6 +1081,30 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     let page = owner.get("/console/admin/subscriptions").await;
     assert!(page.body.contains(&sub_id) && page.body.contains("dev@example.com"));
     assert!(page.body.contains("Chat · Starter"));
+    // A key bound to the subscription, from the keys page (the form names an owner too).
+    let page = owner.get("/console/admin/keys").await;
+    assert!(page.body.contains(&format!("<option value=\"{sub_id}\">")));
+    let page = owner
+        .post(
+            "/console/admin/keys",
+            &[
+                ("name", "sub-key"),
+                ("user_id", &app.owner_id),
+                ("subscription_id", &sub_id),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let sub_key = page
+        .location
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let rec = key_status(&app, &sub_key).await;
+    assert_eq!(rec["subscription_id"], sub_id);
+    assert!(rec["user_id"].is_null());
     let page = owner
         .post(
             &format!("/console/admin/subscriptions/{sub_id}/status"),

@@ -370,7 +370,9 @@ pub async fn create(ctx: Ctx, body: Bytes) -> Response {
                 rate_limit,
                 subscription_id: (!form.subscription_id.is_empty())
                     .then(|| form.subscription_id.clone()),
-                user_id: (!form.user_id.is_empty()).then(|| form.user_id.clone()),
+                // The form always names an owner; a subscription's key has none.
+                user_id: (!form.user_id.is_empty() && form.subscription_id.is_empty())
+                    .then(|| form.user_id.clone()),
             };
             async {
                 let mut unit = Unit::begin(&ctx.state.store, &ctx.meta).await?;
