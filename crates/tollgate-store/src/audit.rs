@@ -202,6 +202,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub from: Option<i64>,
     pub to: Option<i64>,
+    /// Events about this target id.
+    pub target: Option<String>,
     /// Return events with `seq` below this (the cursor of the previous page).
     pub before_seq: Option<i64>,
     pub limit: i64,
@@ -240,6 +242,9 @@ pub async fn list(
     if f.to.is_some() {
         clause(&mut sql, "ts < {}");
     }
+    if f.target.is_some() {
+        clause(&mut sql, "target_id = {}");
+    }
     if f.before_seq.is_some() {
         clause(&mut sql, "seq < {}");
     }
@@ -264,7 +269,13 @@ pub async fn list(
             None => a.clone(),
         });
     }
-    for v in [f.from, f.to, f.before_seq].into_iter().flatten() {
+    for v in [f.from, f.to].into_iter().flatten() {
+        q = q.bind(v);
+    }
+    if let Some(t) = &f.target {
+        q = q.bind(t.clone());
+    }
+    if let Some(v) = f.before_seq {
         q = q.bind(v);
     }
     let rows = q.fetch_all(pool).await?;
@@ -323,52 +334,82 @@ impl std::fmt::Display for BrokenLink {
 pub async fn verify(pool: &sqlx::AnyPool) -> StoreResult<Result<u64, BrokenLink>> {
     let mut checked = 0u64;
     for (tenant_id, head_seq, head_hash) in heads(pool).await? {
-        let mut prev = GENESIS_HASH.to_string();
-        let mut expected_seq = 1;
-        loop {
-            let page = chain_page(pool, &tenant_id, expected_seq - 1, 1000).await?;
-            if page.is_empty() {
-                break;
-            }
-            for rec in page {
-                let broken = |reason: String| BrokenLink {
-                    tenant_id: tenant_id.clone(),
-                    seq: expected_seq,
-                    event_id: Some(rec.id.clone()),
-                    reason,
-                };
-                if rec.seq != expected_seq {
-                    return Ok(Err(BrokenLink {
-                        event_id: None,
-                        ..broken(format!("event missing (next found is #{})", rec.seq))
-                    }));
-                }
-                if rec.prev_hash != prev {
-                    return Ok(Err(broken(
-                        "prev_hash does not match the previous event's hash".into(),
-                    )));
-                }
-                if rec.compute_hash() != rec.hash {
-                    return Ok(Err(broken(
-                        "content does not match its hash (event altered)".into(),
-                    )));
-                }
-                prev = rec.hash;
-                expected_seq += 1;
-                checked += 1;
-            }
+        match verify_chain(pool, &tenant_id, head_seq, &head_hash).await? {
+            Ok(n) => checked += n,
+            Err(broken) => return Ok(Err(broken)),
         }
-        if expected_seq - 1 != head_seq || prev != head_hash {
-            return Ok(Err(BrokenLink {
-                tenant_id: tenant_id.clone(),
+    }
+    Ok(Ok(checked))
+}
+
+/// Recomputes one tenant's chain (as [`verify`] does for each). Returns the number of events
+/// checked, or the first broken link; a tenant without a chain has nothing to check.
+pub async fn verify_tenant(
+    pool: &sqlx::AnyPool,
+    tenant_id: &str,
+) -> StoreResult<Result<u64, BrokenLink>> {
+    let head = heads(pool)
+        .await?
+        .into_iter()
+        .find(|(t, _, _)| t == tenant_id);
+    match head {
+        Some((t, seq, hash)) => verify_chain(pool, &t, seq, &hash).await,
+        None => Ok(Ok(0)),
+    }
+}
+
+async fn verify_chain(
+    pool: &sqlx::AnyPool,
+    tenant_id: &str,
+    head_seq: i64,
+    head_hash: &str,
+) -> StoreResult<Result<u64, BrokenLink>> {
+    let mut checked = 0u64;
+    let mut prev = GENESIS_HASH.to_string();
+    let mut expected_seq = 1;
+    loop {
+        let page = chain_page(pool, tenant_id, expected_seq - 1, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for rec in page {
+            let broken = |reason: String| BrokenLink {
+                tenant_id: tenant_id.to_string(),
                 seq: expected_seq,
-                event_id: None,
-                reason: format!(
-                    "chain ends at #{} but the head records #{head_seq} (events removed)",
-                    expected_seq - 1
-                ),
-            }));
+                event_id: Some(rec.id.clone()),
+                reason,
+            };
+            if rec.seq != expected_seq {
+                return Ok(Err(BrokenLink {
+                    event_id: None,
+                    ..broken(format!("event missing (next found is #{})", rec.seq))
+                }));
+            }
+            if rec.prev_hash != prev {
+                return Ok(Err(broken(
+                    "prev_hash does not match the previous event's hash".into(),
+                )));
+            }
+            if rec.compute_hash() != rec.hash {
+                return Ok(Err(broken(
+                    "content does not match its hash (event altered)".into(),
+                )));
+            }
+            prev = rec.hash;
+            expected_seq += 1;
+            checked += 1;
         }
+    }
+    if expected_seq - 1 != head_seq || prev != head_hash {
+        return Ok(Err(BrokenLink {
+            tenant_id: tenant_id.to_string(),
+            seq: expected_seq,
+            event_id: None,
+            reason: format!(
+                "chain ends at #{} but the head records #{head_seq} (events removed)",
+                expected_seq - 1
+            ),
+        }));
     }
     Ok(Ok(checked))
 }

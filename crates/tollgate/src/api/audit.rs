@@ -1,4 +1,4 @@
-//! `GET /v1/audit-events?actor&action&from&to&cursor&limit` (SPEC §4.2, §8; permission
+//! `GET /v1/audit-events?actor&action&target&from&to&cursor&limit` (SPEC §4.2, §8; permission
 //! `audit:read`): the caller's tenant's events, newest first, with cursor pagination.
 //! `action` may end in `*` to match a prefix (`api_key.*`); `cursor` is the `next_cursor` of the
 //! previous page.
@@ -30,6 +30,23 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<Value>> {
+    let (events, next_cursor) = page(&state, &caller, &q).await?;
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": events.iter().map(audit::AuditRecord::to_api).collect::<Vec<_>>(),
+        "has_more": next_cursor.is_some(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// One page of the caller's tenant's events for the query parameters `q` (`actor`, `action`,
+/// `from`, `to`, `cursor`, `limit`), newest first, and the cursor of the next page if there is
+/// one. The console's audit page and exports read the same.
+pub async fn page(
+    state: &AppState,
+    caller: &Caller,
+    q: &HashMap<String, String>,
+) -> ApiResult<(Vec<audit::AuditRecord>, Option<String>)> {
     caller.require(Permission::AuditRead)?;
     let limit = match q.get("limit") {
         None => 100,
@@ -51,8 +68,9 @@ pub async fn list(
     let filter = AuditFilter {
         actor: q.get("actor").filter(|s| !s.is_empty()).cloned(),
         action: q.get("action").filter(|s| !s.is_empty()).cloned(),
-        from: time_param(&q, "from")?,
-        to: time_param(&q, "to")?,
+        from: time_param(q, "from")?,
+        to: time_param(q, "to")?,
+        target: q.get("target").filter(|s| !s.is_empty()).cloned(),
         before_seq,
         // One more than asked tells whether another page exists.
         limit: limit + 1,
@@ -65,10 +83,5 @@ pub async fn list(
     } else {
         None
     };
-    Ok(axum::Json(json!({
-        "object": "list",
-        "data": events.iter().map(audit::AuditRecord::to_api).collect::<Vec<_>>(),
-        "has_more": has_more,
-        "next_cursor": next_cursor,
-    })))
+    Ok((events, next_cursor))
 }

@@ -109,6 +109,15 @@ impl RevocationHub {
             .unwrap_or(CutReason::Revoked)
     }
 
+    /// Number of requests in flight on this instance that depend on `id` (what revoking it
+    /// would cut here).
+    pub fn live_count(&self, id: &str) -> usize {
+        self.inner
+            .lock()
+            .map(|i| i.by_id.get(id).map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+
     /// Number of distinct ids with live requests (for tests and debugging).
     pub fn live_ids(&self) -> usize {
         self.inner.lock().map(|i| i.by_id.len()).unwrap_or(0)

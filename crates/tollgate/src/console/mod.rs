@@ -7,7 +7,9 @@
 //!   session, logout, the one-time console link and setting a password;
 //! - `portal` — the developer portal: sign-up, verification, password reset, catalogue,
 //!   subscriptions and their credentials;
-//! - `admin` — what the tenant's administrators do here (publishing products to the portal).
+//! - `admin` — what the tenant's administrators do here: API keys, people and roles, OAuth
+//!   clients and identity providers, products, plans and subscriptions (publishing to the
+//!   portal), usage, spike alerts and the audit log.
 //!
 //! Invariants: no inline script or inline event handler anywhere (the CSP forbids them); every
 //! state-changing request carries the CSRF token; a secret appears in exactly one response, the
@@ -95,6 +97,88 @@ pub fn routes(_state: &AppState) -> Router<AppState> {
         )
         .route("/console/admin", get(admin::home))
         .route("/console/admin/products/{id}/publish", post(admin::publish))
+        .route(
+            "/console/admin/keys",
+            get(admin::keys::list).post(admin::keys::create),
+        )
+        .route("/console/admin/keys/{id}", get(admin::keys::show))
+        .route(
+            "/console/admin/keys/{id}/revoke",
+            get(admin::keys::revoke_page).post(admin::keys::revoke),
+        )
+        .route("/console/admin/keys/{id}/rotate", post(admin::keys::rotate))
+        .route(
+            "/console/admin/people",
+            get(admin::people::list).post(admin::people::add),
+        )
+        .route("/console/admin/people/{id}", get(admin::people::show))
+        .route(
+            "/console/admin/people/{id}/roles",
+            post(admin::people::set_roles),
+        )
+        .route(
+            "/console/admin/people/{id}/remove",
+            get(admin::people::remove_page).post(admin::people::remove),
+        )
+        .route(
+            "/console/admin/roles",
+            get(admin::people::roles).post(admin::people::create_role),
+        )
+        .route(
+            "/console/admin/roles/{id}",
+            get(admin::people::role).post(admin::people::update_role),
+        )
+        .route(
+            "/console/admin/roles/{id}/delete",
+            post(admin::people::delete_role),
+        )
+        .route(
+            "/console/admin/clients",
+            get(admin::identity::clients).post(admin::identity::create_client),
+        )
+        .route(
+            "/console/admin/clients/{id}/revoke",
+            post(admin::identity::revoke_client),
+        )
+        .route(
+            "/console/admin/identity-providers",
+            get(admin::identity::idps).post(admin::identity::create_idp),
+        )
+        .route(
+            "/console/admin/identity-providers/test",
+            post(admin::identity::test_token),
+        )
+        .route(
+            "/console/admin/identity-providers/{id}/delete",
+            post(admin::identity::delete_idp),
+        )
+        .route(
+            "/console/admin/products",
+            get(admin::catalog::products).post(admin::catalog::create_product),
+        )
+        .route("/console/admin/plans", post(admin::catalog::create_plan))
+        .route(
+            "/console/admin/subscriptions",
+            get(admin::catalog::subscriptions),
+        )
+        .route(
+            "/console/admin/subscriptions/{id}/status",
+            post(admin::catalog::set_status),
+        )
+        .route(
+            "/console/admin/subscriptions/{id}/cancel",
+            post(admin::catalog::cancel),
+        )
+        .route("/console/admin/usage", get(admin::usage::dashboard))
+        .route("/console/admin/usage.csv", get(admin::usage::export))
+        .route("/console/admin/alerts", get(admin::audit::alerts))
+        .route("/console/admin/audit", get(admin::audit::log))
+        .route("/console/admin/audit/verify", get(admin::audit::verify))
+        .route("/console/admin/audit.csv", get(admin::audit::export_csv))
+        .route(
+            "/console/admin/audit.jsonl",
+            get(admin::audit::export_jsonl),
+        )
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -248,10 +332,7 @@ impl Ctx {
             htmx: assets::url("htmx-2.0.11.min.js"),
             user: self.session.as_ref().map(|s| UserNav {
                 email: s.email.clone(),
-                admin: s
-                    .principal
-                    .permissions
-                    .contains(crate::auth::Permission::ProductsWrite),
+                admin: admin::any_section(&s.principal),
             }),
             notice: None,
             dialog: None,

@@ -28,7 +28,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{Json, Meta};
 use crate::identity::jws;
 use crate::identity::keys::{VerifyKey, verify_key_from_jwk};
-use crate::netguard::{self, Outbound};
+use crate::netguard::Outbound;
 use crate::store::identity::{self as idstore, ExternalIssuer};
 use crate::store::{StoreError, tenants};
 use crate::wire::ToApi;
@@ -184,7 +184,7 @@ impl JwksCache {
         }
     }
 
-    async fn forget(&self, id: &str) {
+    pub async fn forget(&self, id: &str) {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -330,35 +330,15 @@ pub async fn create(
     Meta(meta): Meta,
     Json(body): Json<CreateIssuerBody>,
 ) -> ApiResult<Response> {
-    let issuer = body.issuer.trim().to_string();
-    if issuer.is_empty() || issuer == state.config.public_url {
-        return Err(ApiError::validation(
-            "issuer",
-            "issuer must be the IdP's issuer and not this gateway",
-        ));
-    }
-    if crate::auth::jwt::is_subscription_id(&issuer) {
-        return Err(ApiError::validation(
-            "issuer",
-            "issuer must not look like a subscription id",
-        ));
-    }
-    // Strict syntax and the host's current addresses; the fetch checks the addresses again.
-    let jwks = state
-        .outbound
-        .check_registration(body.jwks_url.trim())
-        .await
-        .map_err(|e| {
-            tracing::info!(reason = e.reason(), "identity provider's jwks_url refused");
-            ApiError::validation("jwks_url", format!("jwks_url {}", netguard::REFUSED_URL))
-        })?;
-    let input = crate::service::identity::NewIdentityProvider {
-        issuer,
-        jwks_url: jwks.to_string(),
-        audience: body.audience,
-        claim: body.claim,
-        default_role: body.default_role,
-    };
+    let input = crate::service::identity::check_identity_provider(
+        &state,
+        &body.issuer,
+        &body.jwks_url,
+        body.audience,
+        body.claim,
+        body.default_role,
+    )
+    .await?;
     let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
     let reg = crate::service::identity::create_identity_provider(&mut unit, &caller, input).await?;
     unit.commit(&state.auth).await?;

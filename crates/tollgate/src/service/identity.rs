@@ -151,6 +151,50 @@ pub struct NewIdentityProvider {
     pub default_role: Option<String>,
 }
 
+/// Checks a front end's identity-provider input before any unit begins: the issuer (the IdP's,
+/// not this gateway's, not shaped like a subscription id) and the JWKS URL against the outbound
+/// policy (strict syntax and the host's current addresses; the fetch checks them again).
+pub async fn check_identity_provider(
+    state: &crate::app::AppState,
+    issuer: &str,
+    jwks_url: &str,
+    audience: String,
+    claim: Option<String>,
+    default_role: Option<String>,
+) -> ApiResult<NewIdentityProvider> {
+    let issuer = issuer.trim().to_string();
+    if issuer.is_empty() || issuer == state.config.public_url {
+        return Err(ApiError::validation(
+            "issuer",
+            "issuer must be the IdP's issuer and not this gateway",
+        ));
+    }
+    if crate::auth::jwt::is_subscription_id(&issuer) {
+        return Err(ApiError::validation(
+            "issuer",
+            "issuer must not look like a subscription id",
+        ));
+    }
+    let jwks = state
+        .outbound
+        .check_registration(jwks_url.trim())
+        .await
+        .map_err(|e| {
+            tracing::info!(reason = e.reason(), "identity provider's jwks_url refused");
+            ApiError::validation(
+                "jwks_url",
+                format!("jwks_url {}", crate::netguard::REFUSED_URL),
+            )
+        })?;
+    Ok(NewIdentityProvider {
+        issuer,
+        jwks_url: jwks.to_string(),
+        audience,
+        claim,
+        default_role,
+    })
+}
+
 /// Registers an external identity provider whose tokens are capped at the caller's effective
 /// permissions.
 pub async fn create_identity_provider(

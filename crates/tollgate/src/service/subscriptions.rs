@@ -117,6 +117,29 @@ pub async fn create_product(
     Ok(product)
 }
 
+/// Publishes a product of the caller's tenant to the developer portal, or takes it off.
+pub async fn set_product_published(
+    unit: &mut Unit<'_>,
+    caller: &Caller,
+    id: &str,
+    published: bool,
+) -> ApiResult<()> {
+    let at = published.then(now_ms);
+    if !crate::store::console::set_product_published(unit.conn(), &caller.tenant_id, id, at).await?
+    {
+        return Err(ApiError::not_found("product"));
+    }
+    let event = unit
+        .event(
+            caller.tenant_id.to_string(),
+            caller.actor(),
+            Action::ProductUpdated,
+        )
+        .target("product", id.to_string())
+        .details(json!({"changed": ["published"], "published": published}));
+    unit.audit(event).await
+}
+
 // ---- plans -----------------------------------------------------------------------------------
 
 /// Every limit a plan sets is positive (an absent limit is no limit).
@@ -545,7 +568,7 @@ pub struct SubscriptionKeySpec {
 
 /// Creates an API key bound to a subscription of the caller's tenant (its models and limits come
 /// from the plan). Needs `subscriptions:write`, and the key never holds a permission the caller
-/// lacks (see `crate::api::keys::inherited_scopes`). Returns the key and its plaintext (to be
+/// lacks (see `super::keys::inherited_scopes`). Returns the key and its plaintext (to be
 /// shown once).
 pub async fn create_subscription_key(
     unit: &mut Unit<'_>,
@@ -574,7 +597,7 @@ pub async fn create_subscription_key(
     let scope_set = spec
         .scopes
         .as_deref()
-        .map(crate::api::keys::validate_subscription_scopes)
+        .map(super::keys::validate_subscription_scopes)
         .transpose()?;
     if let Some(rl) = &spec.rate_limit
         && (rl.requests_per_minute == Some(0) || rl.tokens_per_minute == Some(0))
@@ -608,7 +631,7 @@ pub async fn create_subscription_key(
             )?;
             Some(scopes)
         }
-        _ => crate::api::keys::inherited_scopes(ceiling, sub_key(base), sub_key)?,
+        _ => super::keys::inherited_scopes(ceiling, sub_key(base), sub_key)?,
     };
     let key_spec = super::keys::NewKeySpec {
         tenant_id: s.tenant_id.clone(),

@@ -37,6 +37,16 @@ pub async fn get_usage(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<Value>> {
+    usage(&state, &caller, &q).await.map(axum::Json)
+}
+
+/// The answer of `GET /v1/usage` for `caller` and the query parameters `q` (the console's
+/// dashboard shows and exports the same).
+pub async fn usage(
+    state: &AppState,
+    caller: &Caller,
+    q: &HashMap<String, String>,
+) -> ApiResult<Value> {
     caller.require(Permission::UsageRead)?;
     let granularity = q.get("granularity").map_or("hour", String::as_str);
     let bucket_ms: i64 = match granularity {
@@ -64,8 +74,8 @@ pub async fn get_usage(
             }
         }
     }
-    let to = time_param(&q, "to")?.unwrap_or_else(|| now_ms() + 1);
-    let from = time_param(&q, "from")?.unwrap_or(to - 86_400_000);
+    let to = time_param(q, "to")?.unwrap_or_else(|| now_ms() + 1);
+    let from = time_param(q, "from")?.unwrap_or(to - 86_400_000);
     if from >= to {
         return Err(ApiError::validation("from", "from must be before to"));
     }
@@ -129,7 +139,7 @@ pub async fn get_usage(
             Value::Object(o)
         })
         .collect();
-    Ok(axum::Json(json!({
+    Ok(json!({
         "object": "list",
         "from": rfc3339(from),
         "to": rfc3339(to),
@@ -137,5 +147,5 @@ pub async fn get_usage(
         "group_by": group_by.iter().map(|g| g.name()).collect::<Vec<_>>(),
         "scope": if all { "tenant" } else { "own" },
         "data": data,
-    })))
+    }))
 }

@@ -15,6 +15,7 @@ mod alerts;
 mod app_jwt;
 mod audit;
 mod console;
+mod console_admin;
 mod cors;
 mod edges;
 mod errors;
