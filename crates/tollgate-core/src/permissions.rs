@@ -196,6 +196,10 @@ pub const BUILTIN_ROLES: &[&str] = &["owner", "admin", "developer", "viewer", "c
 /// The role whose holders own the tenant. Only an owner grants or removes it.
 pub const OWNER_ROLE: &str = "owner";
 
+/// The role of developer-portal sign-ups: a member with only this role reads the published
+/// catalogue only.
+pub const CONSUMER_ROLE: &str = "consumer";
+
 /// Whether `name` would read as a built-in role (any ASCII case): custom roles may not take
 /// such a name, so no custom role can pass for `owner`.
 pub fn is_builtin_name(name: &str) -> bool {

@@ -21,7 +21,7 @@ use crate::store::subscriptions::{
     self as store, Credential, Plan, PlanLimits, Product, Subscription,
 };
 use crate::wire::ToApi;
-use tollgate_core::permissions::Authority;
+use tollgate_core::permissions::{Authority, CONSUMER_ROLE};
 
 /// Products and plans are readable by any member of the tenant (not by a subscription's own
 /// credentials, which only see their models through `/v1/models`).
@@ -32,6 +32,31 @@ fn require_member(caller: &Caller) -> ApiResult<()> {
         ));
     }
     Ok(())
+}
+
+/// What of the catalogue a member may read: everything, or — for a developer-portal consumer (a
+/// member whose only role is `consumer`) — the published products and their plans only, as in
+/// the portal. `Some(ids)`: only these products.
+async fn visible_products(
+    state: &AppState,
+    caller: &Caller,
+) -> ApiResult<Option<std::collections::HashSet<String>>> {
+    let Some(user) = &caller.user_id else {
+        return Ok(None);
+    };
+    let mut c = conn(state).await?;
+    let Some(member) = crate::store::tenants::get_member(&mut c, &caller.tenant_id, user).await?
+    else {
+        return Ok(None);
+    };
+    drop(c);
+    let consumer_only = !member.roles.is_empty() && member.roles.iter().all(|r| r == CONSUMER_ROLE);
+    if !consumer_only {
+        return Ok(None);
+    }
+    let ids =
+        crate::store::console::published_product_ids(state.store.pool(), &caller.tenant_id).await?;
+    Ok(Some(ids))
 }
 
 fn list(data: Vec<Value>) -> Response {
@@ -85,9 +110,11 @@ pub async fn create_product(
 
 pub async fn list_products(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     require_member(&caller)?;
+    let visible = visible_products(&state, &caller).await?;
     let data = store::list_products(state.store.pool(), &caller.tenant_id)
         .await?
         .iter()
+        .filter(|p| visible.as_ref().is_none_or(|v| v.contains(&p.id)))
         .map(Product::to_api)
         .collect();
     Ok(list(data))
@@ -99,9 +126,11 @@ pub async fn get_product(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     require_member(&caller)?;
+    let visible = visible_products(&state, &caller).await?;
     let mut c = conn(&state).await?;
     let p = store::get_product(&mut c, &caller.tenant_id, &id)
         .await?
+        .filter(|p| visible.as_ref().is_none_or(|v| v.contains(&p.id)))
         .ok_or_else(|| ApiError::not_found("product"))?;
     let plans: Vec<Value> = store::list_plans(state.store.pool(), &caller.tenant_id, Some(&id))
         .await?
@@ -154,6 +183,7 @@ pub async fn list_plans(
     Query(q): Query<PlanQuery>,
 ) -> ApiResult<Response> {
     require_member(&caller)?;
+    let visible = visible_products(&state, &caller).await?;
     let data = store::list_plans(
         state.store.pool(),
         &caller.tenant_id,
@@ -161,6 +191,7 @@ pub async fn list_plans(
     )
     .await?
     .iter()
+    .filter(|p| visible.as_ref().is_none_or(|v| v.contains(&p.product_id)))
     .map(Plan::to_api)
     .collect();
     Ok(list(data))
@@ -172,9 +203,11 @@ pub async fn get_plan(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     require_member(&caller)?;
+    let visible = visible_products(&state, &caller).await?;
     let mut c = conn(&state).await?;
     let p = store::get_plan(&mut c, &caller.tenant_id, &id)
         .await?
+        .filter(|p| visible.as_ref().is_none_or(|v| v.contains(&p.product_id)))
         .ok_or_else(|| ApiError::not_found("plan"))?;
     Ok(axum::Json(p.to_api()).into_response())
 }

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{Db, Opts, TestApp, chat_body};
+use crate::helpers::{Db, Opts, TestApp, chat_body, expect_error};
 
 /// A browser: its cookies, and no automatic redirects.
 struct Browser {
@@ -772,4 +772,78 @@ async fn portal_signup(b: &mut Browser, email: &str) -> Page {
         ],
     )
     .await
+}
+
+/// A developer-portal consumer reads the published catalogue only, through the API as in the
+/// portal: an unpublished product or plan is `404` to them; other members see every product.
+#[tokio::test]
+async fn a_consumer_reads_only_the_published_catalogue() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let open = crate::subs::create_product(&app, &app.owner_key, "Open", &["gpt-test"]).await;
+    let hidden = crate::subs::create_product(&app, &app.owner_key, "Hidden", &["gpt-test"]).await;
+    let (open_id, hidden_id) = (
+        open["id"].as_str().unwrap().to_string(),
+        hidden["id"].as_str().unwrap().to_string(),
+    );
+    let open_plan = crate::subs::create_plan(&app, &app.owner_key, &open_id, "Free").await;
+    let hidden_plan = crate::subs::create_plan(&app, &app.owner_key, &hidden_id, "Free").await;
+    let mut conn = app.state.store.pool().acquire().await.unwrap();
+    assert!(
+        tollgate::store::console::set_product_published(
+            &mut conn,
+            &app.tenant_id,
+            &open_id,
+            Some(1)
+        )
+        .await
+        .unwrap()
+    );
+    drop(conn);
+    let (_, consumer) = app.add_user("carol@example.com", &["consumer"]).await;
+    let (_, developer) = app.add_user("dev@example.com", &["developer"]).await;
+    let ids = |v: Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let seen = ids(app
+        .get("/v1/products", &consumer)
+        .await
+        .json()
+        .await
+        .unwrap());
+    assert_eq!(seen, vec![open_id.clone()]);
+    let all = ids(app
+        .get("/v1/products", &developer)
+        .await
+        .json()
+        .await
+        .unwrap());
+    assert_eq!(all.len(), 2, "{all:?}");
+    let res = app
+        .get(&format!("/v1/products/{hidden_id}"), &consumer)
+        .await;
+    expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    let res = app.get(&format!("/v1/products/{open_id}"), &consumer).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let plans = ids(app.get("/v1/plans", &consumer).await.json().await.unwrap());
+    assert_eq!(plans, vec![open_plan["id"].as_str().unwrap().to_string()]);
+    let res = app
+        .get(
+            &format!("/v1/plans/{}", hidden_plan["id"].as_str().unwrap()),
+            &consumer,
+        )
+        .await;
+    expect_error(res, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    let res = app
+        .get(
+            &format!("/v1/plans/{}", hidden_plan["id"].as_str().unwrap()),
+            &developer,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.shutdown().await;
 }
