@@ -1020,8 +1020,13 @@ pub async fn subscription(ctx: Ctx, Path(id): Path<String>, RawQuery(query): Raw
         Ok(x) => x,
         Err(e) => return ctx.error(&e),
     };
-    let shown = match s.take_flash(&ctx.state).await {
-        Ok(Some(v)) if v["subscription_id"].as_str() == Some(sub.id.as_str()) => Some(Shown {
+    let shown = match s
+        .take_flash_for(&ctx.state, |v| {
+            v["subscription_id"].as_str() == Some(sub.id.as_str())
+        })
+        .await
+    {
+        Ok(Some(v)) => Some(Shown {
             title: v["title"].as_str().unwrap_or("New secret").to_string(),
             kid: v["kid"].as_str().unwrap_or_default().to_string(),
             value: v["value"].as_str().unwrap_or_default().to_string(),

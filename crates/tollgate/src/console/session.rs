@@ -120,6 +120,24 @@ impl Session {
         Ok(serde_json::from_slice(&bytes).ok())
     }
 
+    /// Takes the one-shot message when `wanted` says it is this page's (its object's); any other
+    /// page's message is put back for its own page, so opening another object first loses
+    /// nothing.
+    pub async fn take_flash_for(
+        &self,
+        state: &AppState,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> ApiResult<Option<serde_json::Value>> {
+        match self.take_flash(state).await? {
+            Some(v) if wanted(&v) => Ok(Some(v)),
+            Some(other) => {
+                self.set_flash(state, &other).await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn caller(&self) -> crate::auth::middleware::Caller {
         crate::auth::middleware::Caller(self.principal.clone())
     }

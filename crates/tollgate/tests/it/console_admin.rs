@@ -256,6 +256,21 @@ async fn keys_journey(app: TestApp) {
     let list = owner.get("/console/admin/keys").await;
     assert!(!list.body.contains(&secret));
     assert!(list.body.contains("ci-key"));
+    // Another key's page opened first neither shows a new key's secret nor loses it.
+    let page = owner
+        .post(
+            "/console/admin/keys",
+            &[("name", "second"), ("user_id", &app.owner_id)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let second_page = page.location.unwrap();
+    let elsewhere = owner.get(&key_page).await;
+    assert_eq!(shown_secret(&elsewhere.body), None);
+    let second = owner.get(&second_page).await;
+    let second_secret = shown_secret(&second.body).expect("its secret, still once");
+    assert!(second_secret.starts_with("tgk_") && second_secret != secret);
+    assert_eq!(shown_secret(&owner.get(&second_page).await.body), None);
     // The key works, with the settings of the form; the API wrote the same event.
     assert_eq!(
         app.chat(&secret, chat_body("fake-model")).await.status(),

@@ -110,8 +110,11 @@ pub async fn clients(ctx: Ctx, RawQuery(query): RawQuery) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let shown = match s.take_flash(&ctx.state).await {
-        Ok(Some(f)) if f["client_id"].is_string() => Some(ShownClient {
+    let shown = match s
+        .take_flash_for(&ctx.state, |f| f["client_id"].is_string())
+        .await
+    {
+        Ok(Some(f)) => Some(ShownClient {
             client_id: f["client_id"].as_str().unwrap_or_default().to_string(),
             secret: f["value"].as_str().unwrap_or_default().to_string(),
         }),

@@ -585,8 +585,13 @@ pub async fn show(ctx: Ctx, Path(id): Path<String>, RawQuery(query): RawQuery) -
         Ok(r) => r,
         Err(e) => return ctx.error(&e),
     };
-    let shown = match s.take_flash(&ctx.state).await {
-        Ok(Some(f)) if f["key_id"].as_str() == Some(rec.id.as_str()) => Some(Shown {
+    let shown = match s
+        .take_flash_for(&ctx.state, |f| {
+            f["key_id"].as_str() == Some(rec.id.as_str())
+        })
+        .await
+    {
+        Ok(Some(f)) => Some(Shown {
             title: f["title"].as_str().unwrap_or_default().to_string(),
             value: f["value"].as_str().unwrap_or_default().to_string(),
         }),
