@@ -5,139 +5,13 @@
 //! same audit event as the API; a caller without the permission sees no control and a forged
 //! POST is 403; another tenant's objects are 404.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::console_support::{Browser, input_value};
 use crate::helpers::{Db, TestApp, chat_body};
-
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    jar: HashMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    location: Option<String>,
-    body: String,
-}
-
-impl Browser {
-    fn new(app: &TestApp) -> Self {
-        Self {
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            base: app.base.clone(),
-            jar: HashMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.jar
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn take(&mut self, res: reqwest::Response) -> Page {
-        let status = res.status();
-        for c in res.headers().get_all("set-cookie") {
-            let c = c.to_str().unwrap();
-            let (k, v) = c.split(';').next().unwrap().split_once('=').unwrap();
-            if v.is_empty() || c.contains("Max-Age=0") {
-                self.jar.remove(k);
-            } else {
-                self.jar.insert(k.to_string(), v.to_string());
-            }
-        }
-        let location = res
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_string());
-        let body = res.text().await.unwrap();
-        assert_no_inline_script(&body);
-        Page {
-            status,
-            location,
-            body,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        let rel = match path.find("://") {
-            Some(i) => &path[path[i + 3..].find('/').map_or(path.len(), |j| i + 3 + j)..],
-            None => path,
-        };
-        format!("{}{rel}", self.base)
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let res = self
-            .client
-            .get(self.url(path))
-            .header("cookie", self.cookie_header())
-            .header("accept", "text/html")
-            .send()
-            .await
-            .unwrap();
-        self.take(res).await
-    }
-
-    /// Posts a form with this browser's CSRF token.
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let csrf = self.csrf();
-        let mut pairs: Vec<(&str, &str)> = vec![("csrf_token", &csrf)];
-        pairs.extend_from_slice(form);
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&pairs)
-            .finish();
-        let res = self
-            .client
-            .post(self.url(path))
-            .header("cookie", self.cookie_header())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        self.take(res).await
-    }
-
-    fn csrf(&self) -> String {
-        self.jar
-            .iter()
-            .find(|(k, _)| k.ends_with("tg_console_csrf"))
-            .map(|(_, v)| v.clone())
-            .expect("a CSRF cookie")
-    }
-}
-
-fn assert_no_inline_script(html: &str) {
-    let lower = html.to_ascii_lowercase();
-    for (i, _) in lower.match_indices("<script") {
-        let tag = &lower[i..i + lower[i..].find('>').unwrap()];
-        assert!(tag.contains(" src="), "inline script: {tag}");
-    }
-    assert!(
-        !lower.contains(" onclick=")
-            && !lower.contains(" onsubmit=")
-            && !lower.contains(" onload="),
-        "an inline event handler"
-    );
-}
-
-/// The value of `name="{name}" value="…"`.
-fn input_value(html: &str, name: &str) -> String {
-    let needle = format!("name=\"{name}\" value=\"");
-    let i = html.find(&needle).unwrap_or_else(|| panic!("no {name}")) + needle.len();
-    html[i..i + html[i..].find('"').unwrap()].to_string()
-}
 
 /// The secret shown in the one-time panel, if the page has one.
 fn shown_secret(html: &str) -> Option<String> {
@@ -159,7 +33,7 @@ async fn browser_for(app: &TestApp, user_id: &str) -> Browser {
     let page = b.get(&link).await;
     assert_eq!(page.status, StatusCode::OK);
     let token = input_value(&page.body, "token");
-    let page = b.post("/console/link", &[("token", &token)]).await;
+    let page = b.submit("/console/link", &[("token", &token)]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     b
 }
@@ -220,7 +94,7 @@ async fn keys_journey(app: TestApp) {
     // A validation error is shown next to its field, nothing is created.
     let created_before = events(&app, "api_key.created").await.len();
     let page = owner
-        .post(
+        .submit(
             "/console/admin/keys",
             &[("name", "bad"), ("requests_per_minute", "-3")],
         )
@@ -231,7 +105,7 @@ async fn keys_journey(app: TestApp) {
 
     // Create a scoped key with a limit; it is shown once, on the page the browser goes to.
     let page = owner
-        .post(
+        .submit(
             "/console/admin/keys",
             &[
                 ("name", "ci-key"),
@@ -258,7 +132,7 @@ async fn keys_journey(app: TestApp) {
     assert!(list.body.contains("ci-key"));
     // Another key's page opened first neither shows a new key's secret nor loses it.
     let page = owner
-        .post(
+        .submit(
             "/console/admin/keys",
             &[("name", "second"), ("user_id", &app.owner_id)],
         )
@@ -293,7 +167,7 @@ async fn keys_journey(app: TestApp) {
     // A member's key, expiring in five days, made by the owner for them.
     let soon = chrono_date(5);
     let page = owner
-        .post(
+        .submit(
             "/console/admin/keys",
             &[
                 ("name", "member-expiring"),
@@ -343,7 +217,7 @@ async fn keys_journey(app: TestApp) {
 
     // Rotate with a one-hour grace: the new secret is shown once, both work meanwhile.
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/keys/{key_id}/rotate"),
             &[("grace_period_seconds", "3600")],
         )
@@ -365,7 +239,7 @@ async fn keys_journey(app: TestApp) {
     assert_eq!(ev[0]["details"]["grace_period_seconds"], 3600);
     // A grace beyond 30 days is refused next to the field.
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/keys/{key_id}/rotate"),
             &[("grace_period_seconds", "99999999")],
         )
@@ -391,7 +265,7 @@ async fn keys_journey(app: TestApp) {
     );
     assert!(page.body.contains("will be cut"));
     let page = owner
-        .post(&format!("/console/admin/keys/{key_id}/revoke"), &[])
+        .submit(&format!("/console/admin/keys/{key_id}/revoke"), &[])
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let mut rest = String::new();
@@ -473,7 +347,7 @@ async fn without_the_permission_no_control_is_shown_and_a_forged_post_is_403() {
             vec![("name", "x"), ("permission", "models:read")],
         ),
     ] {
-        let page = viewer.post(path, &form).await;
+        let page = viewer.submit(path, &form).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
     }
     assert_eq!(events(&app, "api_key.created").await.len(), created_before);
@@ -496,13 +370,13 @@ async fn without_the_permission_no_control_is_shown_and_a_forged_post_is_403() {
         StatusCode::NOT_FOUND
     );
     let page = dev
-        .post(&format!("/console/admin/keys/{owner_key_id}/revoke"), &[])
+        .submit(&format!("/console/admin/keys/{owner_key_id}/revoke"), &[])
         .await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
     assert!(key_status(&app, &owner_key_id).await["revoked_at"].is_null());
     // Naming another owner is keys:admin's: 403, shown on the form.
     let page = dev
-        .post(
+        .submit(
             "/console/admin/keys",
             &[("name", "for the owner"), ("user_id", &app.owner_id)],
         )
@@ -510,7 +384,7 @@ async fn without_the_permission_no_control_is_shown_and_a_forged_post_is_403() {
     assert_eq!(page.status, StatusCode::FORBIDDEN);
     // Scopes beyond what the developer holds are refused.
     let page = dev
-        .post(
+        .submit(
             "/console/admin/keys",
             &[("name", "wide"), ("scoped", "1"), ("scope", "users:write")],
         )
@@ -518,7 +392,7 @@ async fn without_the_permission_no_control_is_shown_and_a_forged_post_is_403() {
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"k-scopes-error\" role=\"alert\""));
     // Their own key works.
-    let page = dev.post("/console/admin/keys", &[("name", "mine")]).await;
+    let page = dev.submit("/console/admin/keys", &[("name", "mine")]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let id = page
         .location
@@ -547,7 +421,7 @@ async fn people_add_change_roles_remove_and_the_last_owner_rule() {
 
     // Add: a bad address is shown next to its field.
     let page = owner
-        .post(
+        .submit(
             "/console/admin/people",
             &[("email", "not-an-address"), ("role", "developer")],
         )
@@ -555,7 +429,7 @@ async fn people_add_change_roles_remove_and_the_last_owner_rule() {
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"p-email-error\" role=\"alert\""));
     let page = owner
-        .post(
+        .submit(
             "/console/admin/people",
             &[
                 ("email", "ada@example.com"),
@@ -580,7 +454,7 @@ async fn people_add_change_roles_remove_and_the_last_owner_rule() {
 
     // Change roles (as PUT /v1/users/{id}/roles).
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/people/{ada}/roles"),
             &[("role", "viewer"), ("role", "developer")],
         )
@@ -607,11 +481,11 @@ async fn people_add_change_roles_remove_and_the_last_owner_rule() {
     let page = owner.get(&format!("{me}/remove")).await;
     assert!(page.body.contains("always keeps at least one owner"));
     assert!(!page.body.contains("Remove the member"));
-    let page = owner.post(&format!("{me}/remove"), &[]).await;
+    let page = owner.submit(&format!("{me}/remove"), &[]).await;
     assert_eq!(page.status, StatusCode::CONFLICT);
     assert!(page.body.contains("Make another member an owner first"));
     let page = owner
-        .post(&format!("{me}/roles"), &[("role", "admin")])
+        .submit(&format!("{me}/roles"), &[("role", "admin")])
         .await;
     assert_eq!(page.status, StatusCode::CONFLICT);
     assert!(page.body.contains("Make another member an owner first"));
@@ -625,10 +499,10 @@ async fn people_add_change_roles_remove_and_the_last_owner_rule() {
     assert!(!page.body.contains(&format!("{me}/roles\"")));
     let page = admin.get("/console/admin/people").await;
     assert!(page.body.contains("value=\"owner\" disabled"));
-    let page = admin.post(&format!("{me}/remove"), &[]).await;
+    let page = admin.submit(&format!("{me}/remove"), &[]).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
     let page = admin
-        .post(
+        .submit(
             &format!("/console/admin/people/{ada}/roles"),
             &[("role", "owner")],
         )
@@ -645,7 +519,7 @@ async fn people_add_change_roles_remove_and_the_last_owner_rule() {
         .await;
     assert!(page.body.contains("1 active API key of theirs"));
     let page = owner
-        .post(&format!("/console/admin/people/{ada}/remove"), &[])
+        .submit(&format!("/console/admin/people/{ada}/remove"), &[])
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     assert_event(&events(&app, "user.removed").await, &ada, &app.owner_id);
@@ -665,7 +539,7 @@ async fn custom_roles_offer_only_held_permissions() {
     let app = TestApp::spawn(Db::Sqlite).await;
     let mut owner = browser_for(&app, &app.owner_id).await;
     let page = owner
-        .post(
+        .submit(
             "/console/admin/roles",
             &[
                 ("name", "role-admin"),
@@ -682,7 +556,7 @@ async fn custom_roles_offer_only_held_permissions() {
     let role_id = ev[0]["target"]["id"].as_str().unwrap().to_string();
     // A built-in name is refused next to the field.
     let page = owner
-        .post(
+        .submit(
             "/console/admin/roles",
             &[("name", "Owner"), ("permission", "models:read")],
         )
@@ -704,7 +578,7 @@ async fn custom_roles_offer_only_held_permissions() {
     );
     assert!(page.body.contains("you do not hold"));
     let page = b
-        .post(
+        .submit(
             "/console/admin/roles",
             &[("name", "sneaky"), ("permission", "keys:admin")],
         )
@@ -715,7 +589,7 @@ async fn custom_roles_offer_only_held_permissions() {
 
     // Edit, then delete once nobody holds it.
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/roles/{role_id}"),
             &[
                 ("name", "role-admin"),
@@ -728,14 +602,14 @@ async fn custom_roles_offer_only_held_permissions() {
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     assert_event(&events(&app, "role.updated").await, &role_id, &app.owner_id);
     let page = owner
-        .post(&format!("/console/admin/roles/{role_id}/delete"), &[])
+        .submit(&format!("/console/admin/roles/{role_id}/delete"), &[])
         .await;
     assert_eq!(page.status, StatusCode::CONFLICT);
     assert!(page.body.contains("held by 1"));
     app.delete(&format!("/v1/users/{uid}"), &app.owner_key)
         .await;
     let page = owner
-        .post(&format!("/console/admin/roles/{role_id}/delete"), &[])
+        .submit(&format!("/console/admin/roles/{role_id}/delete"), &[])
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     assert_event(&events(&app, "role.deleted").await, &role_id, &app.owner_id);
@@ -799,7 +673,7 @@ async fn another_tenants_objects_are_404() {
             vec![],
         ),
     ] {
-        let page = owner.post(&path, &form).await;
+        let page = owner.submit(&path, &form).await;
         assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
     }
     let rec: Value = app
@@ -820,12 +694,12 @@ async fn oauth_clients_secret_shown_once_and_revoked() {
     let mut owner = browser_for(&app, &app.owner_id).await;
     // A public client needs a redirect URI: said next to the field.
     let page = owner
-        .post("/console/admin/clients", &[("name", "spa")])
+        .submit("/console/admin/clients", &[("name", "spa")])
         .await;
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"c-uris-error\" role=\"alert\""));
     let page = owner
-        .post(
+        .submit(
             "/console/admin/clients",
             &[
                 ("name", "batch job"),
@@ -869,7 +743,7 @@ async fn oauth_clients_secret_shown_once_and_revoked() {
     .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let page = owner
-        .post(&format!("/console/admin/clients/{client_id}/revoke"), &[])
+        .submit(&format!("/console/admin/clients/{client_id}/revoke"), &[])
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_event(
@@ -887,7 +761,7 @@ async fn oauth_clients_secret_shown_once_and_revoked() {
         StatusCode::FORBIDDEN
     );
     let page = dev
-        .post(
+        .submit(
             "/console/admin/clients",
             &[("name", "x"), ("confidential", "1")],
         )
@@ -910,7 +784,7 @@ async fn identity_providers_and_the_token_test_say_why() {
 
     // A refused JWKS URL is said next to its field.
     let page = owner
-        .post(
+        .submit(
             "/console/admin/identity-providers",
             &[
                 ("issuer", issuer),
@@ -922,7 +796,7 @@ async fn identity_providers_and_the_token_test_say_why() {
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"i-jwks-error\" role=\"alert\""));
     let page = owner
-        .post(
+        .submit(
             "/console/admin/identity-providers",
             &[
                 ("issuer", issuer),
@@ -985,7 +859,7 @@ async fn identity_providers_and_the_token_test_say_why() {
     // Delete: its tokens stop working.
     let reg = ev[0]["target"]["id"].as_str().unwrap().to_string();
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/identity-providers/{reg}/delete"),
             &[],
         )
@@ -1004,7 +878,7 @@ async fn identity_providers_and_the_token_test_say_why() {
 /// Posts `token` to the identity providers' "test a token" box; the page.
 async fn test_token(b: &mut Browser, token: String) -> String {
     let page = b
-        .post(
+        .submit(
             "/console/admin/identity-providers/test",
             &[("token", &token)],
         )
@@ -1022,7 +896,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     let mut owner = browser_for(&app, &app.owner_id).await;
     // An unconfigured model is refused next to the field.
     let page = owner
-        .post(
+        .submit(
             "/console/admin/products",
             &[("name", "Chat"), ("model", "no-such-model")],
         )
@@ -1030,7 +904,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"pr-models-error\" role=\"alert\""));
     let page = owner
-        .post(
+        .submit(
             "/console/admin/products",
             &[("name", "Chat"), ("model", "fake-model")],
         )
@@ -1040,7 +914,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     assert_eq!(ev[0]["actor"]["id"], app.owner_id);
     let product_id = ev[0]["target"]["id"].as_str().unwrap().to_string();
     let page = owner
-        .post(
+        .submit(
             "/console/admin/plans",
             &[
                 ("product_id", &product_id),
@@ -1052,7 +926,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.body.contains("id=\"pl-limits-error\" role=\"alert\""));
     let page = owner
-        .post(
+        .submit(
             "/console/admin/plans",
             &[
                 ("product_id", &product_id),
@@ -1068,7 +942,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     let page = owner.get("/console/admin/products").await;
     assert!(page.body.contains("Starter") && page.body.contains("Publish Chat"));
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/products/{product_id}/publish"),
             &[("published", "1")],
         )
@@ -1100,7 +974,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     let page = owner.get("/console/admin/keys").await;
     assert!(page.body.contains(&format!("<option value=\"{sub_id}\">")));
     let page = owner
-        .post(
+        .submit(
             "/console/admin/keys",
             &[
                 ("name", "sub-key"),
@@ -1121,7 +995,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
     assert_eq!(rec["subscription_id"], sub_id);
     assert!(rec["user_id"].is_null());
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/subscriptions/{sub_id}/status"),
             &[("status", "suspended")],
         )
@@ -1144,7 +1018,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
             .contains(&sub_id)
     );
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/subscriptions/{sub_id}/status"),
             &[("status", "active")],
         )
@@ -1156,7 +1030,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
         &app.owner_id,
     );
     let page = owner
-        .post(
+        .submit(
             &format!("/console/admin/subscriptions/{sub_id}/cancel"),
             &[],
         )
@@ -1193,7 +1067,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
         ),
     ] {
         assert_eq!(
-            dev.post(path, &form).await.status,
+            dev.submit(path, &form).await.status,
             StatusCode::FORBIDDEN,
             "{path}"
         );
@@ -1243,7 +1117,7 @@ async fn products_plans_and_every_subscription_with_suspend_reactivate_cancel() 
         ),
     ] {
         assert_eq!(
-            owner.post(&path, &[]).await.status,
+            owner.submit(&path, &[]).await.status,
             StatusCode::NOT_FOUND,
             "{path}"
         );
@@ -1411,7 +1285,7 @@ async fn spike_alerts_link_their_key_and_the_audit_log_filters_pages_exports_and
     // Some events to filter: the journey of a key.
     for i in 0..3 {
         let page = owner
-            .post("/console/admin/keys", &[("name", &format!("k{i}"))])
+            .submit("/console/admin/keys", &[("name", &format!("k{i}"))])
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER);
     }

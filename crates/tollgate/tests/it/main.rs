@@ -16,6 +16,7 @@ mod app_jwt;
 mod audit;
 mod console;
 mod console_admin;
+mod console_support;
 mod cors;
 mod edges;
 mod errors;
