@@ -20,7 +20,6 @@ use crate::identity::oauth::secret_hash;
 use crate::service::Unit;
 use crate::service::subscriptions as subsvc;
 use crate::store::identity as idstore;
-use crate::store::invalidations::Kind;
 use crate::store::subscriptions::{self as substore, PlanLimits, Product, Subscription};
 use crate::store::tenants;
 use crate::util::now_ms;
@@ -223,23 +222,11 @@ pub async fn verify(ctx: Ctx, RawQuery(query): RawQuery) -> Response {
     let token = query_param(query.as_deref(), "token").unwrap_or_default();
     let done = async {
         let mut unit = crate::service::Unit::begin(&ctx.state.store, &ctx.meta).await?;
-        let now = now_ms();
-        let Some(user_id) =
-            idstore::spend_email_token(unit.conn(), &secret_hash(&token), PURPOSE_VERIFY, now)
-                .await?
-        else {
+        if crate::identity::accounts::verify_email_in(&mut unit, &token)
+            .await?
+            .is_none()
+        {
             return Ok(false);
-        };
-        idstore::mark_email_verified(unit.conn(), &user_id, now).await?;
-        for tenant_id in idstore::user_tenant_ids(unit.conn(), &user_id).await? {
-            let event = unit
-                .event(
-                    tenant_id,
-                    Actor::user(user_id.clone()),
-                    Action::AuthEmailVerified,
-                )
-                .target("user", user_id.clone());
-            unit.audit(event).await?;
         }
         unit.commit(&ctx.state.auth).await?;
         ApiResult::Ok(true)
@@ -386,31 +373,12 @@ pub async fn reset_confirm(ctx: Ctx, body: Bytes) -> Response {
     };
     let done = async {
         let hash = crate::passwords::hash(&password).await?;
-        let now = now_ms();
         let mut unit = crate::service::Unit::begin(&ctx.state.store, &ctx.meta).await?;
-        let Some(user_id) =
-            idstore::spend_email_token(unit.conn(), &secret_hash(&token), PURPOSE_RESET, now)
-                .await?
-        else {
+        if crate::identity::accounts::reset_password_in(&mut unit, &token, &hash)
+            .await?
+            .is_none()
+        {
             return Ok(false);
-        };
-        tenants::set_password_hash(unit.conn(), &user_id, &hash).await?;
-        idstore::mark_email_verified(unit.conn(), &user_id, now).await?;
-        let families =
-            idstore::revoke_user_families(unit.conn(), &user_id, "password_reset", now).await?;
-        for (fid, _) in &families {
-            unit.invalidate(Kind::Credential, fid).await?;
-        }
-        for tenant_id in idstore::user_tenant_ids(unit.conn(), &user_id).await? {
-            let event = unit
-                .event(
-                    tenant_id,
-                    Actor::user(user_id.clone()),
-                    Action::AuthPasswordReset,
-                )
-                .target("user", user_id.clone())
-                .details(json!({"sessions_revoked": families.len()}));
-            unit.audit(event).await?;
         }
         unit.commit(&ctx.state.auth).await?;
         ApiResult::Ok(true)

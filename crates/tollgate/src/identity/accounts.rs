@@ -20,7 +20,7 @@ use crate::http::{Json, Meta};
 use crate::identity::oauth::secret_hash;
 use crate::store::audit::{Actor, AuditEvent, RequestMeta, append};
 use crate::store::identity as idstore;
-use crate::store::invalidations::{self, Kind};
+use crate::store::invalidations::Kind;
 use crate::store::{StoreError, tenants};
 use crate::util::{now_ms, random_base62};
 use tollgate_core::audit::Action;
@@ -322,6 +322,73 @@ async fn audit_user_event(
     Ok(())
 }
 
+/// The audit event of `action` on `user_id`, in each of the user's tenants, in `unit`.
+async fn audit_user_in(
+    unit: &mut crate::service::Unit<'_>,
+    user_id: &str,
+    action: Action,
+    details: serde_json::Value,
+) -> ApiResult<()> {
+    for tenant_id in idstore::user_tenant_ids(unit.conn(), user_id).await? {
+        let event = unit
+            .event(tenant_id, Actor::user(user_id.to_string()), action)
+            .target("user", user_id)
+            .details(details.clone());
+        unit.audit(event).await?;
+    }
+    Ok(())
+}
+
+/// Spends an email-verification token and marks its user's address verified (audited in each
+/// of the user's tenants). `None`: the token is invalid, used or expired. The API's
+/// `GET /v1/auth/verify-email` and the portal's `/console/verify` both run it.
+pub(crate) async fn verify_email_in(
+    unit: &mut crate::service::Unit<'_>,
+    token: &str,
+) -> ApiResult<Option<String>> {
+    let now = now_ms();
+    let Some(user_id) =
+        idstore::spend_email_token(unit.conn(), &secret_hash(token), PURPOSE_VERIFY, now).await?
+    else {
+        return Ok(None);
+    };
+    idstore::mark_email_verified(unit.conn(), &user_id, now).await?;
+    audit_user_in(unit, &user_id, Action::AuthEmailVerified, json!({})).await?;
+    Ok(Some(user_id))
+}
+
+/// Spends a password-reset token: the user gets `password_hash`, their address counts as
+/// verified, and every session family of theirs ends on every instance (audited in each of
+/// their tenants). Returns the user; `None`: the token is invalid, used or expired. The API's
+/// `POST /v1/auth/password-reset/confirm` and the portal's `/console/reset/confirm` both run it.
+pub(crate) async fn reset_password_in(
+    unit: &mut crate::service::Unit<'_>,
+    token: &str,
+    password_hash: &str,
+) -> ApiResult<Option<String>> {
+    let now = now_ms();
+    let Some(user_id) =
+        idstore::spend_email_token(unit.conn(), &secret_hash(token), PURPOSE_RESET, now).await?
+    else {
+        return Ok(None);
+    };
+    tenants::set_password_hash(unit.conn(), &user_id, password_hash).await?;
+    idstore::mark_email_verified(unit.conn(), &user_id, now).await?;
+    let families =
+        idstore::revoke_user_families(unit.conn(), &user_id, "password_reset", now).await?;
+    for (fid, _) in &families {
+        unit.invalidate(Kind::Credential, fid).await?;
+    }
+    audit_user_in(
+        unit,
+        &user_id,
+        Action::AuthPasswordReset,
+        json!({"sessions_revoked": families.len()}),
+    )
+    .await?;
+    Ok(Some(user_id))
+}
+
 pub struct TokenQuery {
     pub token: String,
 }
@@ -352,26 +419,14 @@ pub async fn verify_email(
             .map(|(_, v)| v.to_string())
             .ok_or_else(|| ApiError::validation("token", "token is required"))?,
     };
-    let now = now_ms();
-    let mut tx = state.store.begin().await?;
-    let Some(user_id) =
-        idstore::spend_email_token(&mut tx, &secret_hash(&q.token), PURPOSE_VERIFY, now).await?
-    else {
+    let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
+    let Some(user_id) = verify_email_in(&mut unit, &q.token).await? else {
         return Err(ApiError::validation(
             "token",
             "The verification link is invalid, used or expired",
         ));
     };
-    idstore::mark_email_verified(&mut tx, &user_id, now).await?;
-    audit_user_event(
-        &mut tx,
-        &user_id,
-        Action::AuthEmailVerified,
-        &meta,
-        json!({}),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    unit.commit(&state.auth).await?;
     if wants_html(&headers) {
         let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Email verified · Tollgate</title></head><body><h1>Email verified</h1><p>You can now sign in.</p></body></html>";
         return Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response());
@@ -472,33 +527,16 @@ pub async fn password_reset_confirm(
     Json(body): Json<ResetConfirmBody>,
 ) -> ApiResult<Response> {
     let hash = crate::passwords::hash(&body.password).await?;
-    let now = now_ms();
-    let mut tx = state.store.begin().await?;
-    let Some(user_id) =
-        idstore::spend_email_token(&mut tx, &secret_hash(&body.token), PURPOSE_RESET, now).await?
-    else {
+    let mut unit = crate::service::Unit::begin(&state.store, &meta).await?;
+    if reset_password_in(&mut unit, &body.token, &hash)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::validation(
             "token",
             "The reset token is invalid, used or expired",
         ));
-    };
-    tenants::set_password_hash(&mut tx, &user_id, &hash).await?;
-    idstore::mark_email_verified(&mut tx, &user_id, now).await?;
-    let families = idstore::revoke_user_families(&mut tx, &user_id, "password_reset", now).await?;
-    for (fid, _) in &families {
-        invalidations::publish(&mut tx, Kind::Credential, fid, &meta).await?;
     }
-    audit_user_event(
-        &mut tx,
-        &user_id,
-        Action::AuthPasswordReset,
-        &meta,
-        json!({"sessions_revoked": families.len()}),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    for (fid, _) in &families {
-        state.auth.invalidate(Kind::Credential, fid);
-    }
+    unit.commit(&state.auth).await?;
     Ok(axum::Json(json!({"status": "password_changed"})).into_response())
 }
